@@ -1,0 +1,327 @@
+"""``get``, ``put``, ``wait`` and ``cancel``: Ray's object API over Dask futures."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client, Future, rejoin, secede
+from distributed.client import FutureCancelledError
+from distributed.scheduler import KilledWorker
+
+from . import _dask_internals as dx
+from ._lifecycle import get_client, in_worker_task
+from ._protocol import ErrorValue, GenOutcome, put_key
+from ._refs import ObjectRef
+from .exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
+
+_thread = threading.local()
+
+
+def check_timeout(timeout: Any, name: str = "timeout") -> float | None:
+    """``None`` or a number of seconds >= 0; anything else is the caller's mistake."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be None or a number of seconds, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{name} must be >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+@contextmanager
+def blocking() -> Iterator[None]:
+    """Around a wait inside a task: leave the worker's thread pool and lend back its resources.
+
+    Without this, tasks blocked on other tasks hold every thread and CPU and the worker deadlocks
+    (Ray also releases a task's CPU while it waits in ``get``). No-op outside tasks.
+    """
+    worker = in_worker_task()
+    if worker is None or getattr(_thread, "seceded", False):
+        yield
+        return
+    key = worker.get_current_task()
+    worker.loop.add_callback(dx.worker_lend_resources, worker, key, +1)
+    secede()
+    _thread.seceded = True
+    try:
+        yield
+    finally:
+        _thread.seceded = False
+        rejoin()
+        worker.loop.add_callback(dx.worker_lend_resources, worker, key, -1)
+
+
+def _as_ref_list(object_refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs], True
+    if not isinstance(object_refs, list):
+        raise TypeError(
+            f"Invalid type of object refs, {type(object_refs).__name__}, is given. "
+            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs (in {what}())."
+        )
+    for ref in object_refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(
+                f"Attempting to call `{what}` on the value {ref!r}, which is not an ObjectRef."
+            )
+    return object_refs, False
+
+
+def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of a ref, or the list of values of a list of refs, blocking until ready.
+
+    ``timeout`` seconds (``0`` checks once, ``None`` waits forever): past it raises
+    ``GetTimeoutError`` (also a ``TimeoutError``). On a list, the first error to arrive raises at
+    once, without waiting for the others. A failed task raises ``RayTaskError(Cause)``; a
+    cancelled one ``TaskCancelledError``; one whose worker died past its retries
+    ``WorkerCrashedError``. Inside a task, the wait frees the task's thread and CPU.
+    """
+    timeout = check_timeout(timeout)
+    refs, single = _as_ref_list(object_refs, "get")
+    if not refs:
+        return []
+    client = get_client()
+    futures = [r._future for r in refs]
+    with blocking():
+        failed = _wait_futures(client, futures, timeout, need=len(futures), stop_on_error=True)
+        if failed is not None:
+            _raise_from_future(failed)
+        try:
+            values = client.gather(futures) if len(futures) > 1 else [futures[0].result()]
+        except BaseException as exc:
+            raise _translate(exc) from None
+    out = [unwrap(v) for v in values]
+    return out[0] if single else out
+
+
+def unwrap(value: Any) -> Any:
+    """Turn what Dask stored under a key into what the user sees."""
+    cls = type(value)
+    if cls is ErrorValue:
+        raise value.error
+    if cls is GenOutcome:
+        from ._generators import outcome_value
+
+        return outcome_value(value)
+    if cls is _Put:
+        return value.value
+    return value
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, RayTaskError):
+        return exc
+    if isinstance(exc, (FutureCancelledError, asyncio.CancelledError)):
+        return TaskCancelledError(getattr(exc, "key", None))
+    if isinstance(exc, KilledWorker):
+        return WorkerCrashedError(
+            f"The worker running the task died and its retries ran out: {exc}"
+        )
+    return exc
+
+
+def _raise_from_future(future: Future) -> None:
+    try:
+        future.result()
+    except BaseException as exc:
+        raise _translate(exc) from None
+
+
+def _wait_futures(
+    client: Client,
+    futures: Sequence[Future],
+    timeout: float | None,
+    need: int,
+    stop_on_error: bool,
+    extra: Sequence[Callable[[], Awaitable[Any]]] = (),
+) -> Future | None:
+    """Block until ``need`` of the futures are done; return the first erred one if asked."""
+
+    def _bad(f: Future) -> bool:
+        return f.status in ("error", "cancelled")
+
+    pending = [f for f in futures if f.status in ("pending", "lost")]
+    if stop_on_error:
+        for f in futures:
+            if _bad(f):
+                return f
+    if len(futures) - len(pending) >= need and not extra:
+        return None
+    if timeout == 0:
+        raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(futures)} not ready.")
+    result = client.sync(_await_futures, pending, len(futures) - len(pending), need, timeout,
+                         stop_on_error)
+    return result
+
+
+async def _await_futures(
+    pending: list[Future], ready: int, need: int, timeout: float | None, stop_on_error: bool
+) -> Future | None:
+    waiters = {asyncio.ensure_future(dx.future_wait(f)): f for f in pending}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while ready < need:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait(
+                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise GetTimeoutError(
+                    f"Get timed out after {timeout} s: {need - ready} value(s) not ready."
+                )
+            for d in done:
+                f = waiters.pop(d)
+                if stop_on_error and f.status in ("error", "cancelled"):
+                    return f
+                ready += 1
+        return None
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+class _Put:
+    """Box for ``put`` values: since dask 2026.7, scatter unpacks bare builtin containers."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Put, (self.value,)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster once and return a ref to it (pass it to many tasks)."""
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you "
+            "can wrap the ObjectRef in a list and call 'put' on it."
+        )
+    client = get_client()
+    key = put_key()
+    futures = client.scatter({key: _Put(value)}, hash=False)
+    return ObjectRef(futures[key])
+
+
+def wait(
+    object_refs: list[Any],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[Any], list[Any]]:
+    """Split refs (and streaming generators) into ``(ready, not_ready)``, input order kept.
+
+    Returns once ``num_returns`` are ready or ``timeout`` seconds passed. A generator is ready
+    when its next ref exists or it is exhausted. ``fetch_local`` is accepted for Ray
+    compatibility; values stay in the cluster until ``get``.
+    """
+    from ._generators import ObjectRefGenerator
+
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)) or not isinstance(
+        object_refs, list
+    ):
+        raise TypeError(
+            f"wait() expected a list of ObjectRef or ObjectRefGenerator, got "
+            f"{type(object_refs).__name__}"
+        )
+    for ref in object_refs:
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(
+                f"wait() expected a list of ObjectRef or ObjectRefGenerator, got list containing "
+                f"{type(ref).__name__}"
+            )
+    if len(set(map(id, object_refs))) != len(object_refs) or len(set(object_refs)) != len(
+        object_refs
+    ):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an int, not {num_returns!r}")
+    if num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
+    if num_returns > len(object_refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot be greater than the number of objects provided "
+            f"({len(object_refs)})"
+        )
+    timeout = check_timeout(timeout)
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"fetch_local must be a bool, not {fetch_local!r}")
+    if object_refs:
+        client = get_client()
+        with blocking():
+            _wait_ready(client, object_refs, num_returns, timeout)
+    ready = [r for r in object_refs if _is_ready(r)][:num_returns]
+    chosen = set(map(id, ready))
+    return ready, [r for r in object_refs if id(r) not in chosen]
+
+
+def _is_ready(item: Any) -> bool:
+    if isinstance(item, ObjectRef):
+        return item._future.status != "pending" and item._future.status != "lost"
+    return item._is_ready()
+
+
+def _wait_ready(client: Client, items: list[Any], need: int, timeout: float | None) -> None:
+    if sum(map(_is_ready, items)) >= need or timeout == 0:
+        return
+
+    async def _one(item: Any) -> None:
+        if isinstance(item, ObjectRef):
+            await dx.future_wait(item._future)
+        else:
+            await item._wait_ready()
+
+    async def _all() -> None:
+        waiters = [asyncio.ensure_future(_one(i)) for i in items if not _is_ready(i)]
+        have = len(items) - len(waiters)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while have < need and waiters:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, rest = await asyncio.wait(
+                    waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    return
+                have += len(done)
+                waiters = list(rest)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    client.sync(_all)
+
+
+def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task behind ``ref`` (or a streaming generator's producer).
+
+    ``get`` of a cancelled value raises ``TaskCancelledError``; a value already computed is left
+    alone, as in Ray. A running Python thread cannot be interrupted: a running plain task keeps
+    its thread until it returns, but its result is dropped; a generator stops at its next yield.
+    """
+    from ._generators import ObjectRefGenerator
+
+    if isinstance(ref, ObjectRefGenerator):
+        ref._cancel()
+        return
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(
+            f"ray.cancel() only supported for object refs. For actors, try ray.kill(). "
+            f"Got: {type(ref).__name__}."
+        )
+    if ref._future.status == "finished":
+        return
+    owner = ref._owner
+    if owner is not None and hasattr(owner, "cancel_task"):
+        owner.cancel_task()  # a yield of a generator: cancel the generator task itself
+        return
+    get_client().cancel([ref._future], force=force, reason="cancelled by daskgen.cancel()")

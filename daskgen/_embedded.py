@@ -1,0 +1,76 @@
+"""The embedded cluster ``init()`` starts when no cluster is given.
+
+A scheduler in this process and one single-threaded worker process per CPU, each declaring the
+``CPU`` resource (so ``num_cpus`` means what it means in Ray). The workers are separate
+``python -m dask spec`` processes rather than ``LocalCluster``'s multiprocessing children:
+multiprocessing re-imports the user's ``__main__`` in every worker, so a plain Ray-style script
+(no ``if __name__ == "__main__"`` guard) would start a cluster inside each worker and crash.
+Remote functions from ``__main__`` reach workers by value (cloudpickle), so workers need not
+import it; the driver's ``sys.path`` is passed on so that the user's own modules import there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from distributed import Scheduler, SpecCluster
+from distributed.deploy.subprocess import SubprocessWorker
+from distributed.worker_memory import parse_memory_limit
+
+# Cluster keywords that configure the scheduler rather than the workers.
+_SCHEDULER_KEYS = ("dashboard_address", "host", "scheduler_port", "security", "protocol")
+
+
+class _Worker(SubprocessWorker):
+    """``SubprocessWorker`` that also hands the driver's import path to the worker."""
+
+    async def _start(self) -> None:
+        spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, env=env
+        )
+
+
+def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, Any]) -> SpecCluster:
+    """Start ``n`` workers; the first also declares ``extra_resources`` (GPUs, custom ones)."""
+    kwargs = dict(kwargs)
+    host = kwargs.pop("host", "127.0.0.1")
+    scheduler_opts = {
+        "host": host,
+        "port": kwargs.pop("scheduler_port", 0),
+        "dashboard_address": kwargs.pop("dashboard_address", ":0"),
+    }
+    worker_opts: dict[str, Any] = {
+        "nthreads": kwargs.pop("threads_per_worker", 1),
+        "host": host,
+        "memory_limit": parse_memory_limit(
+            kwargs.pop("memory_limit", "auto"), 1, n, logger=logging.getLogger("daskgen")
+        ),
+        "silence_logs": kwargs.get("silence_logs", 30),
+        **kwargs.pop("worker_kwargs", {}),
+    }
+    silence = kwargs.pop("silence_logs", 30)
+    if kwargs:
+        raise TypeError(f"init() got unexpected keyword arguments {sorted(kwargs)}")
+    workers = {}
+    for i in range(n):
+        opts = dict(worker_opts, resources={"CPU": worker_opts["nthreads"],
+                                             **(extra_resources if i == 0 else {})})
+        workers[i] = {
+            "cls": _Worker,
+            "options": {"worker_class": "distributed.Nanny", "worker_kwargs": opts},
+        }
+    return SpecCluster(
+        workers=workers,
+        scheduler={"cls": Scheduler, "options": scheduler_opts},
+        worker=workers[n - 1],
+        silence_logs=silence,
+        name="daskgen",
+    )

@@ -1,0 +1,340 @@
+"""The caller's side of remote generators: ``ObjectRefGenerator`` and ``DynamicObjectRefGenerator``.
+
+One :class:`GenState` per generator call lives in the caller's process. It holds the generator
+task's future (dropping the last thing that holds the state releases the task, and the producer
+stops at its next yield) and receives a ``daskgen-yield`` message per published yield, in order,
+before Dask reports that key in memory and before the task's own completion.
+
+Who holds each yield key:
+* streaming and dynamic: the state wraps every published key in a ``Future`` at once, so the key is
+  owned from the moment it exists; ``next()`` hands that future over to the ``ObjectRef`` it
+  returns. Dropping the generator drops every future never handed out.
+* static ``num_returns=N``: the caller's N refs were made before the keys existed; a published key
+  none of them holds any more is released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from distributed import Client, Future
+
+from . import _dask_internals as dx
+from ._protocol import CONSUMED_OP, GenOutcome, Key, yield_key
+from ._refs import ObjectRef, bind_ref
+from .exceptions import TaskCancelledError, WorkerCrashedError
+
+_registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
+
+
+def on_yield_message(client: Client) -> Callable[..., None]:
+    """The client's handler for ``daskgen-yield`` (runs on the client's event loop)."""
+
+    def handler(task: str, key: Key, index: int, **_: Any) -> None:
+        key = tuple(key) if isinstance(key, list) else key
+        state = _registry.get(task)
+        if state is not None:
+            state.on_yield(index, key)
+        elif dx.client_refcount(client, key) == 0:
+            dx.client_release(client, [key])  # the generator was dropped: nobody will take it
+
+    return handler
+
+
+class GenState:
+    """What the caller knows about one generator task: published yields, and whether it ended."""
+
+    def __init__(self, client: Client, task_key: str, mode: str, backpressure: int | None) -> None:
+        self.client = client
+        self.task: Future = None  # type: ignore[assignment]  # set by attach()
+        self.task_key = task_key
+        self.mode = mode
+        self.backpressure = backpressure
+        self.published: dict[int, Future | None] = {}  # index -> future held for the caller
+        self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
+        self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
+        self.done = False
+        self.cond = threading.Condition()
+        self._waiters: list[tuple[int, concurrent.futures.Future]] = []
+        self._on_publish: dict[int, list[Callable[[], None]]] = {}
+        # Registered before the task is submitted: no yield message can arrive unclaimed.
+        _registry[self.task_key] = self
+
+    def attach(self, task: Future) -> None:
+        """Hold the task's future (keeps the task running) and watch for its end."""
+        self.task = task
+        dx.on_future_done(self.client, task, _notify_done, weakref.ref(self))
+
+    # -- events, on the client's loop ---------------------------------------------------------
+
+    def on_yield(self, index: int, key: Key) -> None:
+        with self.cond:
+            if index in self.published:
+                return
+            if self.mode == "static":
+                self.published[index] = None
+                if dx.client_refcount(self.client, key) == 0:
+                    dx.client_release(self.client, [key])
+            else:
+                self.published[index] = Future(key, self.client)
+            callbacks = self._on_publish.pop(index, [])
+            self._wake()
+        for cb in callbacks:
+            cb()
+
+    def on_done(self) -> None:
+        with self.cond:
+            self.done = True
+            callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]
+            self._on_publish.clear()
+            self._wake()
+        if self.n_static:
+            failure = self.failure()
+            if failure is not None:
+                # The caller's static refs for yields that never came would wait forever.
+                missing = [i for i in range(self.n_static) if i not in self.published]
+                for i in missing:
+                    dx.key_set_error(self.client, yield_key(self.task_key, i), failure)
+        for cb in callbacks:
+            cb()
+
+    def _wake(self) -> None:
+        self.cond.notify_all()
+        still = []
+        for index, fut in self._waiters:
+            if index in self.published or self.done:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((index, fut))
+        self._waiters = still
+
+    # -- queries, from any thread ---------------------------------------------------------------
+
+    def failure(self) -> BaseException | None:
+        """Why the task ended without producing everything (cancel, worker death), if it did."""
+        status = self.task.status
+        if status == "cancelled":
+            return TaskCancelledError(self.task_key)
+        if status == "error":
+            exc = self.task.exception()
+            if isinstance(exc, (TaskCancelledError, WorkerCrashedError)):
+                return exc
+            from ._api import _translate
+
+            return _translate(exc) if exc is not None else WorkerCrashedError(self.task_key)
+        return None
+
+    def ready_future(self, index: int) -> concurrent.futures.Future:
+        """Resolves once yield ``index`` is published or the task has ended."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cond:
+            if index in self.published or self.done:
+                fut.set_result(None)
+            else:
+                self._waiters.append((index, fut))
+        return fut
+
+    def when_published(self, index: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once yield ``index`` exists or the task has ended (maybe right now)."""
+        with self.cond:
+            if not (index in self.published or self.done):
+                self._on_publish.setdefault(index, []).append(callback)
+                return
+        callback()
+
+    def is_published(self, index: int) -> bool:
+        return index in self.published
+
+    def take(self, index: int) -> Future | None:
+        """Hand the caller the future of yield ``index`` (the state stops holding it)."""
+        with self.cond:
+            fut = self.published.get(index)
+            if fut is not None:
+                self.published[index] = None
+        if fut is not None and self.backpressure:
+            dx.client_send(self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": index})
+        return fut
+
+    def cancel_task(self) -> None:
+        if not self.task.done():
+            self.client.cancel([self.task], reason="cancelled by daskgen.cancel()")
+
+
+def _notify_done(state_ref: weakref.ref[GenState]) -> None:
+    state = state_ref()
+    if state is not None:
+        state.on_done()
+
+
+def static_refs(state: GenState, n: int) -> list[ObjectRef]:
+    """The N refs of a ``num_returns=N`` call, usable before their keys exist.
+
+    Each keeps the state (and so the task) alive. If the task dies or is cancelled before
+    publishing a key, that ref fails with the reason instead of waiting forever.
+    """
+    state.n_static = n
+    return [
+        ObjectRef(Future(yield_key(state.task_key, i), state.client), owner=state)
+        for i in range(n)
+    ]
+
+
+class ObjectRefGenerator:
+    """The streaming generator a generator task returns: ``next()`` gives each yield's ref.
+
+    Refs come in yield order as soon as each yield is stored in the cluster. After the last one,
+    ``StopIteration`` (again on every later call). An exception in the generator after k yields
+    gives k refs, then one ref that raises it. Dropping the generator releases every ref it has
+    not handed out and stops the producer at its next yield.
+    """
+
+    def __init__(self, state: GenState) -> None:
+        self._state = state
+        self._index = 0
+        self._ended = False
+
+    # -- iteration ------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        return self._next_sync(None)
+
+    def _next_sync(self, timeout_s: float | None = None) -> ObjectRef:
+        """The next ref, waiting up to ``timeout_s`` seconds (None: forever)."""
+        from ._api import blocking, check_timeout
+
+        timeout_s = check_timeout(timeout_s, "timeout_s")
+        st = self._state
+        with st.cond:
+            ready = self._index in st.published or st.done
+        if not ready:
+            with blocking(), st.cond:
+                if not st.cond.wait_for(
+                    lambda: self._index in st.published or st.done, timeout=timeout_s
+                ):
+                    from .exceptions import GetTimeoutError
+
+                    raise GetTimeoutError(f"No new ref within {timeout_s} s.")
+        return self._advance()
+
+    def _advance(self) -> ObjectRef:
+        st = self._state
+        if self._ended:
+            raise StopIteration
+        index = self._index
+        if st.is_published(index):
+            fut = st.take(index)
+            self._index += 1
+            assert fut is not None
+            return ObjectRef(fut)
+        # The task ended and published nothing at this index.
+        self._ended = True
+        failure = st.failure()
+        if failure is not None:
+            return _error_ref(st, failure)
+        raise StopIteration
+
+    def __aiter__(self) -> AsyncIterator[ObjectRef]:
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        try:
+            if not self._is_ready():
+                await asyncio.wrap_future(self._state.ready_future(self._index))
+            return self._advance()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    # -- Ray's extra methods ----------------------------------------------------------------------
+
+    def completed(self) -> ObjectRef:
+        """A ref that resolves (to None) when the task ends; raises only if the task failed as a
+        whole (cancelled, worker died)."""
+        return ObjectRef(self._state.task, owner=self._state)
+
+    def next_ready(self) -> bool:
+        """True when ``next()`` would return at once (a ref, or the end)."""
+        return self._is_ready()
+
+    def is_finished(self) -> bool:
+        """True when the task has ended and every ref has been taken."""
+        st = self._state
+        return self._ended or (st.done and self._index not in st.published)
+
+    def _is_ready(self) -> bool:
+        st = self._state
+        return self._ended or self._index in st.published or st.done
+
+    async def _wait_ready(self) -> None:
+        await asyncio.wrap_future(self._state.ready_future(self._index))
+
+    def _cancel(self) -> None:
+        self._state.cancel_task()
+
+    def send(self, value: Any) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support send().")
+
+    def throw(self, *args: Any) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support throw().")
+
+    def close(self) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support close().")
+
+    def task_key(self) -> str:
+        return self._state.task_key
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._state.task_key}, next={self._index})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "A streaming ObjectRefGenerator cannot be passed to another task; pass its refs, or "
+            "use num_returns='dynamic' to get a generator object that can travel."
+        )
+
+
+def _error_ref(state: GenState, failure: BaseException) -> ObjectRef:
+    """A ref that raises ``failure``: the task's own future, which ended that way."""
+    return ObjectRef(state.task, owner=state)
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` call: the refs of every yield, in order.
+
+    Iterable once (like Ray's), has ``len()``, and can be passed to other tasks. When the
+    generator raised after k yields, the last of the ``k + 1`` refs raises that error.
+    """
+
+    def __init__(self, refs: list[ObjectRef]) -> None:
+        self._refs = refs
+        self._iter = iter(refs)
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        return next(self._iter)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
+
+    def __reduce__(self) -> Any:
+        return DynamicObjectRefGenerator, (self._refs,)
+
+
+def outcome_value(outcome: GenOutcome) -> Any:
+    """What ``get`` of a generator task's own ref returns."""
+    if outcome.mode == "dynamic":
+        return DynamicObjectRefGenerator([bind_ref(k) for k in outcome.keys()])
+    return None

@@ -1,0 +1,188 @@
+"""Connecting to Dask: ``init``, ``shutdown``, ``is_initialized``, ``get_client``.
+
+Three ways in, as Ray's ``init`` has: an embedded ``LocalCluster`` that daskgen owns, an existing
+scheduler's address (argument or ``DASKGEN_ADDRESS``), or a ``distributed.Client`` the user made.
+Inside a Dask task every entry point uses that worker's own client instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import distributed
+from distributed import Client, SpecCluster
+
+from . import _dask_internals as dx
+from ._protocol import YIELD_OP
+from ._scheduler_ext import DaskgenSchedulerPlugin
+
+ADDRESS_ENV = "DASKGEN_ADDRESS"
+
+
+@dataclass
+class _Session:
+    client: Client
+    cluster: SpecCluster | None  # owned: closed by shutdown()
+    owns_client: bool
+    resources: dict[str, float] = field(default_factory=dict)  # cluster totals, for checks
+
+
+_session: _Session | None = None
+_lock = threading.RLock()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    resources: dict[str, float] | None = None,
+    client: Client | None = None,
+    ignore_reinit_error: bool = False,
+    **cluster_kwargs: Any,
+) -> Client:
+    """Connect daskgen to a Dask cluster and return the ``distributed.Client`` it uses.
+
+    * ``client=``: use that client as is (daskgen never closes it).
+    * ``address=`` or the ``DASKGEN_ADDRESS`` environment variable: connect to that scheduler;
+      ``shutdown()`` closes daskgen's client, never the cluster. ``cluster_kwargs`` go to
+      ``Client`` (``security=`` for TLS, ``timeout=``...).
+    * neither: start an embedded ``LocalCluster`` with ``num_cpus`` single-threaded worker
+      processes (default: every core), each declaring the ``CPU`` resource; ``num_gpus`` and
+      ``resources`` are declared on the first worker, like one Ray node. ``cluster_kwargs`` go to
+      ``LocalCluster``. ``shutdown()`` stops it.
+
+    A second ``init`` raises ``RuntimeError`` unless ``ignore_reinit_error=True``.
+    """
+    global _session
+    with _lock:
+        if _session is not None:
+            if ignore_reinit_error:
+                return _session.client
+            raise RuntimeError(
+                "Maybe you called daskgen.init twice by accident? This error can be suppressed "
+                "by passing in 'ignore_reinit_error=True' or by calling 'daskgen.shutdown()' "
+                "prior to 'daskgen.init()'."
+            )
+        _check_count("num_cpus", num_cpus)
+        _check_count("num_gpus", num_gpus)
+        if resources is not None and not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict, not {type(resources).__name__}")
+        address = address or os.environ.get(ADDRESS_ENV) or None
+        if client is not None:
+            if not isinstance(client, Client):
+                raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
+            session = _Session(client, None, owns_client=False)
+        elif address is not None:
+            session = _Session(Client(address, **cluster_kwargs), None, owns_client=True)
+        else:
+            session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
+        try:
+            setup_client(session.client)
+            session.resources = _cluster_resources(session.client)
+        except BaseException:
+            _close(session)
+            raise
+        _session = session
+        return session.client
+
+
+def _check_count(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a non-negative int, not {value!r}")
+
+
+def _start_embedded(
+    num_cpus: int | None, num_gpus: int | None, resources: dict[str, float], kwargs: dict[str, Any]
+) -> _Session:
+    from ._embedded import start_cluster
+
+    n = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    extra = dict(resources)
+    if num_gpus:
+        extra["GPU"] = num_gpus
+    cluster = start_cluster(max(n, 1), extra, kwargs)
+    try:
+        client = Client(cluster)
+        client.wait_for_workers(len(cluster.worker_spec))
+    except BaseException:
+        cluster.close()
+        raise
+    return _Session(client, cluster, owns_client=True)
+
+
+def setup_client(client: Client) -> None:
+    """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
+    if getattr(client, "_daskgen_ready", False):
+        return
+    from ._generators import on_yield_message
+
+    dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
+    if not client.asynchronous:
+        client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)
+    client._daskgen_ready = True
+
+
+def _cluster_resources(client: Client) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+        for name, amount in (w.get("resources") or {}).items():
+            totals[name] = totals.get(name, 0) + amount
+    return totals
+
+
+def cluster_resources() -> dict[str, float]:
+    """Resources declared by the cluster's workers when daskgen connected."""
+    return dict(_session.resources) if _session is not None else {}
+
+
+def shutdown() -> None:
+    """Disconnect; stop the embedded cluster if daskgen started it. Safe to call twice."""
+    global _session
+    with _lock:
+        session, _session = _session, None
+    if session is not None:
+        _close(session)
+
+
+def _close(session: _Session) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if session.owns_client:
+            session.client.close()
+        if session.cluster is not None:
+            session.cluster.close()
+
+
+def is_initialized() -> bool:
+    """True between ``init()`` (or the first auto-initialising call) and ``shutdown()``."""
+    return _session is not None
+
+
+def in_worker_task() -> distributed.Worker | None:
+    """The Dask worker when called from inside a task, else None."""
+    try:
+        return distributed.get_worker()
+    except ValueError:
+        return None
+
+
+def get_client() -> Client:
+    """The ``distributed.Client`` daskgen uses here (initialising on first use, as Ray does).
+
+    Inside a task this is the worker's client, so remote calls made from tasks work.
+    """
+    if in_worker_task() is not None:
+        client = distributed.get_client()
+        setup_client(client)
+        return client
+    session = _session
+    if session is None:
+        init(ignore_reinit_error=True)
+        session = _session
+        assert session is not None
+    return session.client

@@ -1,0 +1,163 @@
+"""Validation of ``@remote(...)`` and ``.options(...)`` keywords.
+
+Every bad value is rejected when the decorator or ``.options()`` runs, naming the option, so a
+mistake never surfaces later as a hang or a failure on a worker.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "num_returns": None,
+    "num_cpus": 1,
+    "num_gpus": 0,
+    "resources": None,
+    "max_retries": 3,
+    "retry_exceptions": False,
+    "name": None,
+    "_generator_backpressure_num_objects": None,
+}
+# Accepted so Ray code runs, but they mean nothing on Dask: warned about once.
+IGNORED = ("scheduling_strategy", "runtime_env", "memory", "_metadata", "label_selector")
+ACTOR_OPTIONS = ("max_concurrency", "get_if_exists", "lifetime", "namespace", "max_restarts",
+                 "max_task_retries")
+_warned: set[str] = set()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_num_returns(v: Any) -> None:
+    if v is None or v in ("dynamic", "streaming"):
+        return
+    if isinstance(v, str):
+        raise ValueError(
+            f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v!r}"
+        )
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(
+            f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v!r} "
+            f"({type(v).__name__})"
+        )
+    if v < 0:
+        raise ValueError(f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v}")
+
+
+def _check_amount(name: str, v: Any) -> None:
+    if not _is_number(v):
+        raise TypeError(f"{name} must be a number >= 0, not {v!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, not {v!r}")
+
+
+def _check_resources(v: Any) -> None:
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise TypeError(f"resources must be a dict of name -> amount, not {type(v).__name__}")
+    for name, amount in v.items():
+        if not isinstance(name, str):
+            raise TypeError(f"resources keys must be str, not {name!r}")
+        if name in ("CPU", "GPU"):
+            raise ValueError(
+                "Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU' in "
+                "'resources' keyword"
+            )
+        _check_amount(f"resources[{name!r}]", amount)
+
+
+def _check_max_retries(v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"max_retries must be an int >= -1, not {v!r}")
+    if v < -1:
+        raise ValueError(f"max_retries must be >= -1 (-1 retries forever), not {v}")
+
+
+def _check_retry_exceptions(v: Any) -> None:
+    if isinstance(v, bool):
+        return
+    if isinstance(v, (list, tuple)) and all(
+        isinstance(e, type) and issubclass(e, BaseException) for e in v
+    ):
+        return
+    raise TypeError(
+        f"retry_exceptions must be a bool or a list of exception types, not {v!r}"
+    )
+
+
+def _check_name(v: Any) -> None:
+    if v is not None and (not isinstance(v, str) or not v):
+        raise TypeError(f"name must be a non-empty str, not {v!r}")
+
+
+def _check_backpressure(v: Any) -> None:
+    if v is None or v == -1:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"_generator_backpressure_num_objects must be an int > 0, not {v!r}")
+    if v <= 0:
+        raise ValueError(
+            f"_generator_backpressure_num_objects must be > 0 (or -1 for no limit), not {v}"
+        )
+
+
+_CHECKS = {
+    "num_returns": _check_num_returns,
+    "num_cpus": lambda v: _check_amount("num_cpus", v),
+    "num_gpus": lambda v: _check_amount("num_gpus", v),
+    "resources": _check_resources,
+    "max_retries": _check_max_retries,
+    "retry_exceptions": _check_retry_exceptions,
+    "name": _check_name,
+    "_generator_backpressure_num_objects": _check_backpressure,
+}
+
+
+def validate(options: dict[str, Any], *, kind: str = "remote functions") -> dict[str, Any]:
+    """Check ``options`` and return them without the ignored ones (warned about once each)."""
+    valid = sorted([*_CHECKS, *IGNORED] + (list(ACTOR_OPTIONS) if kind == "actors" else []))
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in IGNORED:
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(
+                    f"daskgen ignores the option {key!r}: Dask schedules by data locality and "
+                    "worker resources instead.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            continue
+        check = _CHECKS.get(key)
+        if check is None and not (kind == "actors" and key in ACTOR_OPTIONS):
+            raise ValueError(
+                f"Invalid option keyword {key} for {kind}. Valid ones are {valid}."
+            )
+        if check is not None:
+            check(value)
+        out[key] = value
+    return out
+
+
+def dask_resources(options: dict[str, Any], cluster: dict[str, float]) -> dict[str, float] | None:
+    """Ray's num_cpus/num_gpus/resources as Dask worker resource restrictions.
+
+    ``CPU`` is requested only from clusters whose workers declare it (daskgen's embedded cluster
+    does); on a plain Dask cluster a task's thread is its CPU, and asking for an undeclared
+    ``CPU`` would leave every task waiting forever.
+    """
+    out: dict[str, float] = {}
+    cpus = options.get("num_cpus", 1)
+    if cpus and "CPU" in cluster:
+        out["CPU"] = cpus
+    gpus = options.get("num_gpus", 0)
+    if gpus:
+        out["GPU"] = gpus
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            out[name] = amount
+    return out or None

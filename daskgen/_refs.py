@@ -1,0 +1,122 @@
+"""``ObjectRef``: a Ray-style reference to one value in the cluster, backed by a Dask ``Future``.
+
+Ownership follows Dask's reference counting: while any ``ObjectRef`` (or generator holding one)
+for a key is alive in a process, that process's client keeps the key in the cluster.
+
+Refs travel inside task arguments as refs (Ray's semantics; Dask would resolve a future nested in
+a list, and leave one inside an object unbound, dask/distributed #4842). ``.remote()`` pickles the
+arguments itself and records every ref it meets (:func:`capture_refs`), keeping them alive until
+the call's own ref is dropped: the caller "lends" them to the task, as Ray's borrowing does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from distributed import Client, Future
+
+from . import _dask_internals as dx
+from ._protocol import Key, key_name
+
+_capture = threading.local()
+
+
+class ObjectRef:
+    """A reference to a value in the cluster: pass it to tasks, ``get`` it, ``await`` it.
+
+    Hashable and comparable by key. ``hex()`` gives a stable id string.
+    """
+
+    __slots__ = ("_future", "_owner", "__weakref__")
+
+    def __init__(self, future: Future, owner: Any = None) -> None:
+        self._future = future
+        # Something that must live as long as this ref: the generator state that keeps the
+        # producing task running, or the refs lent to the task that computes this one.
+        self._owner = owner
+
+    @property
+    def key(self) -> Key:
+        """The Dask key of the value (what the dashboard shows)."""
+        return self._future.key
+
+    def hex(self) -> str:
+        """A stable hex id of the value (not the Dask key, so it can never collide with one)."""
+        key = self.key
+        if isinstance(key, tuple):
+            token = str(key[0]).rpartition("-")[2]
+            return f"{token}{int(key[1]):08x}"
+        return str(key).rpartition("-")[2]
+
+    def task_name(self) -> str:
+        return key_name(self.key)
+
+    def future(self) -> concurrent.futures.Future:
+        """A ``concurrent.futures.Future`` that resolves to the value (or its error)."""
+        from ._api import get
+
+        out: concurrent.futures.Future = concurrent.futures.Future()
+
+        def _resolve(_: Any) -> None:
+            try:
+                out.set_result(get(self))
+            except BaseException as exc:  # delivered to whoever waits on `out`
+                out.set_exception(exc)
+
+        self._future.add_done_callback(_resolve)
+        return out
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self.future()).__await__()
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.key == self.key
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.task_name()}, {self.hex()})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        refs = getattr(_capture, "refs", None)
+        if refs is not None:
+            refs.append(self)
+        return _rebuild_ref, (self.key,)
+
+
+class capture_refs:
+    """Within this block, collect every ``ObjectRef`` that gets pickled (in this thread)."""
+
+    def __enter__(self) -> list[ObjectRef]:
+        self._outer = getattr(_capture, "refs", None)
+        _capture.refs = []
+        return _capture.refs
+
+    def __exit__(self, *exc: object) -> None:
+        _capture.refs = self._outer
+
+
+def bind_ref(key: Key, client: Client | None = None) -> ObjectRef:
+    """A ref for ``key`` in this process, registering this client as a holder if it is new here.
+
+    Used when a ref arrives inside task data or a generator's result: the scheduler must learn
+    that this client holds the key, or it would never report the key's state to it.
+    """
+    if client is None:
+        from ._lifecycle import get_client
+
+        client = get_client()
+    fresh = dx.client_refcount(client, key) == 0
+    future = Future(key, client)
+    if fresh:
+        dx.client_desires(client, [key])
+    return ObjectRef(future)
+
+
+def _rebuild_ref(key: Key) -> ObjectRef:
+    return bind_ref(key)

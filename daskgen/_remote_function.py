@@ -1,0 +1,256 @@
+"""``@remote`` functions: options, argument packing and submission as Dask tasks."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+from distributed import Client, Future, fire_and_forget
+
+from . import _dask_internals as dx
+from ._executor import Dep, Retry, TaskSpec
+from ._generators import GenState, ObjectRefGenerator, static_refs
+from ._lifecycle import cluster_resources, get_client, in_worker_task
+from ._options import DEFAULTS, dask_resources, validate
+from ._protocol import task_key
+from ._refs import ObjectRef, capture_refs
+
+_INFINITE_RETRIES = 1_000_000_000
+_warned_resources: set[str] = set()
+
+
+class RemoteFunction:
+    """A function that runs as a Dask task: call it with ``.remote(...)``."""
+
+    def __init__(self, function: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._function = function
+        self._user_options = validate(options)
+        opts = {**DEFAULTS, **self._user_options}
+        self._options = opts
+        is_gen = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+        num_returns = opts["num_returns"]
+        if num_returns in ("dynamic", "streaming") and not is_gen:
+            raise ValueError(
+                f"num_returns={num_returns!r} needs a generator function, but "
+                f"{function.__qualname__} does not yield."
+            )
+        if num_returns is None:
+            mode, n = ("streaming", 0) if is_gen else ("plain", 1)
+        elif isinstance(num_returns, str):
+            mode, n = num_returns, 0
+        elif is_gen or num_returns >= 2:
+            mode, n = "static", num_returns
+        else:
+            mode, n = "plain", num_returns
+        if opts["_generator_backpressure_num_objects"] not in (None, -1) and mode != "streaming":
+            raise ValueError(
+                "_generator_backpressure_num_objects applies only to streaming generators "
+                f"(num_returns='streaming'), not num_returns={num_returns!r}"
+            )
+        self._num_returns = n
+        name = opts["name"] or getattr(function, "__name__", "task")
+        retry = Retry(opts["retry_exceptions"], opts["max_retries"])
+        backpressure = opts["_generator_backpressure_num_objects"]
+        self._spec = TaskSpec(
+            function, name, mode, n, retry, backpressure if backpressure != -1 else None
+        )
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = f"{self._function.__module__}.{self._function.__qualname__}"
+        raise TypeError(
+            "Remote functions cannot be called directly. Instead of running "
+            f"'{name}()', try '{name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """The same function with some options changed (validated now)."""
+        return RemoteFunction(self._function, {**self._user_options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function as a Dask task.
+
+        Returns an ``ObjectRef``; a list of N refs for ``num_returns=N``; ``None`` for
+        ``num_returns=0``; an ``ObjectRefGenerator`` for a streaming generator; for
+        ``num_returns="dynamic"`` a ref whose value is a ``DynamicObjectRefGenerator``.
+        """
+        return submit(self._spec, self._options, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self._spec.name})"
+
+
+def pack_args(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes | None, list[ObjectRef], list[ObjectRef]]:
+    """Pickle the arguments once, here, so refs nested in them travel as refs.
+
+    Top-level refs become Dask dependencies (the task receives their values); every ref met
+    while pickling is returned so the caller can keep it alive while the task may use it.
+    """
+    deps: list[ObjectRef] = []
+
+    def top(v: Any) -> Any:
+        if isinstance(v, ObjectRef):
+            deps.append(v)
+            return Dep(len(deps) - 1)
+        return v
+
+    if not args and not kwargs:
+        return None, deps, []
+    a = [top(v) for v in args]
+    kw = {k: top(v) for k, v in kwargs.items()}
+    with capture_refs() as lent:
+        try:
+            packed = cloudpickle.dumps((a, kw), protocol=5)
+        except Exception as exc:
+            raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
+    return packed, deps, list(lent)
+
+
+def _unpicklable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
+    labels = [(f"argument {i}", v) for i, v in enumerate(args)]
+    labels += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labels:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return (
+                f"Could not serialize {label} ({type(value).__name__}) of {name}.remote(): {exc}. "
+                "Arguments are pickled to reach the worker."
+            )
+    return f"Could not serialize the arguments of {name}.remote(): {exc}"
+
+
+def _resources(options: dict[str, Any]) -> dict[str, float] | None:
+    worker = in_worker_task()
+    cluster = cluster_resources() if worker is None else dict(worker.state.total_resources)
+    wanted = dask_resources(options, cluster)
+    if wanted and worker is None:
+        for name, amount in wanted.items():
+            if cluster.get(name, 0) < amount and name not in _warned_resources:
+                _warned_resources.add(name)
+                warnings.warn(
+                    f"No worker declares {amount} of resource {name!r} (the cluster has "
+                    f"{cluster.get(name, 0)}): the task will wait until a worker that has it "
+                    "joins. Declare it with `dask worker --resources` or init(resources=...).",
+                    UserWarning,
+                    stacklevel=4,
+                )
+    return wanted
+
+
+def submit(spec: TaskSpec, options: dict[str, Any], args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> Any:
+    client = get_client()
+    packed, deps, lent = pack_args(spec.name, args, kwargs)
+    key = task_key(spec.name)
+    retries = 0
+    if spec.mode == "plain" and spec.retry.enabled:
+        retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
+    call = _Call(client, spec, key, (client.id, packed, *(r._future for r in deps)),
+                 _resources(options), retries)
+
+    state = None
+    if spec.mode != "plain":
+        state = GenState(client, key, spec.mode, spec.backpressure)
+        state.lent = lent
+    future = call.submit(deps)
+    if state is not None:
+        state.attach(future)
+
+    if spec.mode == "plain":
+        if spec.num_returns == 0:
+            fire_and_forget(future)
+            return None
+        return ObjectRef(future, owner=lent or None)
+    assert state is not None
+    if spec.mode == "static":
+        refs = static_refs(state, spec.num_returns)
+        return refs[0] if spec.num_returns == 1 else refs
+    if spec.mode == "dynamic":
+        return ObjectRef(future, owner=state)
+    return ObjectRefGenerator(state)
+
+
+class _Call:
+    """One submission, made now or once the static-generator refs it depends on exist."""
+
+    def __init__(self, client: Client, spec: TaskSpec, key: str, args: tuple[Any, ...],
+                 resources: dict[str, float] | None, retries: int) -> None:
+        self.client = client
+        self.spec = spec
+        self.key = key
+        self.args = args
+        self.resources = resources
+        self.retries = retries
+
+    def submit(self, deps: list[ObjectRef]) -> Future:
+        """Submit now and return the task's future, or return a future for it and submit later.
+
+        Beyond Ray: a task that takes yield i of a running ``num_returns=N`` generator starts as
+        soon as yield i exists. Dask cannot depend on a key that does not exist yet, so such a
+        submission waits (on the client's loop) for the yield instead of for the generator.
+        """
+        waiting = [
+            (r._owner, int(r.key[1]))
+            for r in deps
+            if isinstance(r._owner, GenState) and r._owner.mode == "static"
+            and not r._owner.is_published(int(r.key[1]))
+        ]
+        if not waiting:
+            return self.client.submit(
+                self.spec, *self.args, key=self.key, pure=False, resources=self.resources,
+                retries=self.retries,
+            )
+        future = Future(self.key, self.client)
+        self._waiting = waiting
+        self._remaining = len(waiting)
+        self._lock = threading.Lock()
+        for state, i in waiting:
+            state.when_published(i, self._one_ready)
+        return future
+
+    def _one_ready(self) -> None:
+        with self._lock:  # called from this thread or the client's loop
+            self._remaining -= 1
+            if self._remaining:
+                return
+        for state, i in self._waiting:
+            if not state.is_published(i):
+                failure = state.failure()
+                if failure is not None:
+                    self.client.loop.add_callback(dx.key_set_error, self.client, self.key, failure)
+                    return
+        dx.submit_prebound(self.client, self.key, self.spec, self.args, self.resources,
+                           self.retries)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """``@remote`` or ``@remote(**options)`` on a function (or, for actors, a class)."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make(args[0], {})
+    if args:
+        raise TypeError(
+            "The @remote decorator must be applied either with no arguments and no parentheses, "
+            "for example '@remote', or it must be applied using some of the arguments in the "
+            "list ['num_returns', 'num_cpus', 'num_gpus', 'resources', 'max_retries', ...], "
+            "for example '@remote(num_returns=2, resources={\"CustomResource\": 1})'."
+        )
+    validate(options, kind="actors") if options else None
+    return lambda target: _make(target, options)
+
+
+def _make(target: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(target):
+        from ._actors import ActorClass
+
+        return ActorClass(target, options)
+    if not callable(target):
+        raise TypeError(f"@remote needs a function or a class, not {type(target).__name__}")
+    return RemoteFunction(target, options)

@@ -1,0 +1,143 @@
+"""Exceptions raised by daskgen, under Ray's names.
+
+Code written for Ray catches ``ray.exceptions.X``; after ``import daskgen as ray`` the same
+``except`` clauses keep working because every class here carries Ray's name and place in the tree::
+
+    RayError
+    +-- RayTaskError            a remote function raised; also an instance of the cause's class
+    +-- GetTimeoutError         get() ran out of time (also a TimeoutError)
+    +-- TaskCancelledError      the task was cancelled before it produced the value
+    +-- WorkerCrashedError      the worker running the task died and retries ran out
+    +-- ObjectLostError         the only copy of a value was on a worker that died
+    +-- RayActorError
+        +-- ActorDiedError      the actor was killed or its worker died
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+__all__ = [
+    "RayError",
+    "RayTaskError",
+    "GetTimeoutError",
+    "TaskCancelledError",
+    "WorkerCrashedError",
+    "ObjectLostError",
+    "RayActorError",
+    "ActorDiedError",
+]
+
+
+class RayError(Exception):
+    """Base of every error daskgen raises on purpose."""
+
+
+class RayTaskError(RayError):
+    """A remote function raised ``cause``.
+
+    ``get()`` raises an instance of ``RayTaskError(CauseClass)``, a class that derives from both this
+    class and the cause's class, so ``except ValueError`` and ``except RayTaskError`` both catch it.
+    The message carries the remote traceback; ``.cause`` is the original exception.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_str: str,
+        cause: BaseException | None,
+        proctitle: str = "",
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.proctitle = proctitle
+        # Exception.__init__ is bypassed on purpose: the cause's class may take other arguments.
+        self.args = (function_name, traceback_str, cause, proctitle)
+
+    def __str__(self) -> str:
+        where = f" ({self.proctitle})" if self.proctitle else ""
+        return f"{self.function_name}(){where} failed:\n{self.traceback_str.rstrip()}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_task_error, (
+            self.function_name,
+            self.traceback_str,
+            self.cause,
+            self.proctitle,
+        )
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, function_name: str, proctitle: str = ""
+    ) -> RayTaskError:
+        """Wrap ``exc`` raised by ``function_name``, unless it already is a task error."""
+        if isinstance(exc, RayTaskError):
+            return exc  # a nested failure keeps its original cause: never wrapped twice
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return as_instanceof_cause(function_name, tb, exc, proctitle)
+
+
+_dual_classes: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    """``RayTaskError(cause_cls)``: a class that is both, made once per cause class."""
+    cls = _dual_classes.get(cause_cls)
+    if cls is None:
+        name = f"RayTaskError({cause_cls.__name__})"
+        try:
+            cls = type(name, (RayTaskError, cause_cls), {"__module__": __name__})
+        except TypeError:
+            # Some classes cannot be combined (layout conflicts, final classes): the plain
+            # RayTaskError still carries the cause and its traceback.
+            cls = RayTaskError
+        _dual_classes[cause_cls] = cls
+    return cls
+
+
+def as_instanceof_cause(
+    function_name: str, traceback_str: str, cause: BaseException | None, proctitle: str = ""
+) -> RayTaskError:
+    cls = _dual_class(type(cause)) if isinstance(cause, Exception) else RayTaskError
+    err = RayTaskError.__new__(cls)
+    RayTaskError.__init__(err, function_name, traceback_str, cause, proctitle)
+    return err
+
+
+def _rebuild_task_error(
+    function_name: str, traceback_str: str, cause: BaseException | None, proctitle: str
+) -> RayTaskError:
+    return as_instanceof_cause(function_name, traceback_str, cause, proctitle)
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """``get()`` or ``wait()`` waited for ``timeout`` seconds and the value was not ready."""
+
+
+class TaskCancelledError(RayError):
+    """The task was cancelled with ``cancel()`` before it produced this value."""
+
+    def __init__(self, task_id: str | None = None, message: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message or f"Task {task_id} was cancelled.")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.task_id, str(self))
+
+
+class WorkerCrashedError(RayError):
+    """The worker running the task died and the task had no retries left."""
+
+
+class ObjectLostError(RayError):
+    """The value's only copy was on a worker that is gone and it could not be recomputed."""
+
+
+class RayActorError(RayError):
+    """An actor could not run the call."""
+
+
+class ActorDiedError(RayActorError):
+    """The actor was killed, or the worker hosting it died."""

@@ -1,0 +1,242 @@
+"""SPEC 1: init, shutdown, is_initialized, get_client and auto-init; Dask task naming.
+
+daskgen only: these tests start and stop daskgen themselves, so each one begins and ends with
+``daskgen.shutdown()``; the ``ray`` fixture of the parity tests re-initialises afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+pytestmark = pytest.mark.daskgen_only
+
+HANG = 60  # seconds: a generous bound that only catches hangs
+
+
+@pytest.fixture
+def daskgen(monkeypatch):
+    # Imported here, not at module level: the Ray test environment has no daskgen or distributed.
+    mod = importlib.import_module("daskgen")
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    mod.shutdown()
+    yield mod
+    mod.shutdown()
+
+
+@pytest.fixture(scope="module")
+def external_cluster():
+    """A LocalCluster that the test owns, shaped like daskgen's own (one CPU per worker)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        resources={"CPU": 1},
+        dashboard_address=":0",
+    ) as cluster:
+        yield cluster
+
+
+def _scheduler_cpus(client) -> float:
+    return client.run_on_scheduler(
+        lambda dask_scheduler: sum(
+            ws.resources.get("CPU", 0) for ws in dask_scheduler.workers.values()
+        )
+    )
+
+
+def _cluster_is_reachable(address) -> bool:
+    from distributed import Client
+
+    try:
+        with Client(address, timeout="3s"):
+            return True
+    except (OSError, TimeoutError):
+        return False
+
+
+# --- embedded cluster ---------------------------------------------------------------------------
+
+
+def test_init_marks_daskgen_initialized(daskgen):
+    daskgen.init(num_cpus=1)
+    assert daskgen.is_initialized()
+
+
+def test_init_starts_an_embedded_cluster_with_num_cpus_cpus(daskgen):
+    daskgen.init(num_cpus=2)
+    assert _scheduler_cpus(daskgen.get_client()) == 2
+
+
+def test_get_client_returns_a_distributed_client(daskgen):
+    from distributed import Client
+
+    daskgen.init(num_cpus=1)
+    assert isinstance(daskgen.get_client(), Client)
+
+
+def test_second_init_raises_runtime_error(daskgen):
+    daskgen.init(num_cpus=1)
+    with pytest.raises(RuntimeError):
+        daskgen.init(num_cpus=1)
+
+
+def test_second_init_with_ignore_reinit_error_keeps_the_same_client(daskgen):
+    daskgen.init(num_cpus=1)
+    client = daskgen.get_client()
+    daskgen.init(num_cpus=1, ignore_reinit_error=True)
+    assert daskgen.get_client() is client
+
+
+def test_shutdown_marks_daskgen_not_initialized(daskgen):
+    daskgen.init(num_cpus=1)
+    daskgen.shutdown()
+    assert not daskgen.is_initialized()
+
+
+def test_shutdown_closes_the_embedded_cluster(daskgen):
+    daskgen.init(num_cpus=1)
+    address = daskgen.get_client().scheduler.address
+    daskgen.shutdown()
+    assert not _cluster_is_reachable(address)
+
+
+def test_shutdown_when_not_initialized_does_nothing(daskgen):
+    daskgen.shutdown()
+    assert not daskgen.is_initialized()
+
+
+def test_init_after_shutdown_starts_again(daskgen):
+    daskgen.init(num_cpus=1)
+    daskgen.shutdown()
+    daskgen.init(num_cpus=1)
+    assert daskgen.get(daskgen.put(3), timeout=HANG) == 3
+
+
+# --- existing clusters --------------------------------------------------------------------------
+
+
+def test_init_with_address_connects_to_that_scheduler(daskgen, external_cluster):
+    daskgen.init(address=external_cluster.scheduler_address)
+    assert daskgen.get_client().scheduler.address == external_cluster.scheduler_address
+
+
+def test_remote_function_runs_on_a_cluster_given_by_address(daskgen, external_cluster):
+    daskgen.init(address=external_cluster.scheduler_address)
+
+    @daskgen.remote
+    def add_one(x):
+        return x + 1
+
+    assert daskgen.get(add_one.remote(1), timeout=HANG) == 2
+
+
+def test_shutdown_leaves_a_cluster_given_by_address_running(daskgen, external_cluster):
+    daskgen.init(address=external_cluster.scheduler_address)
+    daskgen.shutdown()
+    assert _cluster_is_reachable(external_cluster.scheduler_address)
+
+
+def test_init_reads_the_address_from_the_daskgen_address_variable(
+    daskgen, external_cluster, monkeypatch
+):
+    monkeypatch.setenv("DASKGEN_ADDRESS", external_cluster.scheduler_address)
+    daskgen.init()
+    assert daskgen.get_client().scheduler.address == external_cluster.scheduler_address
+
+
+def test_shutdown_leaves_a_cluster_given_by_the_variable_running(
+    daskgen, external_cluster, monkeypatch
+):
+    monkeypatch.setenv("DASKGEN_ADDRESS", external_cluster.scheduler_address)
+    daskgen.init()
+    daskgen.shutdown()
+    assert _cluster_is_reachable(external_cluster.scheduler_address)
+
+
+def test_init_with_client_uses_that_client(daskgen, external_cluster):
+    from distributed import Client
+
+    with Client(external_cluster) as client:
+        daskgen.init(client=client)
+        assert daskgen.get_client() is client
+        daskgen.shutdown()
+
+
+def test_remote_function_runs_through_a_given_client(daskgen, external_cluster):
+    from distributed import Client
+
+    with Client(external_cluster) as client:
+        daskgen.init(client=client)
+
+        @daskgen.remote
+        def add_one(x):
+            return x + 1
+
+        assert daskgen.get(add_one.remote(1), timeout=HANG) == 2
+        daskgen.shutdown()
+
+
+# --- auto-init ----------------------------------------------------------------------------------
+
+
+def test_remote_call_initializes_on_first_use(daskgen):
+    @daskgen.remote
+    def add_one(x):
+        return x + 1
+
+    ref = add_one.remote(1)
+    assert daskgen.is_initialized()
+    assert daskgen.get(ref, timeout=HANG) == 2
+
+
+def test_put_initializes_on_first_use(daskgen):
+    ref = daskgen.put(5)
+    assert daskgen.is_initialized()
+    assert daskgen.get(ref, timeout=HANG) == 5
+
+
+def test_get_initializes_on_first_use(daskgen):
+    assert daskgen.get([], timeout=HANG) == []
+    assert daskgen.is_initialized()
+
+
+# --- Dask task naming ---------------------------------------------------------------------------
+
+
+def _scheduler_keys(client):
+    return client.run_on_scheduler(
+        lambda dask_scheduler: [
+            str(key[0] if isinstance(key, tuple) else key) for key in dask_scheduler.tasks
+        ]
+    )
+
+
+def test_task_key_starts_with_the_function_name(daskgen):
+    daskgen.init(num_cpus=1)
+
+    @daskgen.remote
+    def split_sentence(text):
+        return text.split()
+
+    ref = split_sentence.remote("a b")
+    assert daskgen.get(ref, timeout=HANG) == ["a", "b"]
+    keys = _scheduler_keys(daskgen.get_client())
+    assert any(key.startswith("split_sentence-") for key in keys), keys
+
+
+def test_task_prefix_shown_by_the_dashboard_is_the_function_name(daskgen):
+    daskgen.init(num_cpus=1)
+
+    @daskgen.remote
+    def split_sentence(text):
+        return text.split()
+
+    ref = split_sentence.remote("a b")
+    assert daskgen.get(ref, timeout=HANG) == ["a", "b"]
+    prefixes = daskgen.get_client().run_on_scheduler(
+        lambda dask_scheduler: {ts.prefix.name for ts in dask_scheduler.tasks.values()}
+    )
+    assert "split_sentence" in prefixes, prefixes
