@@ -155,8 +155,9 @@ def _wait_futures(
         return None
     if timeout == 0:
         raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(futures)} not ready.")
-    result = client.sync(_await_futures, pending, len(futures) - len(pending), need, timeout,
-                         stop_on_error)
+    result = client.sync(
+        _await_futures, pending, len(futures) - len(pending), need, timeout, stop_on_error
+    )
     return result
 
 

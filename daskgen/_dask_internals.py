@@ -43,9 +43,7 @@ def client_desires(client: Client, keys: list[Key]) -> None:
 def client_release(client: Client, keys: list[Key]) -> None:
     """Drop this client's claim on ``keys`` it never wrapped in a Future."""
     if client.status in ("running", "connecting", "newly-created"):
-        client._send_to_scheduler(
-            {"op": "client-releases-keys", "keys": keys, "client": client.id}
-        )
+        client._send_to_scheduler({"op": "client-releases-keys", "keys": keys, "client": client.id})
 
 
 def client_refcount(client: Client, key: Key) -> int:
@@ -88,6 +86,14 @@ def key_token(key: Key) -> str:
     return str(key).rpartition("-")[2]
 
 
+def erred_future(client: Client, key: Key, error: BaseException) -> Future:
+    """A future of this client only, already failed with ``error`` (a key the cluster never
+    sees: the ref that reports why a stream ended)."""
+    future = Future(key, client)
+    client.loop.add_callback(key_set_error, client, key, error)
+    return future
+
+
 def key_set_error(client: Client, key: Key, error: BaseException) -> None:
     """Fail this client's futures of ``key``, a key that will never exist (its producer died
     before publishing it). Runs on the client's loop; no-op when nobody holds the key."""
@@ -96,7 +102,9 @@ def key_set_error(client: Client, key: Key, error: BaseException) -> None:
         state.set_error(error, error.__traceback__)
 
 
-def on_future_done(client: Client, future: Future, callback: Callable[..., Any], *args: Any) -> None:
+def on_future_done(
+    client: Client, future: Future, callback: Callable[..., Any], *args: Any
+) -> None:
     """Call ``callback(*args)`` on the client's loop when ``future`` ends, without keeping the
     future alive (``Future.add_done_callback`` holds it, so a dropped generator's task would
     never be released)."""
@@ -243,7 +251,9 @@ def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[K
 
 def set_batching_interval(comm_owner: Any, seconds: float) -> None:
     """Shorten a BatchedSend's hard-coded flush interval (daskgen's own embedded cluster only)."""
-    stream = getattr(comm_owner, "batched_stream", None) or getattr(comm_owner, "scheduler_comm", None)
+    stream = getattr(comm_owner, "batched_stream", None) or getattr(
+        comm_owner, "scheduler_comm", None
+    )
     if stream is not None and hasattr(stream, "interval"):
         stream.interval = seconds
 

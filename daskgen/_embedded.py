@@ -61,8 +61,10 @@ def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, A
         raise TypeError(f"init() got unexpected keyword arguments {sorted(kwargs)}")
     workers = {}
     for i in range(n):
-        opts = dict(worker_opts, resources={"CPU": worker_opts["nthreads"],
-                                             **(extra_resources if i == 0 else {})})
+        opts = dict(
+            worker_opts,
+            resources={"CPU": worker_opts["nthreads"], **(extra_resources if i == 0 else {})},
+        )
         workers[i] = {
             "cls": _Worker,
             "options": {"worker_class": "distributed.Nanny", "worker_kwargs": opts},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from distributed import Worker, get_worker
 from . import _dask_internals as dx
 from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, yield_key
 from .exceptions import RayTaskError
+
+
+logger = logging.getLogger("daskgen")
 
 
 class Dep:
@@ -133,8 +137,10 @@ class TaskSpec:
             return self.fn(*args, **kwargs)
         except Exception as exc:
             err = wrap_error(exc, self.name)
-            if self.retry.enabled and self.retry.types is not None and not self.retry.retryable(
-                exc, 0
+            if (
+                self.retry.enabled
+                and self.retry.types is not None
+                and not self.retry.retryable(exc, 0)
             ):
                 # Dask would retry anything raised; an error Ray would not retry is returned.
                 return ErrorValue(err)
@@ -181,8 +187,15 @@ class Producer:
 
     def publish(self, index: int, value: Any) -> None:
         """Store ``value`` as yield ``index`` on this worker and announce it (non-blocking)."""
-        self.worker.loop.add_callback(_store_and_announce, self.worker, self.task, self.caller,
-                                      yield_key(self.task, index), index, value)
+        self.worker.loop.add_callback(
+            _store_and_announce,
+            self.worker,
+            self.task,
+            self.caller,
+            yield_key(self.task, index),
+            index,
+            value,
+        )
 
     def overwrite(self, indices: range, error: RayTaskError) -> None:
         """Replace published yields by an error (a surplus or a changed count on re-run)."""
@@ -301,6 +314,13 @@ class Producer:
 
     def _finish_error(self, error: RayTaskError, yielded: int) -> GenOutcome:
         spec = self.spec
+        if spec.mode == "static" and yielded >= spec.num_returns:
+            # Every ref already has its value; like Ray, the late error is only logged.
+            logger.error(
+                "Unhandled error: Task threw exception, but all return values already created. "
+                "This should only occur when using generator tasks.\n%s", error
+            )
+            return GenOutcome(self.task, spec.mode, self.count)
         if spec.mode == "static":
             for i in range(max(yielded, 0), spec.num_returns):
                 if i >= self.count:
@@ -365,6 +385,12 @@ def _store_and_announce(
         return  # this worker already holds that index from an earlier attempt
     dx.worker_send(
         worker,
-        {"op": PUBLISH_OP, "task": task, "caller": caller, "key": key, "index": index,
-         "nbytes": nbytes},
+        {
+            "op": PUBLISH_OP,
+            "task": task,
+            "caller": caller,
+            "key": key,
+            "index": index,
+            "nbytes": nbytes,
+        },
     )

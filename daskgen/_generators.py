@@ -16,6 +16,7 @@ Who holds each yield key:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 import weakref
@@ -58,6 +59,7 @@ class GenState:
         self.published: dict[int, Future | None] = {}  # index -> future held for the caller
         self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
         self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
+        self.cancelled = False
         self.done = False
         self.cond = threading.Condition()
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []
@@ -107,7 +109,7 @@ class GenState:
         self.cond.notify_all()
         still = []
         for index, fut in self._waiters:
-            if index in self.published or self.done:
+            if index in self.published or self.done or self.cancelled:
                 if not fut.done():
                     fut.set_result(None)
             else:
@@ -162,6 +164,11 @@ class GenState:
         return fut
 
     def cancel_task(self) -> None:
+        if self.task.done():
+            return  # nothing left to stop, as in Ray
+        with self.cond:
+            self.cancelled = True
+            self._wake()
         if not self.task.done():
             self.client.cancel([self.task], reason="cancelled by daskgen.cancel()")
 
@@ -180,8 +187,7 @@ def static_refs(state: GenState, n: int) -> list[ObjectRef]:
     """
     state.n_static = n
     return [
-        ObjectRef(Future(yield_key(state.task_key, i), state.client), owner=state)
-        for i in range(n)
+        ObjectRef(Future(yield_key(state.task_key, i), state.client), owner=state) for i in range(n)
     ]
 
 
@@ -214,12 +220,10 @@ class ObjectRefGenerator:
         timeout_s = check_timeout(timeout_s, "timeout_s")
         st = self._state
         with st.cond:
-            ready = self._index in st.published or st.done
+            ready = self._is_ready()
         if not ready:
             with blocking(), st.cond:
-                if not st.cond.wait_for(
-                    lambda: self._index in st.published or st.done, timeout=timeout_s
-                ):
+                if not st.cond.wait_for(self._is_ready, timeout=timeout_s):
                     from .exceptions import GetTimeoutError
 
                     raise GetTimeoutError(f"No new ref within {timeout_s} s.")
@@ -229,6 +233,10 @@ class ObjectRefGenerator:
         st = self._state
         if self._ended:
             raise StopIteration
+        if st.cancelled:
+            # As in Ray: after cancel(), yields not taken yet are skipped; one ref raises.
+            self._ended = True
+            return _error_ref(st, TaskCancelledError(st.task_key))
         index = self._index
         if st.is_published(index):
             fut = st.take(index)
@@ -261,8 +269,8 @@ class ObjectRefGenerator:
         return ObjectRef(self._state.task, owner=self._state)
 
     def next_ready(self) -> bool:
-        """True when ``next()`` would return at once (a ref, or the end)."""
-        return self._is_ready()
+        """True when the next yield's ref exists (``next()`` would return it at once)."""
+        return not self._ended and not self._state.cancelled and self._index in self._state.published
 
     def is_finished(self) -> bool:
         """True when the task has ended and every ref has been taken."""
@@ -271,7 +279,7 @@ class ObjectRefGenerator:
 
     def _is_ready(self) -> bool:
         st = self._state
-        return self._ended or self._index in st.published or st.done
+        return self._ended or st.cancelled or self._index in st.published or st.done
 
     async def _wait_ready(self) -> None:
         await asyncio.wrap_future(self._state.ready_future(self._index))
@@ -288,6 +296,15 @@ class ObjectRefGenerator:
     def close(self) -> None:
         raise NotImplementedError("ObjectRefGenerator does not support close().")
 
+    async def asend(self, value: Any) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support asend().")
+
+    async def athrow(self, *args: Any) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support athrow().")
+
+    async def aclose(self) -> None:
+        raise NotImplementedError("ObjectRefGenerator does not support aclose().")
+
     def task_key(self) -> str:
         return self._state.task_key
 
@@ -302,26 +319,28 @@ class ObjectRefGenerator:
 
 
 def _error_ref(state: GenState, failure: BaseException) -> ObjectRef:
-    """A ref that raises ``failure``: the task's own future, which ended that way."""
-    return ObjectRef(state.task, owner=state)
+    """A ref that raises ``failure`` (known here only: the key never reaches the cluster)."""
+    return ObjectRef(dx.erred_future(state.client, f"{state.task_key}-error", failure))
 
 
 class DynamicObjectRefGenerator:
     """The value of a ``num_returns="dynamic"`` call: the refs of every yield, in order.
 
-    Iterable once (like Ray's), has ``len()``, and can be passed to other tasks. When the
-    generator raised after k yields, the last of the ``k + 1`` refs raises that error.
+    Iterable once, like Ray's: iterating takes refs off the front, and ``len()`` counts the refs
+    not taken yet. It can be passed to other tasks. When the generator raised after k yields,
+    the last of the ``k + 1`` refs raises that error.
     """
 
     def __init__(self, refs: list[ObjectRef]) -> None:
-        self._refs = refs
-        self._iter = iter(refs)
+        self._refs = collections.deque(refs)
 
     def __iter__(self) -> Iterator[ObjectRef]:
         return self
 
     def __next__(self) -> ObjectRef:
-        return next(self._iter)
+        if not self._refs:
+            raise StopIteration
+        return self._refs.popleft()
 
     def __len__(self) -> int:
         return len(self._refs)
@@ -330,7 +349,7 @@ class DynamicObjectRefGenerator:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
     def __reduce__(self) -> Any:
-        return DynamicObjectRefGenerator, (self._refs,)
+        return DynamicObjectRefGenerator, (list(self._refs),)
 
 
 def outcome_value(outcome: GenOutcome) -> Any:

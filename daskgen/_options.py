@@ -22,8 +22,14 @@ DEFAULTS: dict[str, Any] = {
 }
 # Accepted so Ray code runs, but they mean nothing on Dask: warned about once.
 IGNORED = ("scheduling_strategy", "runtime_env", "memory", "_metadata", "label_selector")
-ACTOR_OPTIONS = ("max_concurrency", "get_if_exists", "lifetime", "namespace", "max_restarts",
-                 "max_task_retries")
+ACTOR_OPTIONS = (
+    "max_concurrency",
+    "get_if_exists",
+    "lifetime",
+    "namespace",
+    "max_restarts",
+    "max_task_retries",
+)
 _warned: set[str] = set()
 
 
@@ -35,9 +41,7 @@ def _check_num_returns(v: Any) -> None:
     if v is None or v in ("dynamic", "streaming"):
         return
     if isinstance(v, str):
-        raise ValueError(
-            f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v!r}"
-        )
+        raise ValueError(f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v!r}")
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(
             f"num_returns must be an int >= 0, 'dynamic' or 'streaming', not {v!r} "
@@ -84,9 +88,7 @@ def _check_retry_exceptions(v: Any) -> None:
         isinstance(e, type) and issubclass(e, BaseException) for e in v
     ):
         return
-    raise TypeError(
-        f"retry_exceptions must be a bool or a list of exception types, not {v!r}"
-    )
+    raise TypeError(f"retry_exceptions must be a bool or a list of exception types, not {v!r}")
 
 
 def _check_name(v: Any) -> None:
@@ -134,9 +136,7 @@ def validate(options: dict[str, Any], *, kind: str = "remote functions") -> dict
             continue
         check = _CHECKS.get(key)
         if check is None and not (kind == "actors" and key in ACTOR_OPTIONS):
-            raise ValueError(
-                f"Invalid option keyword {key} for {kind}. Valid ones are {valid}."
-            )
+            raise ValueError(f"Invalid option keyword {key} for {kind}. Valid ones are {valid}.")
         if check is not None:
             check(value)
         out[key] = value

@@ -145,16 +145,23 @@ def _resources(options: dict[str, Any]) -> dict[str, float] | None:
     return wanted
 
 
-def submit(spec: TaskSpec, options: dict[str, Any], args: tuple[Any, ...],
-           kwargs: dict[str, Any]) -> Any:
+def submit(
+    spec: TaskSpec, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     client = get_client()
     packed, deps, lent = pack_args(spec.name, args, kwargs)
     key = task_key(spec.name)
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
-    call = _Call(client, spec, key, (client.id, packed, *(r._future for r in deps)),
-                 _resources(options), retries)
+    call = _Call(
+        client,
+        spec,
+        key,
+        (client.id, packed, *(r._future for r in deps)),
+        _resources(options),
+        retries,
+    )
 
     state = None
     if spec.mode != "plain":
@@ -181,8 +188,15 @@ def submit(spec: TaskSpec, options: dict[str, Any], args: tuple[Any, ...],
 class _Call:
     """One submission, made now or once the static-generator refs it depends on exist."""
 
-    def __init__(self, client: Client, spec: TaskSpec, key: str, args: tuple[Any, ...],
-                 resources: dict[str, float] | None, retries: int) -> None:
+    def __init__(
+        self,
+        client: Client,
+        spec: TaskSpec,
+        key: str,
+        args: tuple[Any, ...],
+        resources: dict[str, float] | None,
+        retries: int,
+    ) -> None:
         self.client = client
         self.spec = spec
         self.key = key
@@ -200,12 +214,17 @@ class _Call:
         waiting = [
             (r._owner, int(r.key[1]))
             for r in deps
-            if isinstance(r._owner, GenState) and r._owner.mode == "static"
+            if isinstance(r._owner, GenState)
+            and r._owner.mode == "static"
             and not r._owner.is_published(int(r.key[1]))
         ]
         if not waiting:
             return self.client.submit(
-                self.spec, *self.args, key=self.key, pure=False, resources=self.resources,
+                self.spec,
+                *self.args,
+                key=self.key,
+                pure=False,
+                resources=self.resources,
                 retries=self.retries,
             )
         future = Future(self.key, self.client)
@@ -227,8 +246,9 @@ class _Call:
                 if failure is not None:
                     self.client.loop.add_callback(dx.key_set_error, self.client, self.key, failure)
                     return
-        dx.submit_prebound(self.client, self.key, self.spec, self.args, self.resources,
-                           self.retries)
+        dx.submit_prebound(
+            self.client, self.key, self.spec, self.args, self.resources, self.retries
+        )
 
 
 def remote(*args: Any, **options: Any) -> Any:

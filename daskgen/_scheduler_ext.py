@@ -65,7 +65,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_free_on_worker(s, worker, [key])
             return
         # The caller learns which generator the key belongs to before Dask reports it in memory.
-        dx.scheduler_send_to_client(s, caller, {"op": YIELD_OP, "task": task, "key": key, "index": index})
+        dx.scheduler_send_to_client(
+            s, caller, {"op": YIELD_OP, "task": task, "key": key, "index": index}
+        )
         dx.scheduler_register_data(s, key, worker, nbytes, caller)
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:

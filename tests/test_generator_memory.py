@@ -203,11 +203,15 @@ def test_a_generator_of_ten_50_mb_arrays_never_holds_more_than_about_one(ray, tm
             if tracing_here:
                 tracemalloc.stop()
 
-    for i, ref in enumerate(big_arrays.remote(str(peaks_path), 10)):
+    # Not enumerate(): CPython's enumerate keeps its last (i, ref) tuple alive while it waits for
+    # the next item, which would keep yield i alive while the generator waits for it to go.
+    i = 0
+    for ref in big_arrays.remote(str(peaks_path), 10):
         array = ray.get(ref, timeout=60)
         assert array.nbytes == BIG_ARRAY_BYTES
         assert array[0] == i and array[-1] == i
         del array, ref
+        i += 1
 
     peaks = [int(line.split()[1]) for line in peaks_path.read_text().splitlines()]
     assert len(peaks) == 10

@@ -47,11 +47,11 @@ def _scheduler_cpus(client) -> float:
     )
 
 
-def _cluster_is_reachable(address) -> bool:
+def _cluster_is_reachable(address, timeout="10s") -> bool:
     from distributed import Client
 
     try:
-        with Client(address, timeout="3s"):
+        with Client(address, timeout=timeout):
             return True
     except (OSError, TimeoutError):
         return False
@@ -100,7 +100,7 @@ def test_shutdown_closes_the_embedded_cluster(daskgen):
     daskgen.init(num_cpus=1)
     address = daskgen.get_client().scheduler.address
     daskgen.shutdown()
-    assert not _cluster_is_reachable(address)
+    assert not _cluster_is_reachable(address, timeout="1s")
 
 
 def test_shutdown_when_not_initialized_does_nothing(daskgen):
@@ -200,6 +200,11 @@ def test_put_initializes_on_first_use(daskgen):
 
 def test_get_initializes_on_first_use(daskgen):
     assert daskgen.get([], timeout=HANG) == []
+    assert daskgen.is_initialized()
+
+
+def test_wait_initializes_on_first_use(daskgen):
+    assert daskgen.wait([]) == ([], [])
     assert daskgen.is_initialized()
 
 

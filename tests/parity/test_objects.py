@@ -162,6 +162,10 @@ def test_get_of_a_list_returns_the_values_in_order(ray):
     assert ray.get([square.remote(i) for i in range(5)], timeout=HANG) == [0, 1, 4, 9, 16]
 
 
+def test_get_of_an_empty_list_returns_an_empty_list(ray):
+    assert ray.get([], timeout=HANG) == []
+
+
 def test_get_with_timeout_zero_on_a_running_task_raises_get_timeout_error(ray, slow_task):
     ref, started = slow_task()
     _wait_until_exists(started)
@@ -259,6 +263,11 @@ def test_wait_with_timeout_returns_what_is_ready_when_it_passes(ray, slow_task):
     ready, not_ready = ray.wait([slow, done], num_returns=2, timeout=0.3)
     assert time.monotonic() - start < SLOW / 2
     assert (ready, not_ready) == ([done], [slow])
+
+
+def test_wait_on_an_empty_list_returns_two_empty_lists(ray):
+    # Ray 2.60 accepts this although the default num_returns=1 exceeds the list length.
+    assert ray.wait([]) == ([], [])
 
 
 def test_wait_with_duplicate_refs_raises_value_error(ray):

@@ -1,0 +1,141 @@
+"""The private Dask internals daskgen relies on (all used through ``daskgen/_dask_internals.py``).
+
+If a Dask upgrade moves one of them, a test here fails with a message naming it, before anything
+subtler breaks. Each test touches the real object, on a real in-process cluster.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from distributed import Client, Future, LocalCluster, Worker
+from distributed.scheduler import Scheduler
+
+import daskgen
+from daskgen import _dask_internals as dx
+
+pytestmark = pytest.mark.daskgen_only
+
+
+@pytest.fixture(scope="module")
+def inproc():
+    """An in-process cluster (one worker, threads), so tests can look at the objects."""
+    daskgen.shutdown()
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                           dashboard_address=":0", resources={"CPU": 2})
+    client = Client(cluster)
+    yield client, cluster.scheduler, next(iter(cluster.workers.values()))
+    daskgen.shutdown()
+    client.close()
+    cluster.close()
+
+
+def _has(obj: object, *names: str) -> None:
+    for name in names:
+        assert hasattr(obj, name), f"Dask moved {type(obj).__name__}.{name}; daskgen needs it"
+
+
+def test_client_internals_exist(inproc):
+    client, _, _ = inproc
+    _has(client, "_stream_handlers", "_send_to_scheduler", "refcount", "futures", "loop", "id")
+    assert isinstance(client._stream_handlers, dict)
+    fut = client.submit(int, 1)
+    _has(fut, "_state")
+    _has(fut._state, "wait", "set_error", "status")
+    assert inspect.iscoroutinefunction(fut._state.wait)
+    assert client.refcount[fut.key] >= 1
+
+
+def test_client_graph_submission_internals_exist(inproc):
+    client, _, _ = inproc
+    from dask._expr import LLGExpr  # noqa: F401
+    from dask._task_spec import Task, parse_input  # noqa: F401
+    from distributed.spans import SpanMetadata  # noqa: F401
+
+    params = inspect.signature(client._graph_to_futures).parameters
+    for name in ("expr", "keys", "span_metadata", "internal_priority", "resources", "retries"):
+        assert name in params, f"Client._graph_to_futures lost parameter {name!r}"
+
+
+def test_submit_prebound_runs_a_task_for_a_key_already_held(inproc):
+    client, _, _ = inproc
+    key = "prebound-" + "a" * 32
+    fut = Future(key, client)
+    dx.submit_prebound(client, key, lambda x: x * 2, (21,), None, 0)
+    assert fut.result(timeout=30) == 42
+
+
+def test_worker_internals_exist(inproc):
+    _, _, worker = inproc
+    assert isinstance(worker, Worker)
+    _has(worker, "stream_handlers", "batched_stream", "update_data", "data", "state", "loop")
+    _has(worker.state, "tasks", "available_resources", "total_resources")
+    assert "data" in inspect.signature(worker.update_data).parameters
+
+
+def test_worker_store_keeps_the_very_object_without_copying(inproc):
+    client, _, worker = inproc
+    value = bytearray(b"x" * 1000)
+    key = ("internals-yield-" + "b" * 32, 0)
+    nbytes = client.sync(_on_loop, worker, lambda: dx.worker_store(worker, key, value))
+    assert nbytes >= 1000
+    assert worker.data[key] is value
+    assert worker.state.tasks[key].state == "memory"
+    # storing again keeps the first value (a re-run never mixes two attempts)
+    assert client.sync(_on_loop, worker, lambda: dx.worker_store(worker, key, b"new")) is None
+    assert worker.data[key] is value
+
+
+async def _on_loop(worker, fn):
+    return fn()
+
+
+def test_task_state_and_resources_are_visible_from_the_task(inproc):
+    client, _, _ = inproc
+
+    def probe():
+        from distributed import get_worker
+
+        w = get_worker()
+        key = w.get_current_task()
+        return dx.worker_task_alive(w, key), dx.worker_current_resources(w, key)
+
+    alive, resources = client.submit(probe, resources={"CPU": 1}).result(timeout=30)
+    assert alive is True
+    assert resources == {"CPU": 1}
+
+
+def test_scheduler_internals_exist(inproc):
+    _, scheduler, _ = inproc
+    assert isinstance(scheduler, Scheduler)
+    _has(scheduler, "stream_handlers", "client_comms", "tasks", "worker_send", "client_send",
+         "update_data")
+    params = inspect.signature(scheduler.update_data).parameters
+    for name in ("who_has", "nbytes", "client"):
+        assert name in params, f"Scheduler.update_data lost parameter {name!r}"
+
+
+def test_subprocess_worker_still_exists():
+    from distributed.deploy.subprocess import SubprocessWorker
+
+    params = inspect.signature(SubprocessWorker.__init__).parameters
+    for name in ("scheduler", "worker_class", "worker_kwargs"):
+        assert name in params
+
+
+def test_daskgen_publishes_through_these_internals(inproc):
+    """End to end on the in-process cluster: a yield is stored as the very object it was."""
+    client, _, worker = inproc
+    daskgen.init(client=client)
+    try:
+
+        @daskgen.remote
+        def gen():
+            yield bytearray(b"y" * 10)
+
+        ref = next(gen.remote())
+        assert daskgen.get(ref) == bytearray(b"y" * 10)
+        assert ref.key in worker.data
+    finally:
+        daskgen.shutdown()
