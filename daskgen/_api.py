@@ -84,9 +84,9 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     """
     timeout = check_timeout(timeout)
     refs, single = _as_ref_list(object_refs, "get")
+    client = get_client()  # initialises on first use, as Ray's get does, even for []
     if not refs:
         return []
-    client = get_client()
     futures = [r._future for r in refs]
     with blocking():
         failed = _wait_futures(client, futures, timeout, need=len(futures), stop_on_error=True)
@@ -248,7 +248,7 @@ def wait(
         raise TypeError(f"num_returns must be an int, not {num_returns!r}")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
-    if num_returns > len(object_refs):
+    if object_refs and num_returns > len(object_refs):
         raise ValueError(
             f"num_returns ({num_returns}) cannot be greater than the number of objects provided "
             f"({len(object_refs)})"
@@ -256,8 +256,8 @@ def wait(
     timeout = check_timeout(timeout)
     if not isinstance(fetch_local, bool):
         raise TypeError(f"fetch_local must be a bool, not {fetch_local!r}")
+    client = get_client()  # initialises on first use, as Ray's wait does, even for []
     if object_refs:
-        client = get_client()
         with blocking():
             _wait_ready(client, object_refs, num_returns, timeout)
     ready = [r for r in object_refs if _is_ready(r)][:num_returns]
