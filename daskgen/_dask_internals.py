@@ -26,6 +26,22 @@ def client_add_stream_handler(client: Client, op: str, handler: Callable[..., An
     client._stream_handlers[op] = handler
 
 
+def client_stream_handler(client: Client, op: str) -> Callable[..., Any]:
+    return client._stream_handlers[op]
+
+
+def key_status(client: Client, key: Key) -> str | None:
+    state = client.futures.get(key)
+    return None if state is None else state.status
+
+
+def key_lose(client: Client, key: Key) -> None:
+    """Mark this client's future of ``key`` as lost: pending again until the key comes back."""
+    state = client.futures.get(key)
+    if state is not None:
+        state.lose()
+
+
 def client_send(client: Client, msg: dict[str, Any]) -> None:
     """Queue ``msg`` on the client's batched stream to the scheduler (thread-safe)."""
     client._send_to_scheduler(msg)

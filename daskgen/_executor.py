@@ -292,14 +292,19 @@ class Producer:
             self.spec.name,
         )
 
+    def _fail(self, indices: range, error: RayTaskError) -> None:
+        """Make the refs at ``indices`` raise ``error``: publish new ones, replace old ones."""
+        old = range(indices.start, min(indices.stop, self.count))
+        if old:
+            self.overwrite(old, error)
+        for i in range(max(indices.start, self.count), indices.stop):
+            self.publish(i, ErrorValue(error))
+        self.count = max(self.count, indices.stop)
+
     def _finish(self, yielded: int) -> GenOutcome:
         spec = self.spec
-        if spec.mode == "static":
-            if yielded < spec.num_returns:
-                err = ErrorValue(self._count_error(yielded))
-                for i in range(yielded, spec.num_returns):
-                    self.publish(i, err)
-                self.count = spec.num_returns
+        if spec.mode == "static" and yielded < spec.num_returns:
+            self._fail(range(yielded, spec.num_returns), self._count_error(yielded))
         elif yielded < self.count:
             # A re-run yielded fewer values than an earlier attempt already handed out.
             err = wrap_error(
@@ -314,23 +319,22 @@ class Producer:
 
     def _finish_error(self, error: RayTaskError, yielded: int) -> GenOutcome:
         spec = self.spec
-        if spec.mode == "static" and yielded >= spec.num_returns:
-            # Every ref already has its value; like Ray, the late error is only logged.
-            logger.error(
-                "Unhandled error: Task threw exception, but all return values already created. "
-                "This should only occur when using generator tasks.\n%s", error
-            )
-            return GenOutcome(self.task, spec.mode, self.count)
         if spec.mode == "static":
-            for i in range(max(yielded, 0), spec.num_returns):
-                if i >= self.count:
-                    self.publish(i, ErrorValue(error))
-            self.count = max(self.count, spec.num_returns)
+            if yielded >= spec.num_returns:
+                # Every ref already has its value; like Ray, the late error is only logged.
+                logger.error(
+                    "Unhandled error: Task threw exception, but all return values already "
+                    "created. This should only occur when using generator tasks.\n%s",
+                    error,
+                )
+            else:
+                self._fail(range(yielded, spec.num_returns), error)
             return GenOutcome(self.task, spec.mode, self.count)
-        index = self.count
-        self.publish(index, ErrorValue(error))
-        self.count = index + 1
-        return GenOutcome(self.task, spec.mode, self.count, error_index=index)
+        # The error is one more ref, after the values of this attempt.
+        self._fail(range(yielded, yielded + 1), error)
+        if self.count > yielded + 1:  # an earlier attempt went further: those refs are invalid
+            self.overwrite(range(yielded + 1, self.count), error)
+        return GenOutcome(self.task, spec.mode, yielded + 1, error_index=yielded)
 
     def _finish_surplus(self, total: int) -> GenOutcome:
         # Beyond Ray (which only logs this, ray#28689): every ref fails, naming both counts.

@@ -26,9 +26,9 @@ from typing import Any
 from distributed import Client, Future
 
 from . import _dask_internals as dx
-from ._protocol import CONSUMED_OP, GenOutcome, Key, yield_key
+from ._protocol import CONSUMED_OP, GenOutcome, Key, task_of_yield, yield_key
 from ._refs import ObjectRef, bind_ref
-from .exceptions import TaskCancelledError, WorkerCrashedError
+from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
 
@@ -43,6 +43,36 @@ def on_yield_message(client: Client) -> Callable[..., None]:
             state.on_yield(index, key)
         elif dx.client_refcount(client, key) == 0:
             dx.client_release(client, [key])  # the generator was dropped: nobody will take it
+
+    return handler
+
+
+def on_cancelled_keys(client: Client) -> Callable[..., None]:
+    """Wrap the client's ``cancelled-keys`` handler: a yield lost with its worker is not cancelled.
+
+    Dask forgets a published yield whose only copy was on a worker that died and tells holders
+    it was cancelled. While its generator is being re-run, the key will be published again:
+    the ref just waits. Once the generator has finished, the value is gone: ``ObjectLostError``.
+    """
+    dask_handler = dx.client_stream_handler(client, "cancelled-keys")
+
+    def handler(keys: list[Key], **kwargs: Any) -> None:
+        others = []
+        for key in keys:
+            key = tuple(key) if isinstance(key, list) else key
+            task = task_of_yield(key)
+            state = _registry.get(task) if task is not None else None
+            if state is None or state.task is None:
+                others.append(key)
+            elif not state.done:
+                dx.key_lose(client, key)
+            else:
+                dx.key_set_error(client, key, ObjectLostError(
+                    f"Yield {key[1]} of {state.task_key} was lost: the only worker holding it "
+                    "died after the generator had finished. Re-run the generator to recompute it."
+                ))
+        if others:
+            dask_handler(keys=others, **kwargs)
 
     return handler
 
@@ -95,6 +125,11 @@ class GenState:
             callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]
             self._on_publish.clear()
             self._wake()
+        for index, key in self._lost_for_good():
+            dx.key_set_error(self.client, key, ObjectLostError(
+                f"Yield {index} of {self.task_key} was lost with its worker and the re-run of "
+                "the generator did not produce it again."
+            ))
         if self.n_static:
             failure = self.failure()
             if failure is not None:
@@ -104,6 +139,12 @@ class GenState:
                     dx.key_set_error(self.client, yield_key(self.task_key, i), failure)
         for cb in callbacks:
             cb()
+
+    def _lost_for_good(self) -> list[tuple[int, Key]]:
+        """Yields that were lost with a worker and not published again by the task's re-run."""
+        n = max(len(self.published), self.n_static)
+        keys = [(i, yield_key(self.task_key, i)) for i in range(n)]
+        return [(i, k) for i, k in keys if dx.key_status(self.client, k) == "lost"]
 
     def _wake(self) -> None:
         self.cond.notify_all()

@@ -7,6 +7,7 @@ Inside a Dask task every entry point uses that worker's own client instead.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import warnings
@@ -33,6 +34,7 @@ class _Session:
 
 _session: _Session | None = None
 _lock = threading.RLock()
+_atexit_registered = False
 
 
 def init(
@@ -58,7 +60,7 @@ def init(
 
     A second ``init`` raises ``RuntimeError`` unless ``ignore_reinit_error=True``.
     """
-    global _session
+    global _session, _atexit_registered
     with _lock:
         if _session is not None:
             if ignore_reinit_error:
@@ -88,6 +90,10 @@ def init(
             _close(session)
             raise
         _session = session
+        if not _atexit_registered:
+            # Close our client before Dask's own exit hooks stop the cluster under it.
+            atexit.register(shutdown)
+            _atexit_registered = True
         return session.client
 
 
@@ -119,9 +125,10 @@ def setup_client(client: Client) -> None:
     """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
     if getattr(client, "_daskgen_ready", False):
         return
-    from ._generators import on_yield_message
+    from ._generators import on_cancelled_keys, on_yield_message
 
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
+    dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)
     client._daskgen_ready = True

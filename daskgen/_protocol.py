@@ -63,6 +63,14 @@ def yield_key(task: str, index: int) -> tuple[str, int]:
     return (yield_prefix(task), index)
 
 
+def task_of_yield(key: Key) -> str | None:
+    """The generator task that published ``key``, or None if ``key`` is not a yield."""
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
+        return None
+    head, sep, token = key[0].rpartition("-yield-")
+    return f"{head}-{token}" if sep else None
+
+
 def put_key() -> str:
     return f"put-{new_token()}"
 

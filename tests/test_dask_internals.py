@@ -22,8 +22,13 @@ pytestmark = pytest.mark.daskgen_only
 def inproc():
     """An in-process cluster (one worker, threads), so tests can look at the objects."""
     daskgen.shutdown()
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                           dashboard_address=":0", resources={"CPU": 2})
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=":0",
+        resources={"CPU": 2},
+    )
     client = Client(cluster)
     yield client, cluster.scheduler, next(iter(cluster.workers.values()))
     daskgen.shutdown()
@@ -109,8 +114,15 @@ def test_task_state_and_resources_are_visible_from_the_task(inproc):
 def test_scheduler_internals_exist(inproc):
     _, scheduler, _ = inproc
     assert isinstance(scheduler, Scheduler)
-    _has(scheduler, "stream_handlers", "client_comms", "tasks", "worker_send", "client_send",
-         "update_data")
+    _has(
+        scheduler,
+        "stream_handlers",
+        "client_comms",
+        "tasks",
+        "worker_send",
+        "client_send",
+        "update_data",
+    )
     params = inspect.signature(scheduler.update_data).parameters
     for name in ("who_has", "nbytes", "client"):
         assert name in params, f"Scheduler.update_data lost parameter {name!r}"
