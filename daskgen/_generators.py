@@ -67,10 +67,14 @@ def on_cancelled_keys(client: Client) -> Callable[..., None]:
             elif not state.done:
                 dx.key_lose(client, key)
             else:
-                dx.key_set_error(client, key, ObjectLostError(
-                    f"Yield {key[1]} of {state.task_key} was lost: the only worker holding it "
-                    "died after the generator had finished. Re-run the generator to recompute it."
-                ))
+                dx.key_set_error(
+                    client,
+                    key,
+                    ObjectLostError(
+                        f"Yield {key[1]} of {state.task_key} was lost: the only worker holding it "
+                        "died after the generator had finished. Re-run the generator to recompute it."
+                    ),
+                )
         if others:
             dask_handler(keys=others, **kwargs)
 
@@ -126,10 +130,14 @@ class GenState:
             self._on_publish.clear()
             self._wake()
         for index, key in self._lost_for_good():
-            dx.key_set_error(self.client, key, ObjectLostError(
-                f"Yield {index} of {self.task_key} was lost with its worker and the re-run of "
-                "the generator did not produce it again."
-            ))
+            dx.key_set_error(
+                self.client,
+                key,
+                ObjectLostError(
+                    f"Yield {index} of {self.task_key} was lost with its worker and the re-run of "
+                    "the generator did not produce it again."
+                ),
+            )
         if self.n_static:
             failure = self.failure()
             if failure is not None:
@@ -311,7 +319,8 @@ class ObjectRefGenerator:
 
     def next_ready(self) -> bool:
         """True when the next yield's ref exists (``next()`` would return it at once)."""
-        return not self._ended and not self._state.cancelled and self._index in self._state.published
+        st = self._state
+        return not self._ended and not st.cancelled and self._index in st.published
 
     def is_finished(self) -> bool:
         """True when the task has ended and every ref has been taken."""

@@ -1,35 +1,14 @@
-"""The protocol between daskgen's client side and what runs inside a Dask task.
+"""Names and small value types shared by daskgen's client, scheduler and worker halves.
 
-Keys
-----
+The protocol itself (messages, ordering, who holds each key when) is documented at the top of
+``_publish.py``, the worker half that drives it.
+
 * A remote call is one Dask task, key ``"<name>-<32 hex>"`` (``name`` is the function's name, so
   the dashboard shows ``split-...``). The hex part makes keys unguessable: Dask substitutes a
   string argument equal to an existing key (dask/distributed #3965).
-* Yield ``i`` of generator task ``T`` is the key ``("<name>-yield-<same hex>", i)``: a tuple key,
-  so the dashboard groups every yield of one function as ``<name>-yield``.
-* ``put`` values are ``"put-<32 hex>"``.
-
-Messages (all on Dask's existing ordered batched streams)
----------------------------------------------------------
-worker -> scheduler ``daskgen-publish``  {task, caller, key, index, nbytes}
-    Sent by the worker after it stored yield ``index`` in its own memory. The scheduler extension
-    (``_scheduler_ext``) registers the key as held by that worker and owned by ``caller``.
-scheduler -> caller client ``daskgen-yield``  {task, key, index}
-    Sent *before* the scheduler reports the key in memory, so the client's generator state knows
-    the key before Dask tells it the data exists.
-client -> scheduler ``daskgen-consumed``  {task, index}
-    Backpressure: the consumer has taken refs up to ``index``; forwarded to the producing worker
-    as ``daskgen-consumed`` {task, index}.
-
-Because publish messages and the task's own ``task-finished`` travel the same ordered
-worker -> scheduler -> client path, a client that sees the task finish has already seen every
-yield: the end of a stream needs no sentinel.
-
-Values
-------
-Errors that belong to one ref (a generator that raised after k yields, a missing or surplus yield)
-are stored as :class:`ErrorValue` under that ref's key. ``get`` raises them, and a task that
-receives one as a top-level argument raises it, so the error flows down a pipeline as in Ray.
+* Yield ``i`` of task ``T`` is ``("<name>-yield-<same hex>", i)``; ``put`` values ``"put-<hex>"``.
+* Errors that belong to one ref are stored as :class:`ErrorValue` under that ref's key: ``get``
+  raises them, and a task receiving one as a top-level argument raises it, as in Ray.
 """
 
 from __future__ import annotations

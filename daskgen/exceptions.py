@@ -37,8 +37,9 @@ class RayError(Exception):
 class RayTaskError(RayError):
     """A remote function raised ``cause``.
 
-    ``get()`` raises an instance of ``RayTaskError(CauseClass)``, a class that derives from both this
-    class and the cause's class, so ``except ValueError`` and ``except RayTaskError`` both catch it.
+    ``get()`` raises an instance of ``RayTaskError(CauseClass)``, a class that derives from both
+    this class and the cause's class, so ``except ValueError`` and ``except RayTaskError`` both
+    catch it.
     The message carries the remote traceback; ``.cause`` is the original exception.
     """
 

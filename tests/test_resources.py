@@ -77,8 +77,12 @@ def test_more_gpus_than_the_cluster_has_warns(with_resources):
 
 def test_a_plain_dask_cluster_without_cpu_resources_runs_tasks_unrestricted():
     daskgen.shutdown()
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         daskgen.init(client=client)
         try:
             ref = daskgen.remote(_slow_identity).remote(6)

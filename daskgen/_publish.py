@@ -1,0 +1,309 @@
+"""Publishing yields: what a generator task does with each value it yields.
+
+This module is the worker half of daskgen's generator protocol and documents all of it.
+
+Keys
+----
+A generator task ``T`` (key ``"<name>-<hex>"``) publishes yield ``i`` as the tuple key
+``("<name>-yield-<hex>", i)``: the same hex, so the caller can tell which task a key came from, and
+a tuple so that the dashboard groups all yields of ``name`` as ``<name>-yield``.
+
+Messages (all on Dask's existing, ordered batched streams)
+-----------------------------------------------------------
+1. The generator thread hands the value to the worker's event loop (``loop.add_callback``) and
+   goes on; it keeps no reference to it.
+2. On the loop, ``Worker.update_data`` stores the value in the worker's memory as it is: no
+   pickling, no copy. A task on this worker later receives the very same object.
+3. worker -> scheduler ``daskgen-publish`` {task, caller, key, index, nbytes}.
+4. The scheduler extension (``_scheduler_ext``) first sends the caller's client
+   ``daskgen-yield`` {task, key, index}, then registers the key as held by the worker and wanted by
+   the caller (``Scheduler.update_data(..., client=caller)``), which makes Dask send the client
+   ``key-in-memory``. If the caller has disconnected, it tells the worker to drop the key instead.
+5. Backpressure: client -> scheduler ``daskgen-consumed`` {task, index}, forwarded to the worker
+   running ``task``, which wakes the paused generator.
+
+Because 3 and the task's own ``task-finished`` travel the same ordered worker -> scheduler ->
+client path, a client that sees the task end has seen every yield: no end-of-stream sentinel.
+
+Who holds each key, when
+------------------------
+* From step 2 until step 4 the worker holds the value and nobody can release it: the scheduler
+  does not know the key yet.
+* From step 4 on, the caller's client wants the key, so Dask keeps it even before the client
+  made a ``Future`` for it. There is no moment where the key exists and nobody owns it.
+* On the caller, ``_generators.GenState`` receives ``daskgen-yield`` before ``key-in-memory``:
+  streaming and dynamic generators wrap the key in a ``Future`` at once; static refs were made
+  before the task ran; a key that no live generator or ref wants is released immediately.
+* From then on Dask's reference counting decides: the last ``ObjectRef`` dropped frees the key.
+
+Ends and errors
+---------------
+The task's own result is a small ``GenOutcome`` (count, mode, where the error is). An exception
+after ``k`` yields is stored as an ``ErrorValue`` under key ``k`` (dynamic, streaming) or under
+every key from ``k`` to ``N - 1`` (``num_returns=N``). A re-run (``retry_exceptions``, handled in
+this task so that it knows which attempt is the last; or a worker death, re-run by Dask) skips
+the indices already published, so no index ever mixes two attempts; if it yields fewer values,
+the refs it did not reproduce are replaced by an error naming both counts.
+
+Cancellation: ``Future.cancel`` cannot stop a thread, so the producer checks at every yield
+whether the scheduler still wants the task (cancel, caller gone) and closes the generator if not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from distributed import Worker
+
+from . import _dask_internals as dx
+from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, yield_key
+from .exceptions import RayTaskError
+
+if TYPE_CHECKING:
+    from ._executor import TaskSpec
+
+logger = logging.getLogger("daskgen")
+
+_producers: dict[Key, Producer] = {}
+_producers_lock = threading.Lock()
+
+
+def _on_consumed(task: str, index: int, **_: Any) -> None:
+    """Worker stream handler: the consumer of ``task`` has taken refs up to ``index``."""
+    producer = _producers.get(task)
+    if producer is not None:
+        producer.on_consumed(index)
+
+
+class _Cancelled(Exception):
+    """The scheduler released the task (cancel, or the caller left): stop producing."""
+
+
+class Producer:
+    """Drives one generator inside its task and publishes each yield."""
+
+    def __init__(self, spec: TaskSpec, worker: Worker, task: str, caller: str) -> None:
+        self.spec = spec
+        self.worker = worker
+        self.task = task
+        self.caller = caller
+        self.count = 0  # indices published so far, over every attempt in this run
+        self.yielded = 0  # values the current attempt has yielded
+        self.consumed = 0  # refs the consumer has taken (backpressure)
+        self.cond = threading.Condition()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, index: int, value: Any) -> None:
+        """Store ``value`` as yield ``index`` on this worker and announce it (non-blocking)."""
+        self.worker.loop.add_callback(
+            _store_and_announce,
+            self.worker,
+            self.task,
+            self.caller,
+            yield_key(self.task, index),
+            index,
+            value,
+        )
+
+    def overwrite(self, indices: range, error: RayTaskError) -> None:
+        """Replace published yields by an error (a surplus or a changed count on re-run)."""
+        keys = [yield_key(self.task, i) for i in indices]
+        self.worker.loop.add_callback(dx.worker_overwrite, self.worker, keys, ErrorValue(error))
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
+        spec = self.spec
+        if spec.backpressure:
+            dx.worker_add_stream_handler(self.worker, CONSUMED_OP, _on_consumed)
+            with _producers_lock:
+                _producers[self.task] = self
+        try:
+            attempt = 0
+            while True:
+                try:
+                    self._drive(args, kwargs)
+                except _Cancelled:
+                    return None
+                except _Surplus as surplus:
+                    return self._finish_surplus(surplus.total)
+                except Exception as exc:
+                    if spec.retry.retryable(exc, attempt):
+                        attempt += 1
+                        continue  # in this task: only here do we know whether this was the last try
+                    return self._finish_error(spec.wrap(exc), self.yielded)
+                return self._finish(self.yielded)
+        finally:
+            if spec.backpressure:
+                with _producers_lock:
+                    _producers.pop(self.task, None)
+
+    def _drive(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Run the generator once (one attempt), publishing the indices not published yet."""
+        spec = self.spec
+        limit = spec.num_returns if spec.mode == "static" else None
+        self.yielded = index = 0
+        it = _iterate(spec.fn(*args, **kwargs), spec)
+        try:
+            for value in it:
+                if not dx.worker_task_alive(self.worker, self.task):
+                    raise _Cancelled
+                if limit is not None and index >= limit:
+                    del value
+                    raise _Surplus(index + 1 + sum(1 for _ in self._alive(it)))
+                if index >= self.count:  # a re-run skips what an earlier attempt published
+                    self.publish(index, value)
+                    self.count = index + 1
+                del value  # the generator must not keep past values alive
+                self.yielded = index = index + 1
+                self._respect_backpressure()
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def _alive(self, it: Iterator[Any]) -> Iterator[Any]:
+        for _ in it:
+            if not dx.worker_task_alive(self.worker, self.task):
+                raise _Cancelled
+            yield None
+
+    def _respect_backpressure(self) -> None:
+        limit = self.spec.backpressure
+        if not limit:
+            return
+        from ._api import blocking
+
+        with self.cond:
+            if self.count - self.consumed < limit:
+                return
+        with blocking(), self.cond:
+            while self.count - self.consumed >= limit:
+                # Woken by the consumer; the timeout only re-checks for cancellation.
+                self.cond.wait(timeout=0.5)
+                if not dx.worker_task_alive(self.worker, self.task):
+                    raise _Cancelled
+
+    def on_consumed(self, index: int) -> None:
+        with self.cond:
+            self.consumed = max(self.consumed, index + 1)
+            self.cond.notify_all()
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _count_error(self, got: int) -> RayTaskError:
+        return self.spec.wrap(
+            ValueError(f"Task returned {got} objects, but num_returns={self.spec.num_returns}.")
+        )
+
+    def _fail(self, indices: range, error: RayTaskError) -> None:
+        """Make the refs at ``indices`` raise ``error``: publish new ones, replace old ones."""
+        old = range(indices.start, min(indices.stop, self.count))
+        if old:
+            self.overwrite(old, error)
+        for i in range(max(indices.start, self.count), indices.stop):
+            self.publish(i, ErrorValue(error))
+        self.count = max(self.count, indices.stop)
+
+    def _finish(self, yielded: int) -> GenOutcome:
+        spec = self.spec
+        if spec.mode == "static" and yielded < spec.num_returns:
+            self._fail(range(yielded, spec.num_returns), self._count_error(yielded))
+        elif yielded < self.count:
+            # A re-run yielded fewer values than an earlier attempt already handed out.
+            err = spec.wrap(
+                ValueError(
+                    f"The generator was re-run and yielded {yielded} values, but an earlier "
+                    f"attempt yielded {self.count}; refs {yielded}..{self.count - 1} are invalid."
+                )
+            )
+            self.overwrite(range(yielded, self.count), err)
+        return GenOutcome(self.task, spec.mode, self.count)
+
+    def _finish_error(self, error: RayTaskError, yielded: int) -> GenOutcome:
+        spec = self.spec
+        if spec.mode == "static":
+            if yielded >= spec.num_returns:
+                # Every ref already has its value; like Ray, the late error is only logged.
+                logger.error(
+                    "Unhandled error: Task threw exception, but all return values already "
+                    "created. This should only occur when using generator tasks.\n%s",
+                    error,
+                )
+            else:
+                self._fail(range(yielded, spec.num_returns), error)
+            return GenOutcome(self.task, spec.mode, self.count)
+        # The error is one more ref, after the values of this attempt.
+        self._fail(range(yielded, yielded + 1), error)
+        if self.count > yielded + 1:  # an earlier attempt went further: those refs are invalid
+            self.overwrite(range(yielded + 1, self.count), error)
+        return GenOutcome(self.task, spec.mode, yielded + 1, error_index=yielded)
+
+    def _finish_surplus(self, total: int) -> GenOutcome:
+        # Beyond Ray (which only logs this, ray#28689): every ref fails, naming both counts.
+        n = self.spec.num_returns
+        self.overwrite(range(n), self._count_error(total))
+        return GenOutcome(self.task, self.spec.mode, self.count)
+
+    def fail_before_start(self, error: RayTaskError) -> GenOutcome:
+        return self._finish_error(error, 0)
+
+
+class _Surplus(Exception):
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+
+def _iterate(result: Any, spec: TaskSpec) -> Iterator[Any]:
+    """The values a call produced: a generator's yields, or a returned sequence's items."""
+    if inspect.isasyncgen(result):
+        return _drain_async(result)
+    if spec.mode != "static" or inspect.isgenerator(result):
+        return result
+    # num_returns=N on a plain function: it returns N values, published like N yields.
+    try:
+        return iter(result)
+    except TypeError:
+        raise ValueError(
+            f"Task returned a {type(result).__name__}, but num_returns={spec.num_returns} needs "
+            f"a sequence of {spec.num_returns} values."
+        ) from None
+
+
+def _drain_async(agen: Any) -> Iterator[Any]:
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())
+        loop.close()
+
+
+def _store_and_announce(
+    worker: Worker, task: str, caller: str, key: Key, index: int, value: Any
+) -> None:
+    """On the worker's loop: keep ``value`` in memory as ``key``, then tell the scheduler."""
+    nbytes = dx.worker_store(worker, key, value)
+    if nbytes is None:
+        return  # this worker already holds that index from an earlier attempt
+    dx.worker_send(
+        worker,
+        {
+            "op": PUBLISH_OP,
+            "task": task,
+            "caller": caller,
+            "key": key,
+            "index": index,
+            "nbytes": nbytes,
+        },
+    )
