@@ -6,7 +6,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -126,11 +126,18 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def _failed(future: Future) -> bool:
+    """Erred, cancelled, or holding an error value (which Dask reports as a normal result)."""
+    status = future.status
+    return status in ("error", "cancelled") or (status == "finished" and future.type is ErrorValue)
+
+
 def _raise_from_future(future: Future) -> None:
     try:
-        future.result()
+        value = future.result()
     except BaseException as exc:
         raise _translate(exc) from None
+    unwrap(value)
 
 
 def _wait_futures(
@@ -139,19 +146,14 @@ def _wait_futures(
     timeout: float | None,
     need: int,
     stop_on_error: bool,
-    extra: Sequence[Callable[[], Awaitable[Any]]] = (),
 ) -> Future | None:
-    """Block until ``need`` of the futures are done; return the first erred one if asked."""
-
-    def _bad(f: Future) -> bool:
-        return f.status in ("error", "cancelled")
-
+    """Block until ``need`` of the futures are done; return the first failed one if asked."""
     pending = [f for f in futures if f.status in ("pending", "lost")]
     if stop_on_error:
         for f in futures:
-            if _bad(f):
+            if _failed(f):
                 return f
-    if len(futures) - len(pending) >= need and not extra:
+    if len(futures) - len(pending) >= need:
         return None
     if timeout == 0:
         raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(futures)} not ready.")
@@ -178,7 +180,7 @@ async def _await_futures(
                 )
             for d in done:
                 f = waiters.pop(d)
-                if stop_on_error and f.status in ("error", "cancelled"):
+                if stop_on_error and _failed(f):
                     return f
                 ready += 1
         return None

@@ -21,6 +21,12 @@ Key = Any
 # --------------------------------------------------------------------------------------- client
 
 
+def _loop(client: Client) -> Any:
+    loop = client.loop
+    assert loop is not None, "the client is closed"
+    return loop
+
+
 def client_add_stream_handler(client: Client, op: str, handler: Callable[..., Any]) -> None:
     """Handle messages with ``op`` that the scheduler sends on the client's batched stream."""
     client._stream_handlers[op] = handler
@@ -98,6 +104,11 @@ def submit_prebound(
     )
 
 
+def on_client_loop(client: Client, fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` on the client's event loop (where future states may be changed)."""
+    _loop(client).add_callback(fn, *args)
+
+
 def key_token(key: Key) -> str:
     return str(key).rpartition("-")[2]
 
@@ -105,8 +116,8 @@ def key_token(key: Key) -> str:
 def erred_future(client: Client, key: Key, error: BaseException) -> Future:
     """A future of this client only, already failed with ``error`` (a key the cluster never
     sees: the ref that reports why a stream ended)."""
-    future = Future(key, client)
-    client.loop.add_callback(key_set_error, client, key, error)
+    future: Future = Future(key, client)
+    _loop(client).add_callback(key_set_error, client, key, error)
     return future
 
 
@@ -125,17 +136,20 @@ def on_future_done(
     future alive (``Future.add_done_callback`` holds it, so a dropped generator's task would
     never be released)."""
     state = future._state
+    assert state is not None
 
     async def _watch() -> None:
         await state.wait()
         callback(*args)
 
-    client.loop.add_callback(_watch)
+    _loop(client).add_callback(_watch)
 
 
 async def future_wait(future: Future) -> None:
     """Wait, on the client's loop, until ``future`` is finished, erred or cancelled (no fetch)."""
-    await future._state.wait()
+    state = future._state
+    assert state is not None
+    await state.wait()
 
 
 # --------------------------------------------------------------------------------------- worker

@@ -71,8 +71,9 @@ def on_cancelled_keys(client: Client) -> Callable[..., None]:
                     client,
                     key,
                     ObjectLostError(
-                        f"Yield {key[1]} of {state.task_key} was lost: the only worker holding it "
-                        "died after the generator had finished. Re-run the generator to recompute it."
+                        f"Yield {key[1]} of {state.task_key} was lost: the only worker holding "
+                        "it died after the generator had finished. Run the generator again to "
+                        "recompute it."
                     ),
                 )
         if others:

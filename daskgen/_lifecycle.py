@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import weakref
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class _Session:
 _session: _Session | None = None
 _lock = threading.RLock()
 _atexit_registered = False
+_ready_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 def init(
@@ -123,7 +125,7 @@ def _start_embedded(
 
 def setup_client(client: Client) -> None:
     """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
-    if getattr(client, "_daskgen_ready", False):
+    if client in _ready_clients:
         return
     from ._generators import on_cancelled_keys, on_yield_message
 
@@ -131,7 +133,7 @@ def setup_client(client: Client) -> None:
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)
-    client._daskgen_ready = True
+    _ready_clients.add(client)
 
 
 def _cluster_resources(client: Client) -> dict[str, float]:

@@ -87,7 +87,7 @@ class _Cancelled(Exception):
 class Producer:
     """Drives one generator inside its task and publishes each yield."""
 
-    def __init__(self, spec: TaskSpec, worker: Worker, task: str, caller: str) -> None:
+    def __init__(self, spec: TaskSpec, worker: Worker, task: Key, caller: str) -> None:
         self.spec = spec
         self.worker = worker
         self.task = task

@@ -112,7 +112,7 @@ def bind_ref(key: Key, client: Client | None = None) -> ObjectRef:
 
         client = get_client()
     fresh = dx.client_refcount(client, key) == 0
-    future = Future(key, client)
+    future: Future = Future(key, client)
     if fresh:
         dx.client_desires(client, [key])
     return ObjectRef(future)

@@ -227,7 +227,7 @@ class _Call:
                 resources=self.resources,
                 retries=self.retries,
             )
-        future = Future(self.key, self.client)
+        future: Future = Future(self.key, self.client)
         self._waiting = waiting
         self._remaining = len(waiting)
         self._lock = threading.Lock()
@@ -244,7 +244,7 @@ class _Call:
             if not state.is_published(i):
                 failure = state.failure()
                 if failure is not None:
-                    self.client.loop.add_callback(dx.key_set_error, self.client, self.key, failure)
+                    dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, failure)
                     return
         dx.submit_prebound(
             self.client, self.key, self.spec, self.args, self.resources, self.retries

@@ -102,7 +102,7 @@ def as_instanceof_cause(
     function_name: str, traceback_str: str, cause: BaseException | None, proctitle: str = ""
 ) -> RayTaskError:
     cls = _dual_class(type(cause)) if isinstance(cause, Exception) else RayTaskError
-    err = RayTaskError.__new__(cls)
+    err: RayTaskError = RayTaskError.__new__(cls)
     RayTaskError.__init__(err, function_name, traceback_str, cause, proctitle)
     return err
 

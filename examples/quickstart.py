@@ -11,8 +11,7 @@ import numpy as np
 import daskgen as ray
 
 # -- num_returns set by the task caller ---------------------------------------------------------
-# (arrays of 100_000_000 int8 on the page; 1_000_000 here so the example runs anywhere in seconds)
-SIZE = 1_000_000
+SIZE = 100_000_000  # 100 MB int8 arrays, as on the page
 
 
 @ray.remote
@@ -30,10 +29,16 @@ def large_values_generator(num_returns):
         print(f"yielded return value {i}")
 
 
+@ray.remote
+def shape_of(array):  # looked at where the array lives: 100 MB need not travel to the driver
+    return array.shape
+
+
 refs = large_values.options(num_returns=3).remote(3)
-print("list version:", [ray.get(r).shape for r in refs])
+print("list version:", ray.get([shape_of.remote(r) for r in refs]))
 refs = large_values_generator.options(num_returns=3).remote(3)
-print("generator version:", [ray.get(r).shape for r in refs])
+print("generator version:", ray.get([shape_of.remote(r) for r in refs]))
+del refs
 
 
 # -- num_returns set by the task executor -------------------------------------------------------

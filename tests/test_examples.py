@@ -27,7 +27,7 @@ def _run(name: str) -> str:
 
 def test_quickstart_runs_the_seed_examples_unchanged_and_prints_their_results():
     out = _run("quickstart.py")
-    assert "generator version: [(1000000, 1), (1000000, 1), (1000000, 1)]" in out
+    assert "generator version: [(100000000, 1), (100000000, 1), (100000000, 1)]" in out
     assert "yielded return value 2" in out
     assert "Split array of size" in out and "blocks of size 1000 each." in out
     assert "get_size of the dynamic ref" in out
