@@ -35,8 +35,7 @@ def in_task_daskgen(n: int, size: int) -> float:
 
         values = [np.ones(size, dtype=np.uint8) if size else i for i in range(n)]
         start = time.perf_counter()
-        for v in values:
-            yield v
+        yield from values
         # the time from first to last yield, as the generator thread saw it
         yield time.perf_counter() - start
 

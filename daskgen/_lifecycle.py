@@ -10,8 +10,8 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import weakref
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
