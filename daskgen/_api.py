@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import pickle
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -85,19 +86,37 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     timeout = check_timeout(timeout)
     refs, single = _as_ref_list(object_refs, "get")
     client = get_client()  # initialises on first use, as Ray's get does, even for []
-    if not refs:
-        return []
-    futures = [r._future for r in refs]
-    with blocking():
-        failed = _wait_futures(client, futures, timeout, need=len(futures), stop_on_error=True)
-        if failed is not None:
-            _raise_from_future(failed)
-        try:
-            values = client.gather(futures) if len(futures) > 1 else [futures[0].result()]
-        except BaseException as exc:
-            raise _translate(exc) from None
-    out = [unwrap(v) for v in values]
+    out: list[Any] = [None] * len(refs)
+    remote = _take_inline(refs, range(len(refs)), out)
+    if remote:
+        futures = [refs[i]._future for i in remote]
+        with blocking():
+            failed = _wait_futures(client, futures, timeout, len(futures), stop_on_error=True)
+            if failed is not None:
+                _raise_from_future(failed)
+            remote = _take_inline(refs, remote, out)  # small results arrive with completion
+            futures = [refs[i]._future for i in remote]
+            try:
+                values = (
+                    client.gather(futures) if len(futures) > 1 else [f.result() for f in futures]
+                )
+            except BaseException as exc:
+                raise _translate(exc) from None
+        for i, value in zip(remote, values, strict=True):
+            out[i] = unwrap(value)
     return out[0] if single else out
+
+
+def _take_inline(refs: list[ObjectRef], indices: Sequence[int], out: list[Any]) -> list[int]:
+    """Fill ``out`` with the values that came inline; return the indices still to fetch."""
+    remote = []
+    for i in indices:
+        blob = refs[i]._inline_blob()
+        if blob is None:
+            remote.append(i)
+        else:
+            out[i] = unwrap(pickle.loads(blob))  # no round trip
+    return remote
 
 
 def unwrap(value: Any) -> Any:

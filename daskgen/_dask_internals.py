@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from time import time
 from typing import Any
 
 from distributed import Client, Future, Worker
@@ -39,6 +40,14 @@ def client_stream_handler(client: Client, op: str) -> Callable[..., Any]:
 def key_status(client: Client, key: Key) -> str | None:
     state = client.futures.get(key)
     return None if state is None else state.status
+
+
+def key_finish(client: Client, key: Key) -> None:
+    """Mark this client's future of ``key`` finished (on the client's loop): the key is in
+    memory in the cluster, as the scheduler's ``key-in-memory`` report would say."""
+    state = client.futures.get(key)
+    if state is not None and state.status != "finished":
+        state.finish()
 
 
 def key_lose(client: Client, key: Key) -> None:
@@ -160,19 +169,20 @@ def worker_add_stream_handler(worker: Worker, op: str, handler: Callable[..., An
     worker.stream_handlers[op] = handler
 
 
-def worker_store(worker: Worker, key: Key, value: object) -> int | None:
-    """Put ``value`` in the worker's memory as ``key``, in place: no copy, no pickling.
+def worker_store(worker: Worker, data: dict[Key, object]) -> dict[Key, int]:
+    """Put ``data`` in the worker's memory under its keys, in place: no copy, no pickling.
 
-    Runs on the worker's event loop. ``update_data`` takes a fresh key through the worker's state
+    Runs on the worker's event loop. ``update_data`` takes fresh keys through the worker's state
     machine as scattered data, which sends nothing to the scheduler (the publish message does).
-    Returns the size Dask measured, or None when the worker already holds ``key`` (a re-run of the
-    generator on the same worker: the first attempt's value stays, so no index mixes attempts).
+    Keys the worker already holds are skipped (a re-run of a generator on the same worker: the
+    first attempt's value stays, so no index mixes attempts). Returns the sizes Dask measured.
     """
-    ts = worker.state.tasks.get(key)
-    if ts is not None and ts.state == "memory":
-        return None
-    result = worker.update_data(data={key: value}, stimulus_id=f"daskgen-publish-{key}")
-    return int(result["nbytes"][key])
+    tasks = worker.state.tasks
+    fresh = {k: v for k, v in data.items() if (ts := tasks.get(k)) is None or ts.state != "memory"}
+    if not fresh:
+        return {}
+    result = worker.update_data(data=fresh, stimulus_id=f"daskgen-publish-{time()}")
+    return {k: int(n) for k, n in result["nbytes"].items()}
 
 
 def worker_overwrite(worker: Worker, keys: list[Key], value: object) -> None:
@@ -259,14 +269,28 @@ def scheduler_processing_on(scheduler: Scheduler, key: Key) -> str | None:
 
 
 def scheduler_register_data(
-    scheduler: Scheduler, key: Key, worker: str, nbytes: int, client: str
+    scheduler: Scheduler, nbytes: dict[Key, int], worker: str, client: str
 ) -> None:
-    """Record that ``worker`` holds the fresh key ``key``, owned by ``client``.
+    """Record that ``worker`` holds the fresh keys in ``nbytes``, wanted by ``client``.
 
-    ``Scheduler.update_data`` sets the key straight to memory, bypassing the transition engine:
-    only ever call it for keys the scheduler does not know yet.
+    What ``Scheduler.update_data`` does (a key straight in memory, bypassing the transition
+    engine: only for keys the scheduler does not know yet), minus its two ``key-in-memory``
+    reports per key and address parsing: the caller's client learns of each key from daskgen's
+    own message and marks its future done itself (``key_finish``). This is most of the cost of a
+    small yield on the scheduler.
     """
-    scheduler.update_data(who_has={key: [worker]}, nbytes={key: nbytes}, client=client)
+    ws = scheduler.workers.get(worker)
+    cs = scheduler.clients.get(client)
+    if ws is None or cs is None:
+        return
+    for key, n in nbytes.items():
+        ts = scheduler.new_task(key, None, "memory")
+        ts.set_nbytes(n)
+        scheduler.add_replica(ts, ws)
+        if ts.who_wants is None:
+            ts.who_wants = set()
+        ts.who_wants.add(cs)
+        cs.wants_what.add(ts)
 
 
 def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[Key]) -> None:
@@ -279,13 +303,15 @@ def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[K
 # ---------------------------------------------------------------------------- batching intervals
 
 
-def set_batching_interval(comm_owner: Any, seconds: float) -> None:
-    """Shorten a BatchedSend's hard-coded flush interval (daskgen's own embedded cluster only)."""
-    stream = getattr(comm_owner, "batched_stream", None) or getattr(
-        comm_owner, "scheduler_comm", None
-    )
+def set_batching_interval(stream: Any, seconds: float) -> None:
+    """Change a ``BatchedSend``'s flush interval (hard-coded by Dask per connection)."""
     if stream is not None and hasattr(stream, "interval"):
         stream.interval = seconds
+
+
+def client_batched_comm(client: Client) -> Any:
+    """The client's batched stream to the scheduler."""
+    return client.scheduler_comm
 
 
 def distributed_version() -> str:

@@ -13,8 +13,9 @@ from typing import Any
 import cloudpickle
 from distributed import Worker, get_worker
 
-from ._protocol import ErrorValue
-from ._publish import Producer
+from . import _dask_internals as dx
+from ._protocol import RESULT_OP, ErrorValue
+from ._publish import Producer, inline_bytes
 from .exceptions import RayTaskError
 
 logger = logging.getLogger("daskgen")
@@ -84,6 +85,22 @@ def wrap_error(exc: BaseException, name: str) -> RayTaskError:
     return err
 
 
+def _send_inline_result(caller: str, result: Any) -> Any:
+    """Send a small result to the caller along with the task's completion, then return it.
+
+    Dask makes the caller fetch a result with a further request (client -> scheduler -> worker
+    and back) after the task finished; a small one riding ahead on the worker's stream saves
+    that round trip, as Ray returns small results inline. Dask still stores the result as usual.
+    """
+    blob = inline_bytes(result)
+    if blob is not None:
+        worker = get_worker()
+        msg = {"op": RESULT_OP, "caller": caller, "key": worker.get_current_task(), "blob": blob}
+        # Queued before the task returns, so it travels ahead of the task's completion report.
+        worker.loop.add_callback(dx.worker_send, worker, msg)
+    return result
+
+
 def _worker_or_none() -> Worker | None:
     try:
         return get_worker()
@@ -120,7 +137,7 @@ class TaskSpec:
         except RayTaskError as upstream:  # an argument was an error: pass it down, unwrapped
             return self._fail_all(upstream, caller)
         if self.mode == "plain":
-            return self._call(args, kwargs)
+            return _send_inline_result(caller, self._call(args, kwargs))
         worker = get_worker()
         return Producer(self, worker, worker.get_current_task(), caller).run(args, kwargs)
 
@@ -143,7 +160,7 @@ class TaskSpec:
 
     def _fail_all(self, error: RayTaskError, caller: str) -> Any:
         if self.mode == "plain":
-            return ErrorValue(error)
+            return _send_inline_result(caller, ErrorValue(error))
         worker = get_worker()
         producer = Producer(self, worker, worker.get_current_task(), caller)
         return producer.fail_before_start(error)

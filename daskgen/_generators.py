@@ -27,7 +27,7 @@ from distributed import Client, Future
 
 from . import _dask_internals as dx
 from ._protocol import CONSUMED_OP, GenOutcome, Key, task_of_yield, yield_key
-from ._refs import ObjectRef, bind_ref
+from ._refs import InlineValue, ObjectRef, bind_ref
 from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
@@ -36,13 +36,17 @@ _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDiction
 def on_yield_message(client: Client) -> Callable[..., None]:
     """The client's handler for ``daskgen-yield`` (runs on the client's event loop)."""
 
-    def handler(task: str, key: Key, index: int, **_: Any) -> None:
-        key = tuple(key) if isinstance(key, list) else key
+    def handler(task: str, items: list, **_: Any) -> None:
         state = _registry.get(task)
-        if state is not None:
-            state.on_yield(index, key)
-        elif dx.client_refcount(client, key) == 0:
-            dx.client_release(client, [key])  # the generator was dropped: nobody will take it
+        orphans = []
+        for key, index, inline, replace in items:
+            key = tuple(key) if isinstance(key, list) else key
+            if state is not None:
+                state.on_yield(index, key, inline, replace)
+            elif not replace and dx.client_refcount(client, key) == 0:
+                orphans.append(key)  # the generator was dropped: nobody will take it
+        if orphans:
+            dx.client_release(client, orphans)
 
     return handler
 
@@ -92,6 +96,9 @@ class GenState:
         self.mode = mode
         self.backpressure = backpressure
         self.published: dict[int, Future | None] = {}  # index -> future held for the caller
+        # Inline values by index: held here until handed to a ref, then only weakly.
+        self.cells: weakref.WeakValueDictionary[int, InlineValue] = weakref.WeakValueDictionary()
+        self._held_cells: dict[int, InlineValue] = {}
         self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
         self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
         self.cancelled = False
@@ -109,16 +116,28 @@ class GenState:
 
     # -- events, on the client's loop ---------------------------------------------------------
 
-    def on_yield(self, index: int, key: Key) -> None:
+    def on_yield(self, index: int, key: Key, inline: bytes | None, replace: bool) -> None:
         with self.cond:
-            if index in self.published:
+            cell = self.cells.get(index)
+            if replace:  # a published yield turned into an error
+                if cell is not None:
+                    cell.blob = inline
                 return
+            if index in self.published:
+                # A re-run published it again after a loss: the key is the same, and back.
+                dx.key_finish(self.client, key)
+                return
+            if cell is None:
+                cell = self.cells[index] = InlineValue()
+            cell.blob = inline
             if self.mode == "static":
                 self.published[index] = None
                 if dx.client_refcount(self.client, key) == 0:
                     dx.client_release(self.client, [key])
             else:
                 self.published[index] = Future(key, self.client)
+                self._held_cells[index] = cell
+            dx.key_finish(self.client, key)
             callbacks = self._on_publish.pop(index, [])
             self._wake()
         for cb in callbacks:
@@ -203,15 +222,23 @@ class GenState:
     def is_published(self, index: int) -> bool:
         return index in self.published
 
-    def take(self, index: int) -> Future | None:
-        """Hand the caller the future of yield ``index`` (the state stops holding it)."""
+    def take(self, index: int) -> ObjectRef:
+        """Hand the caller the ref of yield ``index`` (the state stops holding it)."""
         with self.cond:
             fut = self.published.get(index)
-            if fut is not None:
-                self.published[index] = None
-        if fut is not None and self.backpressure:
+            self.published[index] = None
+            cell = self._held_cells.pop(index, None)
+        assert fut is not None
+        if self.backpressure:
             dx.client_send(self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": index})
-        return fut
+        return ObjectRef(fut, inline=cell)
+
+    def ref(self, index: int, key: Key) -> ObjectRef:
+        """Another ref to yield ``index``, sharing its future and inline value (dynamic)."""
+        fut = self.published.get(index)
+        if fut is None:
+            return bind_ref(key, self.client, inline=self.cells.get(index))
+        return ObjectRef(fut, inline=self.cells.get(index))
 
     def cancel_task(self) -> None:
         if self.task.done():
@@ -289,10 +316,9 @@ class ObjectRefGenerator:
             return _error_ref(st, TaskCancelledError(st.task_key))
         index = self._index
         if st.is_published(index):
-            fut = st.take(index)
+            ref = st.take(index)
             self._index += 1
-            assert fut is not None
-            return ObjectRef(fut)
+            return ref
         # The task ended and published nothing at this index.
         self._ended = True
         failure = st.failure()
@@ -406,5 +432,10 @@ class DynamicObjectRefGenerator:
 def outcome_value(outcome: GenOutcome) -> Any:
     """What ``get`` of a generator task's own ref returns."""
     if outcome.mode == "dynamic":
+        state = _registry.get(outcome.task)  # present in the caller's process
+        if state is not None:
+            return DynamicObjectRefGenerator(
+                [state.ref(i, k) for i, k in enumerate(outcome.keys())]
+            )
         return DynamicObjectRefGenerator([bind_ref(k) for k in outcome.keys()])
     return None

@@ -19,7 +19,8 @@ import distributed
 from distributed import Client, SpecCluster
 
 from . import _dask_internals as dx
-from ._protocol import YIELD_OP
+from ._protocol import RESULT_OP, YIELD_OP
+from ._refs import on_result_message
 from ._scheduler_ext import DaskgenSchedulerPlugin
 
 ADDRESS_ENV = "DASKGEN_ADDRESS"
@@ -107,7 +108,7 @@ def _check_count(name: str, value: Any) -> None:
 def _start_embedded(
     num_cpus: int | None, num_gpus: int | None, resources: dict[str, float], kwargs: dict[str, Any]
 ) -> _Session:
-    from ._embedded import start_cluster
+    from ._embedded import start_cluster, tune
 
     n = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     extra = dict(resources)
@@ -117,6 +118,7 @@ def _start_embedded(
     try:
         client = Client(cluster)
         client.wait_for_workers(len(cluster.worker_spec))
+        tune(client)
     except BaseException:
         cluster.close()
         raise
@@ -130,6 +132,7 @@ def setup_client(client: Client) -> None:
     from ._generators import on_cancelled_keys, on_yield_message
 
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
+    dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)

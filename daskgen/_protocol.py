@@ -20,6 +20,7 @@ from typing import Any
 PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
 CONSUMED_OP = "daskgen-consumed"
+RESULT_OP = "daskgen-result"
 PLUGIN_NAME = "daskgen"
 
 Key = Any  # a Dask key: str or tuple

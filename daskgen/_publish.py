@@ -14,11 +14,16 @@ Messages (all on Dask's existing, ordered batched streams)
    goes on; it keeps no reference to it.
 2. On the loop, ``Worker.update_data`` stores the value in the worker's memory as it is: no
    pickling, no copy. A task on this worker later receives the very same object.
-3. worker -> scheduler ``daskgen-publish`` {task, caller, key, index, nbytes}.
+3. worker -> scheduler ``daskgen-publish`` {task, caller, items: [(key, index, nbytes, inline,
+   replace), ...]}: one message for every yield stored since the last one. ``inline`` is the
+   pickled value when it is at most 64 KiB (else None), so that the caller can read small values
+   without a round trip, as Ray keeps small objects in the owner's memory. ``replace`` marks a
+   published yield turned into an error (surplus yields, a re-run that yielded fewer).
 4. The scheduler extension (``_scheduler_ext``) first sends the caller's client
-   ``daskgen-yield`` {task, key, index}, then registers the key as held by the worker and wanted by
-   the caller (``Scheduler.update_data(..., client=caller)``), which makes Dask send the client
-   ``key-in-memory``. If the caller has disconnected, it tells the worker to drop the key instead.
+   ``daskgen-yield`` {task, items: [(key, index, inline, replace), ...]}, then registers the new
+   keys as held by the worker and wanted by the caller (``Scheduler.update_data(...,
+   client=caller)``), which makes Dask send the client ``key-in-memory``. If the caller has
+   disconnected, it tells the worker to drop the keys instead.
 5. Backpressure: client -> scheduler ``daskgen-consumed`` {task, index}, forwarded to the worker
    running ``task``, which wakes the paused generator.
 
@@ -54,10 +59,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import pickle
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
+from dask.sizeof import sizeof
 from distributed import Worker
 
 from . import _dask_internals as dx
@@ -96,25 +104,54 @@ class Producer:
         self.yielded = 0  # values the current attempt has yielded
         self.consumed = 0  # refs the consumer has taken (backpressure)
         self.cond = threading.Condition()
+        self._outbox: list[tuple[Key, int, Any, bytes | None, bool]] = []
+        self._outbox_lock = threading.Lock()
+        self._drain_scheduled = False
 
     # -- publishing ----------------------------------------------------------------------------
 
     def publish(self, index: int, value: Any) -> None:
         """Store ``value`` as yield ``index`` on this worker and announce it (non-blocking)."""
-        self.worker.loop.add_callback(
-            _store_and_announce,
-            self.worker,
-            self.task,
-            self.caller,
-            yield_key(self.task, index),
-            index,
-            value,
-        )
+        self._send(index, value, replace=False)
 
     def overwrite(self, indices: range, error: RayTaskError) -> None:
         """Replace published yields by an error (a surplus or a changed count on re-run)."""
-        keys = [yield_key(self.task, i) for i in indices]
-        self.worker.loop.add_callback(dx.worker_overwrite, self.worker, keys, ErrorValue(error))
+        value = ErrorValue(error)
+        for i in indices:
+            self._send(i, value, replace=True)
+
+    def _send(self, index: int, value: Any, replace: bool) -> None:
+        # Small values also travel inline, so the caller's get() needs no round trip (as Ray
+        # keeps small objects in the owner's memory). Pickled here, in the producer's thread.
+        item = (yield_key(self.task, index), index, value, inline_bytes(value), replace)
+        with self._outbox_lock:
+            self._outbox.append(item)
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            # Queued before the task returns, so it runs before the task's completion report.
+            self.worker.loop.add_callback(self._drain)
+
+    def _drain(self) -> None:
+        """On the worker's loop: store every queued value, then one message for all of them."""
+        with self._outbox_lock:
+            batch, self._outbox = self._outbox, []
+            self._drain_scheduled = False
+        stored = dx.worker_store(
+            self.worker, {key: value for key, _, value, _, replace in batch if not replace}
+        )
+        items = []
+        for key, index, value, inline, replace in batch:
+            if replace:
+                dx.worker_overwrite(self.worker, [key], value)
+            elif key not in stored:
+                continue  # this worker already holds that index from an earlier attempt
+            items.append((key, index, stored.get(key, 0), inline, replace))
+        if items:
+            dx.worker_send(
+                self.worker,
+                {"op": PUBLISH_OP, "task": self.task, "caller": self.caller, "items": items},
+            )
 
     # -- running -------------------------------------------------------------------------------
 
@@ -289,21 +326,18 @@ def _drain_async(agen: Any) -> Iterator[Any]:
         loop.close()
 
 
-def _store_and_announce(
-    worker: Worker, task: str, caller: str, key: Key, index: int, value: Any
-) -> None:
-    """On the worker's loop: keep ``value`` in memory as ``key``, then tell the scheduler."""
-    nbytes = dx.worker_store(worker, key, value)
-    if nbytes is None:
-        return  # this worker already holds that index from an earlier attempt
-    dx.worker_send(
-        worker,
-        {
-            "op": PUBLISH_OP,
-            "task": task,
-            "caller": caller,
-            "key": key,
-            "index": index,
-            "nbytes": nbytes,
-        },
-    )
+INLINE_MAX = 64 * 1024
+
+
+def inline_bytes(value: Any) -> bytes | None:
+    """``value`` pickled if it is small (at most ``INLINE_MAX`` bytes), else None."""
+    try:
+        if sizeof(value) > INLINE_MAX:
+            return None
+        blob = pickle.dumps(value, protocol=5)
+    except Exception:
+        try:
+            blob = cloudpickle.dumps(value, protocol=5)
+        except Exception:
+            return None  # unpicklable: Dask reports it if someone fetches the value
+    return blob if len(blob) <= INLINE_MAX else None

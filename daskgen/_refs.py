@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -25,19 +26,40 @@ from ._protocol import Key, key_name
 _capture = threading.local()
 
 
+class InlineValue:
+    """A small yielded value, pickled, as it arrived with the yield's announcement.
+
+    Shared by the generator state and the refs of one yield, so that a yield later replaced by
+    an error (surplus yields, a shorter re-run) changes for every holder at once.
+    """
+
+    __slots__ = ("blob", "__weakref__")
+
+    def __init__(self, blob: bytes | None = None) -> None:
+        self.blob = blob
+
+
 class ObjectRef:
     """A reference to a value in the cluster: pass it to tasks, ``get`` it, ``await`` it.
 
     Hashable and comparable by key. ``hex()`` gives a stable id string.
     """
 
-    __slots__ = ("_future", "_owner", "__weakref__")
+    __slots__ = ("_future", "_owner", "_inline", "__weakref__")
 
-    def __init__(self, future: Future, owner: Any = None) -> None:
+    def __init__(
+        self, future: Future, owner: Any = None, inline: InlineValue | None = None
+    ) -> None:
         self._future = future
         # Something that must live as long as this ref: the generator state that keeps the
         # producing task running, or the refs lent to the task that computes this one.
         self._owner = owner
+        self._inline = inline
+
+    def _inline_blob(self) -> bytes | None:
+        """The pickled value when it came inline with its yield (no round trip needed)."""
+        cell = self._inline
+        return cell.blob if cell is not None else None
 
     @property
     def key(self) -> Key:
@@ -101,7 +123,26 @@ class capture_refs:
         _capture.refs = self._outer
 
 
-def bind_ref(key: Key, client: Client | None = None) -> ObjectRef:
+# Inline results expected by this process, by task key (see _executor._send_inline_result).
+_result_cells: weakref.WeakValueDictionary[Key, InlineValue] = weakref.WeakValueDictionary()
+
+
+def result_ref(future: Future, owner: Any = None) -> ObjectRef:
+    """The ref of a plain task's result, ready to receive the result inline if it is small."""
+    cell = _result_cells[future.key] = InlineValue()
+    return ObjectRef(future, owner=owner, inline=cell)
+
+
+def on_result_message(key: Key, blob: bytes, **_: Any) -> None:
+    """The client's handler for ``daskgen-result`` (on its event loop)."""
+    cell = _result_cells.get(tuple(key) if isinstance(key, list) else key)
+    if cell is not None:
+        cell.blob = blob
+
+
+def bind_ref(
+    key: Key, client: Client | None = None, inline: InlineValue | None = None
+) -> ObjectRef:
     """A ref for ``key`` in this process, registering this client as a holder if it is new here.
 
     Used when a ref arrives inside task data or a generator's result: the scheduler must learn
@@ -115,7 +156,7 @@ def bind_ref(key: Key, client: Client | None = None) -> ObjectRef:
     future: Future = Future(key, client)
     if fresh:
         dx.client_desires(client, [key])
-    return ObjectRef(future)
+    return ObjectRef(future, inline=inline)
 
 
 def _rebuild_ref(key: Key) -> ObjectRef:

@@ -18,7 +18,7 @@ from ._generators import GenState, ObjectRefGenerator, static_refs
 from ._lifecycle import cluster_resources, get_client, in_worker_task
 from ._options import DEFAULTS, dask_resources, validate
 from ._protocol import task_key
-from ._refs import ObjectRef, capture_refs
+from ._refs import ObjectRef, capture_refs, result_ref
 
 _INFINITE_RETRIES = 1_000_000_000
 _warned_resources: set[str] = set()
@@ -175,7 +175,7 @@ def submit(
         if spec.num_returns == 0:
             fire_and_forget(future)
             return None
-        return ObjectRef(future, owner=lent or None)
+        return result_ref(future, owner=lent or None)
     assert state is not None
     if spec.mode == "static":
         refs = static_refs(state, spec.num_returns)

@@ -6,6 +6,8 @@ Routes it adds to the scheduler's batched-stream handlers (see ``_protocol`` for
   the generator's caller, after telling the caller which generator and index it belongs to.
 * ``daskgen-consumed`` (from clients): forward a consumer's progress to the producing worker
   (backpressure).
+* ``daskgen-result`` (from workers): forward a small task result, sent ahead of the task's
+  completion, to the caller (so its ``get`` needs no further round trip).
 
 A handler that raised would close the sender's whole connection, so both catch everything and log.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import _dask_internals as dx
-from ._protocol import CONSUMED_OP, PLUGIN_NAME, PUBLISH_OP, YIELD_OP
+from ._protocol import CONSUMED_OP, PLUGIN_NAME, PUBLISH_OP, RESULT_OP, YIELD_OP
 
 logger = logging.getLogger("daskgen")
 
@@ -40,35 +42,55 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         dx.scheduler_add_stream_handler(scheduler, PUBLISH_OP, self.on_publish)
         dx.scheduler_add_stream_handler(scheduler, CONSUMED_OP, self.on_consumed)
+        dx.scheduler_add_stream_handler(scheduler, RESULT_OP, self.on_result)
 
-    def on_publish(
-        self, worker: str, task: str, caller: str, key: Any, index: int, nbytes: int, **_: Any
-    ) -> None:
+    def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
-            self._publish(worker, task, caller, _as_key(key), index, nbytes)
+            self._publish(worker, task, caller, items)
         except Exception:  # never let an error close the worker's stream
-            logger.exception("daskgen: failed to publish %s from %s", key, worker)
+            logger.exception("daskgen: failed to publish yields of %s from %s", task, worker)
 
-    def _publish(
-        self, worker: str, task: str, caller: str, key: Any, index: int, nbytes: int
-    ) -> None:
+    def _publish(self, worker: str, task: str, caller: str, items: list) -> None:
         s = self.scheduler
-        state = dx.scheduler_key_state(s, key)
-        if state is not None:
-            # A re-run republished an index the caller already has: the first value wins, so no
-            # index ever mixes two attempts. Drop the new copy unless it is the same replica.
-            if worker not in dx.scheduler_holders(s, key):
-                dx.scheduler_free_on_worker(s, worker, [key])
-            return
         if not dx.scheduler_has_client(s, caller):
-            # The caller is gone: nobody will ever release this key, so never register it.
-            dx.scheduler_free_on_worker(s, worker, [key])
+            # The caller is gone: nobody would ever release these keys, so never register them.
+            dx.scheduler_free_on_worker(
+                s, worker, [_as_key(k) for k, _, _, _, replace in items if not replace]
+            )
             return
-        # The caller learns which generator the key belongs to before Dask reports it in memory.
-        dx.scheduler_send_to_client(
-            s, caller, {"op": YIELD_OP, "task": task, "key": key, "index": index}
-        )
-        dx.scheduler_register_data(s, key, worker, nbytes, caller)
+        fresh: dict[Any, int] = {}
+        duplicates = []
+        announce = []
+        for key, index, nbytes, inline, replace in items:
+            key = _as_key(key)
+            if not replace and dx.scheduler_key_state(s, key) is not None:
+                # A re-run republished an index the caller already has: the first value wins,
+                # so no index ever mixes two attempts. Drop the new copy (unless it is the same
+                # replica, on this very worker).
+                if worker not in dx.scheduler_holders(s, key):
+                    duplicates.append(key)
+                continue
+            if not replace:
+                fresh[key] = nbytes
+            announce.append((key, index, inline, replace))
+        if duplicates:
+            dx.scheduler_free_on_worker(s, worker, duplicates)
+        if announce:
+            # The caller learns which generator each key belongs to before Dask reports it.
+            dx.scheduler_send_to_client(
+                s, caller, {"op": YIELD_OP, "task": task, "items": announce}
+            )
+        if fresh:
+            dx.scheduler_register_data(s, fresh, worker, caller)
+
+    def on_result(self, worker: str, caller: str, key: Any, blob: bytes, **_: Any) -> None:
+        """A small task result sent ahead of the task's completion: pass it to the caller."""
+        try:
+            if dx.scheduler_has_client(self.scheduler, caller):
+                msg = {"op": RESULT_OP, "key": _as_key(key), "blob": blob}
+                dx.scheduler_send_to_client(self.scheduler, caller, msg)
+        except Exception:
+            logger.exception("daskgen: failed to forward the result of %s", key)
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:

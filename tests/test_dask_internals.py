@@ -83,12 +83,12 @@ def test_worker_store_keeps_the_very_object_without_copying(inproc):
     client, _, worker = inproc
     value = bytearray(b"x" * 1000)
     key = ("internals-yield-" + "b" * 32, 0)
-    nbytes = client.sync(_on_loop, worker, lambda: dx.worker_store(worker, key, value))
-    assert nbytes >= 1000
+    nbytes = client.sync(_on_loop, worker, lambda: dx.worker_store(worker, {key: value}))
+    assert nbytes[key] >= 1000
     assert worker.data[key] is value
     assert worker.state.tasks[key].state == "memory"
     # storing again keeps the first value (a re-run never mixes two attempts)
-    assert client.sync(_on_loop, worker, lambda: dx.worker_store(worker, key, b"new")) is None
+    assert client.sync(_on_loop, worker, lambda: dx.worker_store(worker, {key: b"new"})) == {}
     assert worker.data[key] is value
 
 
