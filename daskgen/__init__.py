@@ -7,6 +7,7 @@ and each value a remote generator yields becomes its own key in the cluster when
 from __future__ import annotations
 
 from . import exceptions
+from ._actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._api import cancel, get, put, wait
 from ._generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._lifecycle import get_client, init, is_initialized, shutdown
@@ -25,6 +26,11 @@ __all__ = [
     "put",
     "wait",
     "cancel",
+    "kill",
+    "get_actor",
+    "method",
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
     "ObjectRefGenerator",
     "DynamicObjectRefGenerator",

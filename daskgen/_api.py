@@ -43,10 +43,10 @@ def blocking() -> Iterator[None]:
     (Ray also releases a task's CPU while it waits in ``get``). No-op outside tasks.
     """
     worker = in_worker_task()
-    if worker is None or getattr(_thread, "seceded", False):
+    key = dx.worker_current_key(worker) if worker is not None else None
+    if key is None or getattr(_thread, "seceded", False):
         yield
         return
-    key = worker.get_current_task()
     worker.loop.add_callback(dx.worker_lend_resources, worker, key, +1)
     secede()
     _thread.seceded = True

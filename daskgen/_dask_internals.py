@@ -10,6 +10,7 @@ installed Dask and fails loudly when one is gone.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
@@ -89,6 +90,7 @@ def submit_prebound(
     args: tuple[Any, ...],
     resources: dict[str, float] | None,
     retries: int,
+    workers: list[str] | None = None,
 ) -> None:
     """``client.submit`` for a key this client already holds a ``Future`` of.
 
@@ -109,6 +111,8 @@ def submit_prebound(
         internal_priority={key: 0},
         resources=resources,
         retries=retries,
+        workers=workers,
+        allow_other_workers=False if workers else None,
         span_metadata=SpanMetadata(collections=[{"type": "Future"}]),
     )
 
@@ -201,6 +205,12 @@ def worker_send(worker: Worker, msg: dict[str, Any]) -> None:
     worker.batched_stream.send(msg)
 
 
+def worker_current_key(worker: Worker) -> Key | None:
+    """The task this thread runs for the worker's pool, or None in any other thread (an actor's
+    own threads), where ``secede`` would fail."""
+    return worker.active_threads.get(threading.get_ident())
+
+
 def worker_task_alive(worker: Worker, key: Key) -> bool:
     """False once the scheduler has released the task ``key`` on this worker (cancel, caller gone).
 
@@ -238,6 +248,15 @@ def scheduler_add_stream_handler(
 ) -> None:
     """Handle ``op`` on workers' and clients' batched streams (one table serves both)."""
     scheduler.stream_handlers[op] = handler
+
+
+def scheduler_add_handler(scheduler: Scheduler, op: str, handler: Callable[..., Any]) -> None:
+    """Answer requests ``op`` (``await client.scheduler.<op>(...)``), as extensions do."""
+    scheduler.handlers[op] = handler
+
+
+def scheduler_clients(scheduler: Scheduler) -> list[str]:
+    return list(scheduler.client_comms)
 
 
 def scheduler_has_client(scheduler: Scheduler, client: str) -> bool:

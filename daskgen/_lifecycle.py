@@ -19,7 +19,7 @@ import distributed
 from distributed import Client, SpecCluster
 
 from . import _dask_internals as dx
-from ._protocol import RESULT_OP, YIELD_OP
+from ._protocol import ACTOR_DIED_OP, RESULT_OP, YIELD_OP
 from ._refs import on_result_message
 from ._scheduler_ext import DaskgenSchedulerPlugin
 
@@ -129,10 +129,12 @@ def setup_client(client: Client) -> None:
     """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
     if client in _ready_clients:
         return
+    from ._actors import on_actor_died
     from ._generators import on_cancelled_keys, on_yield_message
 
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
+    dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)

@@ -21,6 +21,8 @@ PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
 CONSUMED_OP = "daskgen-consumed"
 RESULT_OP = "daskgen-result"
+ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or killed here
+ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
 PLUGIN_NAME = "daskgen"
 
 Key = Any  # a Dask key: str or tuple

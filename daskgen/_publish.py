@@ -95,8 +95,11 @@ class _Cancelled(Exception):
 class Producer:
     """Drives one generator inside its task and publishes each yield."""
 
-    def __init__(self, spec: TaskSpec, worker: Worker, task: Key, caller: str) -> None:
+    def __init__(
+        self, spec: TaskSpec, worker: Worker, task: Key, caller: str, loop: Any = None
+    ) -> None:
         self.spec = spec
+        self.loop = loop  # an async actor's event loop, where async generators must run
         self.worker = worker
         self.task = task
         self.caller = caller
@@ -186,7 +189,7 @@ class Producer:
         spec = self.spec
         limit = spec.num_returns if spec.mode == "static" else None
         self.yielded = index = 0
-        it = _iterate(spec.fn(*args, **kwargs), spec)
+        it = _iterate(spec.fn(*args, **kwargs), spec, self.loop)
         try:
             for value in it:
                 if not dx.worker_task_alive(self.worker, self.task):
@@ -297,10 +300,10 @@ class _Surplus(Exception):
         self.total = total
 
 
-def _iterate(result: Any, spec: TaskSpec) -> Iterator[Any]:
+def _iterate(result: Any, spec: TaskSpec, loop: Any = None) -> Iterator[Any]:
     """The values a call produced: a generator's yields, or a returned sequence's items."""
     if inspect.isasyncgen(result):
-        return _drain_async(result)
+        return _drain_async(result) if loop is None else _drain_async_on(result, loop)
     if spec.mode != "static" or inspect.isgenerator(result):
         return result
     # num_returns=N on a plain function: it returns N values, published like N yields.
@@ -311,6 +314,18 @@ def _iterate(result: Any, spec: TaskSpec) -> Iterator[Any]:
             f"Task returned a {type(result).__name__}, but num_returns={spec.num_returns} needs "
             f"a sequence of {spec.num_returns} values."
         ) from None
+
+
+def _drain_async_on(agen: Any, loop: Any) -> Iterator[Any]:
+    """Iterate an async generator that must run on ``loop`` (an async actor's), from here."""
+    try:
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+            except StopAsyncIteration:
+                return
+    finally:
+        asyncio.run_coroutine_threadsafe(agen.aclose(), loop).result()
 
 
 def _drain_async(agen: Any) -> Iterator[Any]:

@@ -148,20 +148,31 @@ def _resources(options: dict[str, Any]) -> dict[str, float] | None:
 def submit(
     spec: TaskSpec, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    client = get_client()
-    packed, deps, lent = pack_args(spec.name, args, kwargs)
-    key = task_key(spec.name)
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
-    call = _Call(
-        client,
-        spec,
-        key,
-        (client.id, packed, *(r._future for r in deps)),
-        _resources(options),
-        retries,
-    )
+    return submit_task(spec, spec, args, kwargs, resources=_resources(options), retries=retries)
+
+
+def submit_task(
+    fn: Callable[..., Any],
+    spec: TaskSpec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    resources: dict[str, float] | None,
+    retries: int = 0,
+    workers: list[str] | None = None,
+    extra_deps: tuple[Future, ...] = (),
+) -> Any:
+    """Submit ``fn(caller, packed_args, *deps)`` as a Dask task and shape what the caller gets
+    by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming generator.
+    """
+    client = get_client()
+    packed, deps, lent = pack_args(spec.name, args, kwargs)
+    key = task_key(spec.name)
+    futures = (*(r._future for r in deps), *extra_deps)
+    call = _Call(client, fn, key, (client.id, packed, *futures), resources, retries, workers)
 
     state = None
     if spec.mode != "plain":
@@ -191,18 +202,20 @@ class _Call:
     def __init__(
         self,
         client: Client,
-        spec: TaskSpec,
+        fn: Callable[..., Any],
         key: str,
         args: tuple[Any, ...],
         resources: dict[str, float] | None,
         retries: int,
+        workers: list[str] | None,
     ) -> None:
         self.client = client
-        self.spec = spec
+        self.fn = fn
         self.key = key
         self.args = args
         self.resources = resources
         self.retries = retries
+        self.workers = workers
 
     def submit(self, deps: list[ObjectRef]) -> Future:
         """Submit now and return the task's future, or return a future for it and submit later.
@@ -220,12 +233,14 @@ class _Call:
         ]
         if not waiting:
             return self.client.submit(
-                self.spec,
+                self.fn,
                 *self.args,
                 key=self.key,
                 pure=False,
                 resources=self.resources,
                 retries=self.retries,
+                workers=self.workers,
+                allow_other_workers=False if self.workers else None,
             )
         future: Future = Future(self.key, self.client)
         self._waiting = waiting
@@ -247,7 +262,7 @@ class _Call:
                     dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, failure)
                     return
         dx.submit_prebound(
-            self.client, self.key, self.spec, self.args, self.resources, self.retries
+            self.client, self.key, self.fn, self.args, self.resources, self.retries, self.workers
         )
 
 

@@ -8,6 +8,12 @@ Routes it adds to the scheduler's batched-stream handlers (see ``_protocol`` for
   (backpressure).
 * ``daskgen-result`` (from workers): forward a small task result, sent ahead of the task's
   completion, to the caller (so its ``get`` needs no further round trip).
+* ``daskgen-actor`` (from workers): an actor was created on (or killed from) that worker. When
+  a worker holding actors leaves, or an actor is killed, every client gets
+  ``daskgen-actor-died`` {actor, reason}.
+
+And two request handlers for named actors: ``daskgen_actor_register`` {name, state} (False if
+the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None).
 
 A handler that raised would close the sender's whole connection, so both catch everything and log.
 """
@@ -20,7 +26,15 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import _dask_internals as dx
-from ._protocol import CONSUMED_OP, PLUGIN_NAME, PUBLISH_OP, RESULT_OP, YIELD_OP
+from ._protocol import (
+    ACTOR_DIED_OP,
+    ACTOR_OP,
+    CONSUMED_OP,
+    PLUGIN_NAME,
+    PUBLISH_OP,
+    RESULT_OP,
+    YIELD_OP,
+)
 
 logger = logging.getLogger("daskgen")
 
@@ -37,9 +51,15 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Any = None
+        self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
+        self.names: dict[str, bytes] = {}  # actor name -> pickled handle
+        self.named: dict[str, str] = {}  # actor id -> its name
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        dx.scheduler_add_stream_handler(scheduler, ACTOR_OP, self.on_actor)
+        dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
+        dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
         dx.scheduler_add_stream_handler(scheduler, PUBLISH_OP, self.on_publish)
         dx.scheduler_add_stream_handler(scheduler, CONSUMED_OP, self.on_consumed)
         dx.scheduler_add_stream_handler(scheduler, RESULT_OP, self.on_result)
@@ -91,6 +111,40 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 dx.scheduler_send_to_client(self.scheduler, caller, msg)
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
+
+    # -- actors ---------------------------------------------------------------------------------
+
+    def on_actor(self, worker: str, actor: str, alive: bool, **_: Any) -> None:
+        try:
+            if alive:
+                self.actors.setdefault(worker, set()).add(actor)
+            else:
+                self.actors.get(worker, set()).discard(actor)
+                self._died(actor, "it was killed with kill()")
+        except Exception:
+            logger.exception("daskgen: failed to record actor %s", actor)
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        for actor in self.actors.pop(worker, set()):
+            self._died(actor, f"its worker {worker} left the cluster")
+
+    def _died(self, actor: str, reason: str) -> None:
+        name = self.named.pop(actor, None)
+        if name is not None:
+            self.names.pop(name, None)
+        msg = {"op": ACTOR_DIED_OP, "actor": actor, "reason": reason}
+        for client in dx.scheduler_clients(self.scheduler):
+            dx.scheduler_send_to_client(self.scheduler, client, dict(msg))
+
+    def register_actor(self, name: str, state: bytes, actor: str) -> bool:
+        if name in self.names:
+            return False
+        self.names[name] = state
+        self.named[actor] = name
+        return True
+
+    def lookup_actor(self, name: str) -> bytes | None:
+        return self.names.get(name)
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:

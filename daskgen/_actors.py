@@ -1,0 +1,574 @@
+"""Actors: ``@remote`` classes whose instance lives in one worker and runs method calls in order.
+
+How an actor runs on Dask
+-------------------------
+Dask's own actors are not used: all actors of a worker share one thread there (a long method of
+one blocks every other), and an ``ActorFuture`` cannot be a task dependency (dask/distributed
+#4488). Instead:
+
+* ``Cls.remote()`` picks a worker that has the requested resources (fewest daskgen actors first)
+  and runs a creation task pinned to it. The instance then lives in that worker process, in an
+  :class:`ActorHost` with its own executor: ``max_concurrency`` threads (1 by default, so calls
+  run one at a time, in order), or, for a class with ``async def`` methods, its own event loop.
+* Each ``handle.method.remote()`` is an ordinary Dask task pinned to that worker, so its result
+  is a real key: other tasks can take it as an argument, and generator methods publish their
+  yields exactly as generator tasks do. The call task leaves the worker's thread pool
+  (``secede``) while the actor's executor runs the method, so a long method of one actor never
+  holds a worker thread another actor needs.
+* Calls from one handle carry a sequence number; the host starts them in that order even when
+  Dask delivers the tasks in another.
+* The scheduler extension records where each actor lives. When that worker leaves, or the actor
+  is killed, every client is told, and pending and later calls raise ``ActorDiedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+from distributed import Client, Future, get_worker
+
+from . import _dask_internals as dx
+from ._api import blocking
+from ._executor import Retry, TaskSpec, _send_inline_result, unpack_args
+from ._lifecycle import get_client
+from ._options import DEFAULTS, dask_resources, validate
+from ._protocol import ACTOR_OP, Key, new_token
+from ._publish import Producer
+from .exceptions import ActorDiedError, RayTaskError
+
+_METHOD_OPTIONS = "__daskgen_method_options__"
+CREATION_WAIT_S = 60.0  # how long a call waits on the worker for its actor to be created
+
+
+def method(*args: Any, **options: Any) -> Any:
+    """``@method(num_returns=...)`` on an actor method, as Ray's ``@ray.method``."""
+    allowed = {"num_returns", "_generator_backpressure_num_objects"}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValueError(
+                f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
+                f"Valid ones are {sorted(allowed)}."
+            )
+        validate(options)
+        setattr(fn, _METHOD_OPTIONS, dict(options))
+        return fn
+
+    if args and callable(args[0]) and not options:
+        return decorate(args[0])
+    return decorate
+
+
+@dataclass(frozen=True)
+class _MethodMeta:
+    is_generator: bool
+    is_async: bool
+    options: dict[str, Any]
+
+
+def _methods_of(cls: type) -> dict[str, _MethodMeta]:
+    out = {}
+    for name, fn in inspect.getmembers(cls, predicate=callable):
+        if name.startswith("__") and name != "__call__":
+            continue
+        out[name] = _MethodMeta(
+            is_generator=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
+            is_async=inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+            options=dict(getattr(fn, _METHOD_OPTIONS, {})),
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------- client side
+
+
+class ActorClass:
+    """A class decorated with ``@remote``: create actors with ``.remote(...)``."""
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = validate(options, kind="actors")
+        self._methods = _methods_of(cls)
+        self._is_async = any(m.is_async for m in self._methods.values())
+        mc = self._options.get("max_concurrency")
+        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
+            raise ValueError(f"max_concurrency must be an int >= 1, not {mc!r}")
+        self.__name__ = cls.__name__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = self._cls.__name__
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{name}()', use "
+            f"'{name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> ActorClass:
+        """The same class with some actor options changed (validated now)."""
+        return ActorClass(self._cls, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor on a worker and return its handle (does not wait for creation)."""
+        opts = self._options
+        name = opts.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {name!r}")
+        client = get_client()
+        if name is not None:
+            existing = _lookup(client, name)
+            if existing is not None:
+                if opts.get("get_if_exists"):
+                    return existing
+                raise ValueError(f"The name {name} is already taken by another actor.")
+        resources = dask_resources({**DEFAULTS, **opts}, _cluster_resources(client))
+        worker = _choose_worker(client, resources or {})
+        actor_id = new_token()
+        max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
+        handle = ActorHandle(actor_id, self._cls.__name__, self._methods, worker, self._is_async)
+        from ._remote_function import pack_args
+
+        packed, deps, lent = pack_args(f"{self._cls.__name__}.remote", args, kwargs)
+        creation = client.submit(
+            _create_actor,
+            actor_id,
+            cloudpickle.dumps(self._cls),
+            max_concurrency,
+            self._is_async,
+            packed,
+            *(r._future for r in deps),
+            key=f"{self._cls.__name__}-{actor_id}",
+            workers=[worker],
+            allow_other_workers=False,
+            resources=resources,
+            pure=False,
+        )
+        handle._creation = creation
+        handle._lent = lent
+        if name is not None:
+            if not _register(client, name, handle) and opts.get("get_if_exists"):
+                existing = _lookup(client, name)
+                if existing is not None:
+                    return existing
+        return handle
+
+    def __repr__(self) -> str:
+        return f"ActorClass({self._cls.__name__})"
+
+
+def _cluster_resources(client: Client) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+        for name, amount in (w.get("resources") or {}).items():
+            totals[name] = totals.get(name, 0) + amount
+    return totals
+
+
+_placed: dict[str, int] = {}  # worker address -> actors this process placed there
+
+
+def _choose_worker(client: Client, resources: dict[str, float]) -> str:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    able = [
+        addr
+        for addr, w in workers.items()
+        if all((w.get("resources") or {}).get(r, 0) >= amount for r, amount in resources.items())
+    ]
+    if not able:
+        raise ValueError(
+            f"No worker can host this actor: it needs {resources}, and the workers declare "
+            f"{[w.get('resources') for w in workers.values()]}."
+        )
+    choice = min(able, key=lambda a: (_placed.get(a, 0), a))
+    _placed[choice] = _placed.get(choice, 0) + 1
+    return choice
+
+
+_dead: dict[str, str] = {}  # actor id -> why it died (this process's view)
+_pending: dict[str, dict[Key, Client]] = {}  # actor id -> keys of calls maybe still running
+
+
+def on_actor_died(actor: str, reason: str, **_: Any) -> None:
+    """The clients' handler for ``daskgen-actor-died`` (on the client's event loop)."""
+    _dead.setdefault(actor, reason)
+    for key, client in _pending.pop(actor, {}).items():
+        dx.key_set_error(client, key, ActorDiedError(_died_message(actor)))
+
+
+def _died_message(actor_id: str) -> str:
+    return f"The actor {actor_id} is dead: {_dead.get(actor_id, 'it was killed')}."
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)`` calls a method; picklable."""
+
+    def __init__(
+        self,
+        actor_id: str,
+        class_name: str,
+        methods: dict[str, _MethodMeta],
+        worker: str,
+        is_async: bool,
+    ) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._worker = worker
+        self._is_async = is_async
+        self._handle_id = new_token()  # calls are ordered per handle
+        self._seq = itertools.count()
+        self._seq_lock = threading.Lock()
+        self._creation: Future | None = None
+        self._lent: list[Any] = []
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods", {})
+        if name in methods:
+            return ActorMethod(self, name, methods[name], {})
+        raise AttributeError(f"'{self.__dict__.get('_class_name')}' actor has no method {name!r}")
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            return next(self._seq)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = (self._actor_id, self._class_name, self._methods, self._worker, self._is_async)
+        return _rebuild_handle, state
+
+
+def _rebuild_handle(*state: Any) -> ActorHandle:
+    return ActorHandle(*state)
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``."""
+
+    def __init__(
+        self, handle: ActorHandle, name: str, meta: _MethodMeta, options: dict[str, Any]
+    ) -> None:
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._options = validate({**meta.options, **options})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "Actor methods cannot be called directly. Instead of running "
+            f"'object.{self._name}()', try 'object.{self._name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> ActorMethod:
+        unknown = set(options) - {"num_returns", "_generator_backpressure_num_objects", "name"}
+        if unknown:
+            raise ValueError(
+                f"Invalid option keyword {sorted(unknown)[0]} for actor methods. Valid ones "
+                "are ['_generator_backpressure_num_objects', 'name', 'num_returns']."
+            )
+        return ActorMethod(self._handle, self._name, self._meta, {**self._options, **options})
+
+    def _mode(self) -> tuple[str, int]:
+        n = self._options.get("num_returns")
+        if n in ("dynamic", "streaming") and not self._meta.is_generator:
+            raise ValueError(f"num_returns={n!r} needs a generator method, not {self._name}")
+        if n is None:
+            return ("streaming", 0) if self._meta.is_generator else ("plain", 1)
+        if isinstance(n, str):
+            return n, 0
+        if self._meta.is_generator or n >= 2:
+            return "static", n
+        return "plain", n
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the method on the actor; returns what a remote function with the same
+        ``num_returns`` returns (a ref, N refs, a generator...)."""
+        from ._remote_function import submit_task
+
+        h = self._handle
+        mode, n = self._mode()
+        name = f"{h._class_name}.{self._name}"
+        spec = TaskSpec(None, name, mode, n, Retry(False, 0),  # type: ignore[arg-type]
+                        self._options.get("_generator_backpressure_num_objects"))
+        if h._actor_id in _dead:
+            return _dead_result(spec, h._actor_id)
+        extra = (h._creation,) if h._creation is not None else ()
+        call = ActorCall(h._actor_id, self._name, name, mode, n, spec.backpressure,
+                         h._handle_id, h._next_seq(), bool(extra))
+        out = submit_task(call, spec, args, kwargs, resources=None, workers=[h._worker],
+                          extra_deps=extra)
+        _track(h._actor_id, out)
+        return out
+
+
+def _dead_result(spec: TaskSpec, actor_id: str) -> Any:
+    from ._refs import ObjectRef
+
+    client = get_client()
+    err = ActorDiedError(_died_message(actor_id))
+    refs = [ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err))
+            for _ in range(max(spec.num_returns, 1))]
+    if spec.mode == "static":
+        return refs if spec.num_returns != 1 else refs[0]
+    if spec.mode == "plain" and spec.num_returns == 0:
+        return None
+    if spec.mode == "streaming":
+        return iter(refs)  # one ref that raises, then the end, like a stream that failed
+    return refs[0]
+
+
+def _track(actor_id: str, out: Any) -> None:
+    """Remember the keys of an unfinished call, so that the actor's death can fail them."""
+    from ._generators import ObjectRefGenerator
+    from ._refs import ObjectRef
+
+    if isinstance(out, ObjectRefGenerator):
+        keys = [out._state.task_key]
+    elif isinstance(out, ObjectRef):
+        keys = [out.key]
+    elif isinstance(out, list):
+        keys = [r.key for r in out]
+    else:
+        return
+    client = get_client()
+    pending = _pending.setdefault(actor_id, {})
+    if len(pending) > 1000:  # forget calls that finished or were dropped
+        for key in [k for k in pending if dx.key_status(client, k) in (None, "finished")]:
+            del pending[key]
+    for key in keys:
+        pending[key] = client
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop the actor: its pending and later calls raise ``ActorDiedError``.
+
+    A method already running cannot be interrupted (a Python thread cannot be stopped); its
+    result is discarded.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(
+            f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for "
+            "tasks)."
+        )
+    client = get_client()
+    _dead.setdefault(actor._actor_id, "it was killed with kill()")
+    try:
+        client.run(_kill_actor, actor._actor_id, workers=[actor._worker], on_error="ignore")
+    except Exception:  # the worker is already gone: the actor is dead either way
+        pass
+    dx.on_client_loop(client, on_actor_died, actor._actor_id, "it was killed with kill()")
+
+
+def get_actor(name: str) -> ActorHandle:
+    """The handle of the live actor created with ``.options(name=name)``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() needs a non-empty str name, not {name!r}")
+    handle = _lookup(get_client(), name)
+    if handle is None:
+        raise ValueError(f"Failed to look up actor with name '{name}'.")
+    return handle
+
+
+def _lookup(client: Client, name: str) -> ActorHandle | None:
+    state = client.sync(client.scheduler.daskgen_actor_lookup, name=name)
+    if state is None:
+        return None
+    handle = cloudpickle.loads(state)
+    return None if handle._actor_id in _dead else handle
+
+
+def _register(client: Client, name: str, handle: ActorHandle) -> bool:
+    state = cloudpickle.dumps(handle)
+    return bool(
+        client.sync(
+            client.scheduler.daskgen_actor_register, name=name, state=state, actor=handle._actor_id
+        )
+    )
+
+
+# ------------------------------------------------------------------------------- worker side
+
+_hosts: dict[str, ActorHost] = {}
+_killed: set[str] = set()
+_hosts_cond = threading.Condition()
+
+
+class ActorHost:
+    """The live instance of one actor in this worker, and the executor that runs its calls."""
+
+    def __init__(self, instance: Any, max_concurrency: int, is_async: bool) -> None:
+        self.instance = instance
+        self.is_async = is_async
+        self.cond = threading.Condition()
+        self.next_seq: dict[str, int] = {}
+        ctx = contextvars.copy_context()  # so get_worker() works in the actor's own threads
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            self.semaphore = asyncio.Semaphore(max_concurrency)
+            self.thread = threading.Thread(
+                target=ctx.run, args=(self.loop.run_forever,), daemon=True, name="daskgen-actor"
+            )
+            self.thread.start()
+            self.executor = None
+        else:
+            self.loop = None
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                max_concurrency, thread_name_prefix="daskgen-actor",
+                initializer=_enter_context, initargs=(ctx,),
+            )
+
+    def call(self, handle_id: str, seq: int, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the actor's executor, after every earlier call of the same handle."""
+        with self.cond:
+            # Dask may deliver call tasks out of order; start them in call order. (Bounded: a
+            # call cancelled before reaching the worker must not stall the ones after it.)
+            self.cond.wait_for(lambda: self.next_seq.get(handle_id, 0) >= seq, timeout=30)
+            self.next_seq[handle_id] = max(self.next_seq.get(handle_id, 0), seq + 1)
+            if self.loop is not None:
+                fut = asyncio.run_coroutine_threadsafe(self._run_async(fn), self.loop)
+            else:
+                assert self.executor is not None
+                fut = self.executor.submit(fn)
+            self.cond.notify_all()
+        return fut.result()
+
+    async def _run_async(self, fn: Callable[[], Any]) -> Any:
+        async with self.semaphore:
+            result = fn()
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _enter_context(ctx: contextvars.Context) -> None:
+    # ThreadPoolExecutor threads start empty; give them the worker's context variables.
+    for var, value in ctx.items():
+        var.set(value)
+
+
+def _create_actor(actor_id: str, cls_blob: bytes, max_concurrency: int, is_async: bool,
+                  packed: bytes | None, *deps: Any) -> str:
+    worker = get_worker()
+    cls = cloudpickle.loads(cls_blob)
+    args, kwargs = unpack_args(packed, deps)
+    try:
+        instance = cls(*args, **kwargs)
+    except Exception as exc:
+        raise RayTaskError.from_exception(exc, f"{cls.__name__}.__init__") from None
+    host = ActorHost(instance, max_concurrency, is_async)
+    with _hosts_cond:
+        _hosts[actor_id] = host
+        _hosts_cond.notify_all()
+    worker.loop.add_callback(dx.worker_send, worker, {"op": ACTOR_OP, "actor": actor_id,
+                                                      "alive": True})
+    return worker.address
+
+
+def _kill_actor(actor_id: str, dask_worker: Any = None) -> None:
+    with _hosts_cond:
+        _killed.add(actor_id)
+        host = _hosts.pop(actor_id, None)
+        _hosts_cond.notify_all()
+    if host is not None:
+        host.stop()
+    if dask_worker is not None:
+        dask_worker.loop.add_callback(
+            dx.worker_send, dask_worker, {"op": ACTOR_OP, "actor": actor_id, "alive": False}
+        )
+
+
+def _find_host(actor_id: str) -> ActorHost:
+    deadline = time.monotonic() + CREATION_WAIT_S
+    with _hosts_cond:
+        while True:
+            if actor_id in _killed:
+                raise ActorDiedError(f"The actor {actor_id} is dead: it was killed.")
+            host = _hosts.get(actor_id)
+            if host is not None:
+                return host
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ActorDiedError(
+                    f"The actor {actor_id} does not exist on this worker (its worker restarted, "
+                    "or it was never created)."
+                )
+            _hosts_cond.wait(remaining)
+
+
+class ActorCall:
+    """What Dask runs for one method call, on the actor's worker."""
+
+    def __init__(self, actor_id: str, method: str, name: str, mode: str, num_returns: int,
+                 backpressure: int | None, handle_id: str, seq: int,
+                 after_creation: bool) -> None:
+        self.actor_id = actor_id
+        self.method = method
+        self.name = name
+        self.mode = mode
+        self.num_returns = num_returns
+        self.backpressure = backpressure
+        self.handle_id = handle_id
+        self.seq = seq
+        # The creation task's result rides as the last dependency, only to order the call.
+        self.after_creation = after_creation
+        self.__name__ = name
+
+    def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
+        if self.after_creation:
+            deps = deps[:-1]
+        with blocking():  # out of the worker's pool while waiting for the actor
+            return self._run(caller, packed, deps)
+
+    def _run(self, caller: str, packed: bytes | None, deps: tuple[Any, ...]) -> Any:
+        host = _find_host(self.actor_id)
+        fn = getattr(host.instance, self.method)
+        spec = TaskSpec(fn, self.name, self.mode, self.num_returns, Retry(False, 0),
+                        self.backpressure)
+        try:
+            args, kwargs = unpack_args(packed, deps)
+        except RayTaskError as upstream:
+            return spec._fail_all(upstream, caller)
+        worker = get_worker()
+        if self.mode == "plain":
+            if host.is_async:
+                thunk = _async_thunk(spec, fn, args, kwargs)
+            else:
+                thunk = lambda: spec._call(args, kwargs)  # noqa: E731
+            return _send_inline_result(caller, host.call(self.handle_id, self.seq, thunk))
+        producer = Producer(spec, worker, worker.get_current_task(), caller, loop=host.loop)
+        if host.is_async:
+            # An async generator runs item by item on the actor's loop, driven from here.
+            return producer.run(args, kwargs)
+        return host.call(self.handle_id, self.seq, lambda: producer.run(args, kwargs))
+
+
+def _async_thunk(spec: TaskSpec, fn: Callable[..., Any], args: list[Any],
+                 kwargs: dict[str, Any]) -> Callable[[], Any]:
+    async def run() -> Any:
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            raise spec.wrap(exc) from None
+
+    return run
+
