@@ -35,6 +35,7 @@ BIG_FLOATS = 1_000_000  # 8 MB of float64
 N_PACED = 100
 PACE_S = 0.02
 N_HUGE = 10
+N_ACTOR_CALLS = 200
 HUGE_BYTES = 50_000_000
 
 # name, unit, better ("lower"/"higher")
@@ -48,6 +49,7 @@ METRICS = [
     ("big_yields_on_cluster_20x8MB", "MB/s", "higher"),
     ("yield_latency_median", "ms", "lower"),
     ("yield_latency_p95", "ms", "lower"),
+    ("actor_calls_sequential_200", "calls/s", "higher"),
     ("generator_peak_10x50MB", "MB", "lower"),
     ("list_peak_10x50MB", "MB", "lower"),
 ]
@@ -63,7 +65,7 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
     return min(_timed(fn) for _ in range(repeat))
 
 
-# ----------------------------------------------------------------------- daskgen and Ray (same code)
+# ------------------------------------------------------------------ daskgen and Ray (same code)
 
 
 def run_ray_like(api: Any, repeat: int) -> dict[str, float]:
@@ -76,7 +78,7 @@ def run_ray_like(api: Any, repeat: int) -> dict[str, float]:
 
     @api.remote
     def small_gen(n):
-        for i in range(n):  # not `yield from range(n)`: Ray 2.60 streaming fails on it
+        for i in range(n):  # noqa: UP028 (`yield from range(n)` fails on Ray 2.60 streaming)
             yield i
 
     @api.remote
@@ -147,6 +149,24 @@ def run_ray_like(api: Any, repeat: int) -> dict[str, float]:
         latencies.append(received - api.get(ref))
     out["yield_latency_median"] = statistics.median(latencies) * 1e3
     out["yield_latency_p95"] = statistics.quantiles(latencies, n=20)[18] * 1e3
+
+    @api.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    counter = Counter.remote()
+    api.get(counter.incr.remote())
+
+    def actor_calls():
+        for _ in range(N_ACTOR_CALLS):
+            api.get(counter.incr.remote())
+
+    out["actor_calls_sequential_200"] = N_ACTOR_CALLS / _best(actor_calls, repeat)
 
     gen_peak, list_peak = _peaks(api)
     out["generator_peak_10x50MB"] = gen_peak

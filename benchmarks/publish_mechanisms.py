@@ -88,8 +88,12 @@ def in_task_update_data_rpc(n: int, size: int) -> float:
         for i, v in enumerate(values):
             key = (f"rpc-{token}", i)
             nbytes = sync(w.loop, _store, w, key, v)
-            c.sync(c.scheduler.update_data, who_has={key: [w.address]}, nbytes={key: nbytes},
-                   client=caller)
+            c.sync(
+                c.scheduler.update_data,
+                who_has={key: [w.address]},
+                nbytes={key: nbytes},
+                client=caller,
+            )
         return (time.perf_counter() - start) / n
 
     return client.submit(produce, n, size, caller, pure=False).result()
@@ -122,8 +126,11 @@ def main() -> None:
     daskgen.init(num_cpus=2)
     big = 8 * 2**20
     rows = {}
-    for name, fn in [("daskgen", in_task_daskgen), ("scatter+queue", in_task_scatter_queue),
-                     ("update_data rpc", in_task_update_data_rpc)]:
+    for name, fn in [
+        ("daskgen", in_task_daskgen),
+        ("scatter+queue", in_task_scatter_queue),
+        ("update_data rpc", in_task_update_data_rpc),
+    ]:
         fn(50, 0)  # warm up
         small = min(fn(args.small, 0) for _ in range(3))
         large = min(fn(args.big, big) for _ in range(3))
