@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import exceptions
 from ._actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._api import cancel, get, put, wait
+from ._context import get_runtime_context, progress
 from ._generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._lifecycle import get_client, init, is_initialized, shutdown
 from ._refs import ObjectRef
@@ -26,6 +27,8 @@ __all__ = [
     "put",
     "wait",
     "cancel",
+    "get_runtime_context",
+    "progress",
     "kill",
     "get_actor",
     "method",

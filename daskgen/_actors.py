@@ -39,8 +39,10 @@ from distributed import Client, Future, get_worker
 
 from . import _dask_internals as dx
 from ._api import blocking
+from ._context import current_actor, current_call
 from ._executor import Retry, TaskSpec, _send_inline_result, unpack_args
 from ._lifecycle import get_client
+from ._logs import label_for, task_origin
 from ._options import DEFAULTS, dask_resources, validate
 from ._protocol import ACTOR_OP, Key, new_token
 from ._publish import Producer
@@ -407,12 +409,15 @@ _hosts_cond = threading.Condition()
 class ActorHost:
     """The live instance of one actor in this worker, and the executor that runs its calls."""
 
-    def __init__(self, instance: Any, max_concurrency: int, is_async: bool) -> None:
+    def __init__(
+        self, instance: Any, max_concurrency: int, is_async: bool, ctx: contextvars.Context
+    ) -> None:
         self.instance = instance
         self.is_async = is_async
         self.cond = threading.Condition()
         self.next_seq: dict[str, int] = {}
-        ctx = contextvars.copy_context()  # so get_worker() works in the actor's own threads
+        # ``ctx`` (the worker's context, plus the actor id) makes get_worker() and
+        # get_runtime_context() work in the actor's own threads.
         if is_async:
             self.loop = asyncio.new_event_loop()
             self.semaphore = asyncio.Semaphore(max_concurrency)
@@ -428,8 +433,9 @@ class ActorHost:
                 initializer=_enter_context, initargs=(ctx,),
             )
 
-    def call(self, handle_id: str, seq: int, fn: Callable[[], Any]) -> Any:
+    def call(self, handle_id: str, seq: int, fn: Callable[[], Any], key: Key = None) -> Any:
         """Run ``fn`` on the actor's executor, after every earlier call of the same handle."""
+        fn = _as_call(fn, str(key) if key is not None else None, task_origin.get())
         with self.cond:
             # Dask may deliver call tasks out of order; start them in call order. (Bounded: a
             # call cancelled before reaching the worker must not stall the ones after it.)
@@ -457,6 +463,24 @@ class ActorHost:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+def _as_call(
+    fn: Callable[[], Any], key: str | None, origin: tuple[str, str] | None
+) -> Callable[[], Any]:
+    """``fn``, run with ``get_runtime_context().get_task_id()`` answering ``key`` and its
+    output forwarded to the caller."""
+
+    def call() -> Any:
+        token = current_call.set(key)
+        origin_token = task_origin.set(origin)
+        try:
+            return fn()
+        finally:
+            task_origin.reset(origin_token)
+            current_call.reset(token)
+
+    return call
+
+
 def _enter_context(ctx: contextvars.Context) -> None:
     # ThreadPoolExecutor threads start empty; give them the worker's context variables.
     for var, value in ctx.items():
@@ -468,11 +492,13 @@ def _create_actor(actor_id: str, cls_blob: bytes, max_concurrency: int, is_async
     worker = get_worker()
     cls = cloudpickle.loads(cls_blob)
     args, kwargs = unpack_args(packed, deps)
+    ctx = contextvars.copy_context()
+    ctx.run(current_actor.set, actor_id)
     try:
-        instance = cls(*args, **kwargs)
+        instance = ctx.run(cls, *args, **kwargs)
     except Exception as exc:
         raise RayTaskError.from_exception(exc, f"{cls.__name__}.__init__") from None
-    host = ActorHost(instance, max_concurrency, is_async)
+    host = ActorHost(instance, max_concurrency, is_async, ctx)
     with _hosts_cond:
         _hosts[actor_id] = host
         _hosts_cond.notify_all()
@@ -533,8 +559,12 @@ class ActorCall:
     def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
         if self.after_creation:
             deps = deps[:-1]
-        with blocking():  # out of the worker's pool while waiting for the actor
-            return self._run(caller, packed, deps)
+        token = task_origin.set((caller, label_for(self.name, get_worker().address)))
+        try:
+            with blocking():  # out of the worker's pool while waiting for the actor
+                return self._run(caller, packed, deps)
+        finally:
+            task_origin.reset(token)
 
     def _run(self, caller: str, packed: bytes | None, deps: tuple[Any, ...]) -> Any:
         host = _find_host(self.actor_id)
@@ -551,12 +581,14 @@ class ActorCall:
                 thunk = _async_thunk(spec, fn, args, kwargs)
             else:
                 thunk = lambda: spec._call(args, kwargs)  # noqa: E731
-            return _send_inline_result(caller, host.call(self.handle_id, self.seq, thunk))
-        producer = Producer(spec, worker, worker.get_current_task(), caller, loop=host.loop)
+            key = worker.get_current_task()
+            return _send_inline_result(caller, host.call(self.handle_id, self.seq, thunk, key))
+        key = worker.get_current_task()
+        producer = Producer(spec, worker, key, caller, loop=host.loop)
         if host.is_async:
             # An async generator runs item by item on the actor's loop, driven from here.
             return producer.run(args, kwargs)
-        return host.call(self.handle_id, self.seq, lambda: producer.run(args, kwargs))
+        return host.call(self.handle_id, self.seq, lambda: producer.run(args, kwargs), key)
 
 
 def _async_thunk(spec: TaskSpec, fn: Callable[..., Any], args: list[Any],

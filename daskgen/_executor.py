@@ -14,6 +14,7 @@ import cloudpickle
 from distributed import Worker, get_worker
 
 from . import _dask_internals as dx
+from ._logs import label_for, task_origin
 from ._protocol import RESULT_OP, ErrorValue
 from ._publish import Producer, inline_bytes
 from .exceptions import RayTaskError
@@ -132,14 +133,18 @@ class TaskSpec:
         self.__name__ = name  # what Dask shows for the task's function
 
     def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
-        try:
-            args, kwargs = unpack_args(packed, deps)
-        except RayTaskError as upstream:  # an argument was an error: pass it down, unwrapped
-            return self._fail_all(upstream, caller)
-        if self.mode == "plain":
-            return _send_inline_result(caller, self._call(args, kwargs))
         worker = get_worker()
-        return Producer(self, worker, worker.get_current_task(), caller).run(args, kwargs)
+        token = task_origin.set((caller, label_for(self.name, worker.address)))
+        try:
+            try:
+                args, kwargs = unpack_args(packed, deps)
+            except RayTaskError as upstream:  # an argument was an error: pass it down as is
+                return self._fail_all(upstream, caller)
+            if self.mode == "plain":
+                return _send_inline_result(caller, self._call(args, kwargs))
+            return Producer(self, worker, worker.get_current_task(), caller).run(args, kwargs)
+        finally:
+            task_origin.reset(token)
 
     def wrap(self, exc: BaseException) -> RayTaskError:
         return wrap_error(exc, self.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -48,6 +49,7 @@ def init(
     resources: dict[str, float] | None = None,
     client: Client | None = None,
     ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
     **cluster_kwargs: Any,
 ) -> Client:
     """Connect daskgen to a Dask cluster and return the ``distributed.Client`` it uses.
@@ -61,7 +63,11 @@ def init(
       ``resources`` are declared on the first worker, like one Ray node. ``cluster_kwargs`` go to
       ``LocalCluster``. ``shutdown()`` stops it.
 
-    A second ``init`` raises ``RuntimeError`` unless ``ignore_reinit_error=True``.
+    ``log_to_driver``: show what remote functions and actors print or log in this terminal,
+    prefixed with the function and worker, as Ray does.
+
+    The returned client's ``dashboard_link`` is Dask's dashboard; for the embedded cluster it is
+    also printed. A second ``init`` raises ``RuntimeError`` unless ``ignore_reinit_error=True``.
     """
     global _session, _atexit_registered
     with _lock:
@@ -89,6 +95,10 @@ def init(
         try:
             setup_client(session.client)
             session.resources = _cluster_resources(session.client)
+            if log_to_driver:
+                from ._logs import forward_to
+
+                forward_to(session.client)
         except BaseException:
             _close(session)
             raise
@@ -122,6 +132,12 @@ def _start_embedded(
     except BaseException:
         cluster.close()
         raise
+    link = getattr(client, "dashboard_link", None)
+    print(
+        f"daskgen: started a local Dask cluster ({len(cluster.worker_spec)} workers)"
+        + (f"; dashboard at {link}" if link else ""),
+        file=sys.stderr,
+    )
     return _Session(client, cluster, owns_client=True)
 
 
