@@ -112,8 +112,7 @@ class ActorClass:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         name = self._cls.__name__
         raise TypeError(
-            f"Actors cannot be instantiated directly. Instead of '{name}()', use "
-            f"'{name}.remote()'."
+            f"Actors cannot be instantiated directly. Instead of '{name}()', use '{name}.remote()'."
         )
 
     def options(self, **options: Any) -> ActorClass:
@@ -301,15 +300,31 @@ class ActorMethod:
         h = self._handle
         mode, n = self._mode()
         name = f"{h._class_name}.{self._name}"
-        spec = TaskSpec(None, name, mode, n, Retry(False, 0),  # type: ignore[arg-type]
-                        self._options.get("_generator_backpressure_num_objects"))
+        spec = TaskSpec(
+            None,
+            name,
+            mode,
+            n,
+            Retry(False, 0),  # type: ignore[arg-type]
+            self._options.get("_generator_backpressure_num_objects"),
+        )
         if h._actor_id in _dead:
             return _dead_result(spec, h._actor_id)
         extra = (h._creation,) if h._creation is not None else ()
-        call = ActorCall(h._actor_id, self._name, name, mode, n, spec.backpressure,
-                         h._handle_id, h._next_seq(), bool(extra))
-        out = submit_task(call, spec, args, kwargs, resources=None, workers=[h._worker],
-                          extra_deps=extra)
+        call = ActorCall(
+            h._actor_id,
+            self._name,
+            name,
+            mode,
+            n,
+            spec.backpressure,
+            h._handle_id,
+            h._next_seq(),
+            bool(extra),
+        )
+        out = submit_task(
+            call, spec, args, kwargs, resources=None, workers=[h._worker], extra_deps=extra
+        )
         _track(h._actor_id, out)
         return out
 
@@ -319,8 +334,10 @@ def _dead_result(spec: TaskSpec, actor_id: str) -> Any:
 
     client = get_client()
     err = ActorDiedError(_died_message(actor_id))
-    refs = [ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err))
-            for _ in range(max(spec.num_returns, 1))]
+    refs = [
+        ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err))
+        for _ in range(max(spec.num_returns, 1))
+    ]
     if spec.mode == "static":
         return refs if spec.num_returns != 1 else refs[0]
     if spec.mode == "plain" and spec.num_returns == 0:
@@ -360,8 +377,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(
-            f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for "
-            "tasks)."
+            f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for tasks)."
         )
     client = get_client()
     _dead.setdefault(actor._actor_id, "it was killed with kill()")
@@ -429,8 +445,10 @@ class ActorHost:
         else:
             self.loop = None
             self.executor = concurrent.futures.ThreadPoolExecutor(
-                max_concurrency, thread_name_prefix="daskgen-actor",
-                initializer=_enter_context, initargs=(ctx,),
+                max_concurrency,
+                thread_name_prefix="daskgen-actor",
+                initializer=_enter_context,
+                initargs=(ctx,),
             )
 
     def call(self, handle_id: str, seq: int, fn: Callable[[], Any], key: Key = None) -> Any:
@@ -487,8 +505,14 @@ def _enter_context(ctx: contextvars.Context) -> None:
         var.set(value)
 
 
-def _create_actor(actor_id: str, cls_blob: bytes, max_concurrency: int, is_async: bool,
-                  packed: bytes | None, *deps: Any) -> str:
+def _create_actor(
+    actor_id: str,
+    cls_blob: bytes,
+    max_concurrency: int,
+    is_async: bool,
+    packed: bytes | None,
+    *deps: Any,
+) -> str:
     worker = get_worker()
     cls = cloudpickle.loads(cls_blob)
     args, kwargs = unpack_args(packed, deps)
@@ -502,8 +526,9 @@ def _create_actor(actor_id: str, cls_blob: bytes, max_concurrency: int, is_async
     with _hosts_cond:
         _hosts[actor_id] = host
         _hosts_cond.notify_all()
-    worker.loop.add_callback(dx.worker_send, worker, {"op": ACTOR_OP, "actor": actor_id,
-                                                      "alive": True})
+    worker.loop.add_callback(
+        dx.worker_send, worker, {"op": ACTOR_OP, "actor": actor_id, "alive": True}
+    )
     return worker.address
 
 
@@ -541,9 +566,18 @@ def _find_host(actor_id: str) -> ActorHost:
 class ActorCall:
     """What Dask runs for one method call, on the actor's worker."""
 
-    def __init__(self, actor_id: str, method: str, name: str, mode: str, num_returns: int,
-                 backpressure: int | None, handle_id: str, seq: int,
-                 after_creation: bool) -> None:
+    def __init__(
+        self,
+        actor_id: str,
+        method: str,
+        name: str,
+        mode: str,
+        num_returns: int,
+        backpressure: int | None,
+        handle_id: str,
+        seq: int,
+        after_creation: bool,
+    ) -> None:
         self.actor_id = actor_id
         self.method = method
         self.name = name
@@ -569,8 +603,9 @@ class ActorCall:
     def _run(self, caller: str, packed: bytes | None, deps: tuple[Any, ...]) -> Any:
         host = _find_host(self.actor_id)
         fn = getattr(host.instance, self.method)
-        spec = TaskSpec(fn, self.name, self.mode, self.num_returns, Retry(False, 0),
-                        self.backpressure)
+        spec = TaskSpec(
+            fn, self.name, self.mode, self.num_returns, Retry(False, 0), self.backpressure
+        )
         try:
             args, kwargs = unpack_args(packed, deps)
         except RayTaskError as upstream:
@@ -591,8 +626,9 @@ class ActorCall:
         return host.call(self.handle_id, self.seq, lambda: producer.run(args, kwargs), key)
 
 
-def _async_thunk(spec: TaskSpec, fn: Callable[..., Any], args: list[Any],
-                 kwargs: dict[str, Any]) -> Callable[[], Any]:
+def _async_thunk(
+    spec: TaskSpec, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> Callable[[], Any]:
     async def run() -> Any:
         try:
             result = fn(*args, **kwargs)
@@ -603,4 +639,3 @@ def _async_thunk(spec: TaskSpec, fn: Callable[..., Any], args: list[Any],
             raise spec.wrap(exc) from None
 
     return run
-

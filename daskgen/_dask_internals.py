@@ -312,6 +312,18 @@ def scheduler_register_data(
         cs.wants_what.add(ts)
 
 
+def scheduler_allow_worker_failures(scheduler: Scheduler, key: Key, max_retries: int) -> None:
+    """Let task ``key`` be re-run ``max_retries`` times (-1: always) after its worker dies.
+
+    Dask counts, per task, the workers that died running it (``suspicious``) and fails the task
+    with ``KilledWorker`` past the global ``allowed_failures``; the count starts offset here.
+    """
+    ts = scheduler.tasks.get(key)
+    if ts is not None:
+        allowed = scheduler.allowed_failures
+        ts.suspicious = allowed - max_retries if max_retries >= 0 else -(10**9)
+
+
 def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[Key]) -> None:
     """Make ``worker`` drop keys the scheduler never registered (duplicates, orphans)."""
     scheduler.worker_send(

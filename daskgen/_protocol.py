@@ -22,6 +22,8 @@ PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
 CONSUMED_OP = "daskgen-consumed"
 RESULT_OP = "daskgen-result"
+# Task annotation: how many times a task may be re-run after its worker died (Ray's max_retries).
+MAX_RETRIES_ANNOTATION = "daskgen_max_retries"
 ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or killed here
 ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
 PLUGIN_NAME = "daskgen"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import pickle
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import dask
 from distributed import Client, Future, fire_and_forget
 
 from . import _dask_internals as dx
@@ -18,7 +20,7 @@ from ._executor import Dep, Retry, TaskSpec
 from ._generators import GenState, ObjectRefGenerator, static_refs
 from ._lifecycle import cluster_resources, get_client, in_worker_task
 from ._options import DEFAULTS, dask_resources, validate
-from ._protocol import task_key
+from ._protocol import MAX_RETRIES_ANNOTATION, task_key
 from ._refs import ObjectRef, capture_refs, result_ref
 
 _INFINITE_RETRIES = 1_000_000_000
@@ -170,7 +172,15 @@ def submit(
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
-    return submit_task(spec, spec, args, kwargs, resources=_resources(options), retries=retries)
+    return submit_task(
+        spec,
+        spec,
+        args,
+        kwargs,
+        resources=_resources(options),
+        retries=retries,
+        max_retries=options["max_retries"],
+    )
 
 
 def submit_task(
@@ -183,6 +193,7 @@ def submit_task(
     retries: int = 0,
     workers: list[str] | None = None,
     extra_deps: tuple[Future, ...] = (),
+    max_retries: int | None = None,
 ) -> Any:
     """Submit ``fn(caller, packed_args, *deps)`` as a Dask task and shape what the caller gets
     by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming generator.
@@ -192,6 +203,7 @@ def submit_task(
     key = task_key(spec.name)
     futures = (*(r._future for r in deps), *extra_deps)
     call = _Call(client, fn, key, (client.id, packed, *futures), resources, retries, workers)
+    call.max_retries = max_retries
 
     state = None
     if spec.mode != "plain":
@@ -235,6 +247,7 @@ class _Call:
         self.resources = resources
         self.retries = retries
         self.workers = workers
+        self.max_retries: int | None = None  # re-runs allowed after the worker dies
 
     def submit(self, deps: list[ObjectRef]) -> Future:
         """Submit now and return the task's future, or return a future for it and submit later.
@@ -251,16 +264,17 @@ class _Call:
             and not r._owner.is_published(int(r.key[1]))
         ]
         if not waiting:
-            return self.client.submit(
-                self.fn,
-                *self.args,
-                key=self.key,
-                pure=False,
-                resources=self.resources,
-                retries=self.retries,
-                workers=self.workers,
-                allow_other_workers=False if self.workers else None,
-            )
+            with self._annotations():
+                return self.client.submit(
+                    self.fn,
+                    *self.args,
+                    key=self.key,
+                    pure=False,
+                    resources=self.resources,
+                    retries=self.retries,
+                    workers=self.workers,
+                    allow_other_workers=False if self.workers else None,
+                )
         future: Future = Future(self.key, self.client)
         self._waiting = waiting
         self._remaining = len(waiting)
@@ -280,9 +294,22 @@ class _Call:
                 if failure is not None:
                     dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, failure)
                     return
-        dx.submit_prebound(
-            self.client, self.key, self.fn, self.args, self.resources, self.retries, self.workers
-        )
+        with self._annotations():
+            dx.submit_prebound(
+                self.client,
+                self.key,
+                self.fn,
+                self.args,
+                self.resources,
+                self.retries,
+                self.workers,
+            )
+
+    def _annotations(self) -> Any:
+        """Ray's max_retries for worker deaths, read by the scheduler extension."""
+        if self.max_retries is None:
+            return contextlib.nullcontext()
+        return dask.annotate(**{MAX_RETRIES_ANNOTATION: self.max_retries})
 
 
 def remote(*args: Any, **options: Any) -> Any:

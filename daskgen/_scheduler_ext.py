@@ -30,6 +30,7 @@ from ._protocol import (
     ACTOR_DIED_OP,
     ACTOR_OP,
     CONSUMED_OP,
+    MAX_RETRIES_ANNOTATION,
     PLUGIN_NAME,
     PUBLISH_OP,
     RESULT_OP,
@@ -111,6 +112,21 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 dx.scheduler_send_to_client(self.scheduler, caller, msg)
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
+
+    # -- retries after a worker death -----------------------------------------------------------
+
+    def update_graph(self, scheduler: Any, *, annotations: Any = None, **kwargs: Any) -> None:
+        """Give each task Ray's ``max_retries`` for worker deaths, through Dask's own counter.
+
+        Dask re-runs a task whose worker died until it has lost ``allowed-failures`` workers
+        (then ``KilledWorker``, which ``get`` raises as ``WorkerCrashedError``); starting the
+        task's count higher or lower makes that limit the task's own.
+        """
+        try:
+            for key, max_retries in ((annotations or {}).get(MAX_RETRIES_ANNOTATION) or {}).items():
+                dx.scheduler_allow_worker_failures(scheduler, _as_key(key), max_retries)
+        except Exception:
+            logger.exception("daskgen: failed to apply max_retries")
 
     # -- actors ---------------------------------------------------------------------------------
 
