@@ -19,7 +19,16 @@ from . import _dask_internals as dx
 from ._lifecycle import get_client, in_worker_task
 from ._protocol import ErrorValue, GenOutcome, put_key
 from ._refs import ObjectRef
-from .exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
+from .exceptions import (
+    GetTimeoutError,
+    RaySystemError,
+    RayTaskError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+
+# Dask's reason for cancelling every future when its client loses the scheduler.
+SCHEDULER_LOST = "scheduler-connection-lost"
 
 _thread = threading.local()
 
@@ -136,6 +145,11 @@ def unwrap(value: Any) -> Any:
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, RayTaskError):
         return exc
+    if isinstance(exc, FutureCancelledError) and exc.reason == SCHEDULER_LOST:
+        return RaySystemError(
+            f"Lost the connection to the Dask scheduler, so the value of {exc.key} cannot be "
+            f"had: {exc.msg or exc.reason}"
+        )
     if isinstance(exc, (FutureCancelledError, asyncio.CancelledError)):
         return TaskCancelledError(getattr(exc, "key", None))
     if isinstance(exc, KilledWorker):

@@ -135,11 +135,18 @@ def erred_future(client: Client, key: Key, error: BaseException) -> Future:
 
 
 def key_set_error(client: Client, key: Key, error: BaseException) -> None:
-    """Fail this client's futures of ``key``, a key that will never exist (its producer died
-    before publishing it). Runs on the client's loop; no-op when nobody holds the key."""
+    """Fail this client's futures of ``key``, a key that will never exist (or come back): its
+    producer died before publishing it, or it was lost for good. Runs on the client's loop;
+    no-op when nobody here holds the key or it already has its value."""
     state = client.futures.get(key)
-    if state is not None and state.status == "pending":
+    if state is not None and state.status in ("pending", "lost"):
         state.set_error(error, error.__traceback__)
+
+
+def future_exception(future: Future) -> BaseException | None:
+    """Why ``future`` ended badly (its error, or the cancellation with Dask's reason)."""
+    state = future._state
+    return None if state is None else state.exception
 
 
 def on_future_done(

@@ -191,7 +191,10 @@ class GenState:
         """Why the task ended without producing everything (cancel, worker death), if it did."""
         status = self.task.status
         if status == "cancelled":
-            return TaskCancelledError(self.task_key)
+            from ._api import _translate
+
+            cause = dx.future_exception(self.task)
+            return _translate(cause) if cause is not None else TaskCancelledError(self.task_key)
         if status == "error":
             exc = self.task.exception()
             if isinstance(exc, (TaskCancelledError, WorkerCrashedError)):

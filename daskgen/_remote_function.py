@@ -205,10 +205,14 @@ def submit_task(
     call = _Call(client, fn, key, (client.id, packed, *futures), resources, retries, workers)
     call.max_retries = max_retries
 
-    state = None
+    state = refs = None
     if spec.mode != "plain":
+        # Everything that will claim the task's yields exists before the task can start, so a
+        # yield can never arrive to find nobody holding it (it would be released).
         state = GenState(client, key, spec.mode, spec.backpressure)
         state.lent = lent
+        if spec.mode == "static":
+            refs = static_refs(state, spec.num_returns)
     future = call.submit(deps)
     if state is not None:
         state.attach(future)
@@ -219,8 +223,7 @@ def submit_task(
             return None
         return result_ref(future, owner=lent or None)
     assert state is not None
-    if spec.mode == "static":
-        refs = static_refs(state, spec.num_returns)
+    if refs is not None:
         return refs[0] if spec.num_returns == 1 else refs
     if spec.mode == "dynamic":
         return ObjectRef(future, owner=state)

@@ -9,6 +9,7 @@ Code written for Ray catches ``ray.exceptions.X``; after ``import daskgen as ray
     +-- TaskCancelledError      the task was cancelled before it produced the value
     +-- WorkerCrashedError      the worker running the task died and retries ran out
     +-- ObjectLostError         the only copy of a value was on a worker that died
+    +-- RaySystemError          the cluster itself failed (the scheduler is unreachable)
     +-- RayActorError
         +-- ActorDiedError      the actor was killed or its worker died
 """
@@ -25,6 +26,7 @@ __all__ = [
     "TaskCancelledError",
     "WorkerCrashedError",
     "ObjectLostError",
+    "RaySystemError",
     "RayActorError",
     "ActorDiedError",
 ]
@@ -134,6 +136,10 @@ class WorkerCrashedError(RayError):
 
 class ObjectLostError(RayError):
     """The value's only copy was on a worker that is gone and it could not be recomputed."""
+
+
+class RaySystemError(RayError):
+    """The cluster itself failed: daskgen lost its connection to the Dask scheduler."""
 
 
 class RayActorError(RayError):
