@@ -408,6 +408,7 @@ def main() -> None:
     parser.add_argument("--backends", default="daskgen,dask,ray")
     parser.add_argument("--repeat", type=int, default=3, help="best of N for timed workloads")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--markdown", default=None, help="also write a Markdown table here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -460,6 +461,29 @@ def main() -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"machine": _machine(), "rows": rows, "raw": results}, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(_markdown(rows, _machine()))
+
+
+def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    def cell(v: Any, ratio: bool = False) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}x" if ratio else (f"{v:.3g}" if v < 100 else f"{v:.0f}")
+
+    lines = [
+        "| workload | unit | daskgen | raw Dask | Ray | daskgen vs Dask | daskgen vs Ray |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['unit']} | {cell(r['daskgen'])} | {cell(r['dask'])} | "
+            f"{cell(r['ray'])} | {cell(r['ratio_vs_dask'], True)} | "
+            f"{cell(r['ratio_vs_ray'], True)} |"
+        )
+    about = ", ".join(f"{k} {v}" for k, v in machine.items())
+    return "\n".join(lines) + f"\n\nMachine: {about}.\n"
 
 
 def _machine() -> dict[str, Any]:
