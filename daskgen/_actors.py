@@ -300,12 +300,12 @@ class ActorMethod:
         h = self._handle
         mode, n = self._mode()
         name = f"{h._class_name}.{self._name}"
-        spec = TaskSpec(
-            None,
+        spec = TaskSpec(  # describes the call's shape; the method itself runs on the worker
+            _no_function,
             name,
             mode,
             n,
-            Retry(False, 0),  # type: ignore[arg-type]
+            Retry(False, 0),
             self._options.get("_generator_backpressure_num_objects"),
         )
         if h._actor_id in _dead:
@@ -327,6 +327,10 @@ class ActorMethod:
         )
         _track(h._actor_id, out)
         return out
+
+
+def _no_function(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("an actor call's client-side spec is never run")
 
 
 def _dead_result(spec: TaskSpec, actor_id: str) -> Any:
@@ -434,6 +438,8 @@ class ActorHost:
         self.next_seq: dict[str, int] = {}
         # ``ctx`` (the worker's context, plus the actor id) makes get_worker() and
         # get_runtime_context() work in the actor's own threads.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         if is_async:
             self.loop = asyncio.new_event_loop()
             self.semaphore = asyncio.Semaphore(max_concurrency)
@@ -441,9 +447,7 @@ class ActorHost:
                 target=ctx.run, args=(self.loop.run_forever,), daemon=True, name="daskgen-actor"
             )
             self.thread.start()
-            self.executor = None
         else:
-            self.loop = None
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_concurrency,
                 thread_name_prefix="daskgen-actor",

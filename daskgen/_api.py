@@ -56,6 +56,7 @@ def blocking() -> Iterator[None]:
     if key is None or getattr(_thread, "seceded", False):
         yield
         return
+    assert worker is not None
     worker.loop.add_callback(dx.worker_lend_resources, worker, key, +1)
     secede()
     _thread.seceded = True
@@ -343,6 +344,8 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     ``get`` of a cancelled value raises ``TaskCancelledError``; a value already computed is left
     alone, as in Ray. A running Python thread cannot be interrupted: a running plain task keeps
     its thread until it returns, but its result is dropped; a generator stops at its next yield.
+    ``force=True`` cancels even if other clients hold the key (Dask's ``force``); ``recursive``
+    is accepted for Ray compatibility and ignored (tasks the cancelled one submitted go on).
     """
     from ._generators import ObjectRefGenerator
 

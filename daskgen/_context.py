@@ -44,6 +44,7 @@ class RuntimeContext:
         return worker.address if worker is not None else get_client().id
 
     def get_worker_id(self) -> str:
+        """The same as ``get_node_id()``: each Dask worker is its own node here."""
         return self.get_node_id()
 
     def get_actor_id(self) -> str | None:

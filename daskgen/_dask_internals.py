@@ -1,7 +1,8 @@
 """Every private dask.distributed internal daskgen touches, and nothing else.
 
 Dask's public API has no way to turn a value that lives in a running task into a key of its own
-(``scatter`` pickles and copies it, and costs ~20x more per item), so the yield mechanism uses a few
+(``scatter`` pickles and copies it, and costs ~100x more per small item: see
+``benchmarks/publish_mechanisms.py``), so the yield mechanism uses a few
 internals. They are wrapped here, one small function each, so that a Dask upgrade that moves one
 breaks exactly one place; ``tests/test_dask_internals.py`` checks each of them against the
 installed Dask and fails loudly when one is gone.

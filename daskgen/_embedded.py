@@ -24,9 +24,6 @@ from distributed.worker_memory import parse_memory_limit
 
 from . import _dask_internals as dx
 
-# Cluster keywords that configure the scheduler rather than the workers.
-_SCHEDULER_KEYS = ("dashboard_address", "host", "scheduler_port", "security", "protocol")
-
 
 class _Worker(SubprocessWorker):
     """``SubprocessWorker`` that also hands the driver's import path to the worker."""

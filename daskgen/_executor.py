@@ -5,6 +5,8 @@ Generator tasks hand over to ``_publish.Producer``, which publishes every yield 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -151,7 +153,10 @@ class TaskSpec:
 
     def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
-            return self.fn(*args, **kwargs)
+            result = self.fn(*args, **kwargs)
+            if inspect.iscoroutine(result):  # an ``async def`` remote function
+                result = asyncio.run(result)
+            return result
         except Exception as exc:
             err = wrap_error(exc, self.name)
             if (

@@ -368,12 +368,15 @@ class ObjectRefGenerator:
         self._state.cancel_task()
 
     def send(self, value: Any) -> None:
+        """Not supported, as in Ray: raises ``NotImplementedError``."""
         raise NotImplementedError("ObjectRefGenerator does not support send().")
 
     def throw(self, *args: Any) -> None:
+        """Not supported, as in Ray: raises ``NotImplementedError``."""
         raise NotImplementedError("ObjectRefGenerator does not support throw().")
 
     def close(self) -> None:
+        """Not supported, as in Ray: raises ``NotImplementedError`` (use ``cancel(gen)``)."""
         raise NotImplementedError("ObjectRefGenerator does not support close().")
 
     async def asend(self, value: Any) -> None:
@@ -386,6 +389,7 @@ class ObjectRefGenerator:
         raise NotImplementedError("ObjectRefGenerator does not support aclose().")
 
     def task_key(self) -> str:
+        """The Dask key of the generator's task."""
         return self._state.task_key
 
     def __repr__(self) -> str:

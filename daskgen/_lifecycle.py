@@ -8,6 +8,7 @@ Inside a Dask task every entry point uses that worker's own client instead.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -32,7 +33,8 @@ class _Session:
     client: Client
     cluster: SpecCluster | None  # owned: closed by shutdown()
     owns_client: bool
-    resources: dict[str, float] = field(default_factory=dict)  # cluster totals, for checks
+    # what each worker declares, as last read from the scheduler (for placement checks)
+    resources: list[dict[str, float]] = field(default_factory=list)
 
 
 _session: _Session | None = None
@@ -58,10 +60,12 @@ def init(
     * ``address=`` or the ``DASKGEN_ADDRESS`` environment variable: connect to that scheduler;
       ``shutdown()`` closes daskgen's client, never the cluster. ``cluster_kwargs`` go to
       ``Client`` (``security=`` for TLS, ``timeout=``...).
-    * neither: start an embedded ``LocalCluster`` with ``num_cpus`` single-threaded worker
-      processes (default: every core), each declaring the ``CPU`` resource; ``num_gpus`` and
-      ``resources`` are declared on the first worker, like one Ray node. ``cluster_kwargs`` go to
-      ``LocalCluster``. ``shutdown()`` stops it.
+    * neither: start an embedded local cluster (a scheduler in this process and ``num_cpus``
+      single-threaded worker processes, default every core), each worker declaring the ``CPU``
+      resource; ``num_gpus`` and ``resources`` are declared on the first worker, like one Ray
+      node. ``cluster_kwargs`` may be ``dashboard_address``, ``host``, ``scheduler_port``,
+      ``threads_per_worker``, ``memory_limit``, ``silence_logs`` and ``worker_kwargs``.
+      ``shutdown()`` stops it.
 
     ``log_to_driver``: show what remote functions and actors print or log in this terminal,
     prefixed with the function and worker, as Ray does.
@@ -94,7 +98,7 @@ def init(
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
         try:
             setup_client(session.client)
-            session.resources = _cluster_resources(session.client)
+            session.resources = _worker_resources(session.client)
             if log_to_driver:
                 from ._logs import forward_to
 
@@ -157,17 +161,19 @@ def setup_client(client: Client) -> None:
     _ready_clients.add(client)
 
 
-def _cluster_resources(client: Client) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for w in client.scheduler_info(n_workers=-1)["workers"].values():
-        for name, amount in (w.get("resources") or {}).items():
-            totals[name] = totals.get(name, 0) + amount
-    return totals
+def _worker_resources(client: Client) -> list[dict[str, float]]:
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return [dict(w.get("resources") or {}) for w in workers]
 
 
-def cluster_resources() -> dict[str, float]:
-    """Resources declared by the cluster's workers when daskgen connected."""
-    return dict(_session.resources) if _session is not None else {}
+def worker_resources(refresh: bool = False) -> list[dict[str, float]]:
+    """The resources each worker declares (re-read from the scheduler if ``refresh``)."""
+    session = _session
+    if session is None:
+        return []
+    if refresh:
+        session.resources = _worker_resources(session.client)
+    return [dict(r) for r in session.resources]
 
 
 def shutdown() -> None:
@@ -185,7 +191,19 @@ def _close(session: _Session) -> None:
         if session.owns_client:
             session.client.close()
         if session.cluster is not None:
-            session.cluster.close()
+            # Values still referenced when our own cluster stops are gone by design: do not
+            # let its scheduler log that as lost data.
+            quiet = _DropSchedulerShutdownNoise()
+            logging.getLogger("distributed.scheduler").addFilter(quiet)
+            try:
+                session.cluster.close()
+            finally:
+                logging.getLogger("distributed.scheduler").removeFilter(quiet)
+
+
+class _DropSchedulerShutdownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "caused the cluster to lose" not in record.getMessage()
 
 
 def is_initialized() -> bool:

@@ -75,6 +75,7 @@ class ObjectRef:
         return str(key).rpartition("-")[2]
 
     def task_name(self) -> str:
+        """The name of the function (or actor method) that produces this value."""
         return key_name(self.key)
 
     def future(self) -> concurrent.futures.Future:

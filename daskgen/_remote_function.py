@@ -18,7 +18,7 @@ from distributed import Client, Future, fire_and_forget
 from . import _dask_internals as dx
 from ._executor import Dep, Retry, TaskSpec
 from ._generators import GenState, ObjectRefGenerator, static_refs
-from ._lifecycle import cluster_resources, get_client, in_worker_task
+from ._lifecycle import get_client, in_worker_task, worker_resources
 from ._options import DEFAULTS, dask_resources, validate
 from ._protocol import MAX_RETRIES_ANNOTATION, task_key
 from ._refs import ObjectRef, capture_refs, result_ref
@@ -108,14 +108,16 @@ def pack_args(
         return None, deps, []
     a = [top(v) for v in args]
     kw = {k: top(v) for k, v in kwargs.items()}
+    # Top-level refs are lent too: a dynamic generator's ref owns its yields, and the task
+    # receiving it must find them even if the caller dropped its own ref right away.
     if _plain_data(a) and _plain_data(kw):
-        return pickle.dumps((a, kw), protocol=5), deps, []
+        return pickle.dumps((a, kw), protocol=5), deps, list(deps)
     with capture_refs() as lent:
         try:
             packed = cloudpickle.dumps((a, kw), protocol=5)
         except Exception as exc:
             raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
-    return packed, deps, list(lent)
+    return packed, deps, [*deps, *lent]
 
 
 _PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex, Dep)
@@ -150,20 +152,29 @@ def _unpicklable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: 
 
 def _resources(options: dict[str, Any]) -> dict[str, float] | None:
     worker = in_worker_task()
-    cluster = cluster_resources() if worker is None else dict(worker.state.total_resources)
-    wanted = dask_resources(options, cluster)
-    if wanted and worker is None:
-        for name, amount in wanted.items():
-            if cluster.get(name, 0) < amount and name not in _warned_resources:
-                _warned_resources.add(name)
+    workers = worker_resources() if worker is None else [dict(worker.state.total_resources)]
+    declared = {name for w in workers for name in w}
+    wanted = dask_resources(options, dict.fromkeys(declared, 1.0))
+    if wanted and worker is None and not _fits(wanted, workers):
+        workers = worker_resources(refresh=True)  # workers may have joined since
+        if not _fits(wanted, workers):
+            key = repr(sorted(wanted.items()))
+            if key not in _warned_resources:
+                _warned_resources.add(key)
                 warnings.warn(
-                    f"No worker declares {amount} of resource {name!r} (the cluster has "
-                    f"{cluster.get(name, 0)}): the task will wait until a worker that has it "
-                    "joins. Declare it with `dask worker --resources` or init(resources=...).",
+                    f"No worker has {wanted} (the workers declare {workers}): the task will wait "
+                    "until a worker that has it joins. Declare resources with "
+                    "`dask worker --resources` or init(resources=...).",
                     UserWarning,
                     stacklevel=4,
                 )
     return wanted
+
+
+def _fits(wanted: dict[str, float], workers: list[dict[str, float]]) -> bool:
+    """Whether some single worker declares every amount in ``wanted`` (Dask places a task on
+    one worker: totals across workers do not help)."""
+    return any(all(w.get(r, 0) >= amount for r, amount in wanted.items()) for w in workers)
 
 
 def submit(

@@ -82,10 +82,10 @@ class RayTaskError(RayError):
         return as_instanceof_cause(function_name, tb, exc, proctitle)
 
 
-_dual_classes: dict[type, type] = {}
+_dual_classes: dict[type, type[RayTaskError]] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> type[RayTaskError]:
     """``RayTaskError(cause_cls)``: a class that is both, made once per cause class."""
     cls = _dual_classes.get(cause_cls)
     if cls is None:
@@ -103,8 +103,14 @@ def _dual_class(cause_cls: type) -> type:
 def as_instanceof_cause(
     function_name: str, traceback_str: str, cause: BaseException | None, proctitle: str = ""
 ) -> RayTaskError:
-    cls = _dual_class(type(cause)) if isinstance(cause, Exception) else RayTaskError
-    err: RayTaskError = RayTaskError.__new__(cls)
+    cls: type[RayTaskError] = (
+        _dual_class(type(cause)) if isinstance(cause, Exception) else RayTaskError
+    )
+    try:
+        # cls.__new__, not RayTaskError.__new__: OSError and its kin have their own __new__
+        err: RayTaskError = cls.__new__(cls)
+    except Exception:
+        err = RayTaskError.__new__(RayTaskError)
     RayTaskError.__init__(err, function_name, traceback_str, cause, proctitle)
     return err
 
@@ -116,7 +122,8 @@ def _rebuild_task_error(
 
 
 class GetTimeoutError(RayError, TimeoutError):
-    """``get()`` or ``wait()`` waited for ``timeout`` seconds and the value was not ready."""
+    """``get()`` waited ``timeout`` seconds and the value was not ready (``wait()`` returns
+    what is ready instead of raising)."""
 
 
 class TaskCancelledError(RayError):

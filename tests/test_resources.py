@@ -69,6 +69,13 @@ def test_a_resource_no_worker_has_warns_at_remote_instead_of_waiting_silently(wi
     daskgen.cancel(ref)
 
 
+def test_more_cpus_than_any_single_worker_has_warns_even_if_the_total_suffices(with_resources):
+    # two workers with one CPU each: a task needing 2 CPUs fits on neither
+    with pytest.warns(UserWarning, match="CPU"):
+        ref = daskgen.remote(num_cpus=2)(_slow_identity).remote(8)
+    daskgen.cancel(ref)
+
+
 def test_more_gpus_than_the_cluster_has_warns(with_resources):
     with pytest.warns(UserWarning, match="GPU"):
         ref = daskgen.remote(num_gpus=4)(_slow_identity).remote(5)

@@ -1,0 +1,245 @@
+"""Scale and leaks (SPEC 7): many tasks, many concurrent generators, many yields in one run.
+
+Every result is checked, the scheduler's task count must return to its baseline once the refs are
+dropped, and the driver's memory must not grow across repeated rounds.
+
+Sizes: the CI size runs always (the whole file in well under a minute); the full size of SPEC 7
+(10,000 tasks, 1,000 concurrent generators, 100,000 yields in one run) is marked ``slow`` and
+skipped unless ``DASKGEN_FULL_SCALE=1``.
+
+The memory test runs on a real cluster (``tests/realcluster.py``) rather than the embedded one:
+the embedded cluster's scheduler lives in the driver process, and its bounded developer logs
+(transition log, message logs) grow for thousands of tasks before they level off, which would
+look like a leak of the driver. For the same reason the test's client keeps a short
+``distributed.admin.low-level-log-length`` (its BatchedSend keeps the last N batches it sent).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+
+import pytest
+import realcluster
+
+pytestmark = [
+    pytest.mark.daskgen_only,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # num_returns="dynamic"
+]
+
+HANG = 120  # seconds: a bound on each get that only catches hangs
+FULL = os.environ.get("DASKGEN_FULL_SCALE") == "1"
+full_size = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not FULL, reason="full-size scale test: set DASKGEN_FULL_SCALE=1"),
+]
+
+
+def ci_and_full(ci, full):
+    return [pytest.param(ci, id=f"{ci:_}"), pytest.param(full, id=f"{full:_}", marks=full_size)]
+
+
+def _task_count(client):
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+def _assert_task_count_returns_to(client, baseline):
+    gc.collect()
+    realcluster.wait_until(
+        lambda: _task_count(client) <= baseline,
+        f"the scheduler's task count returned to {baseline}",
+        timeout=60,
+    )
+
+
+def _get_in_batches(ray, refs, batch=1_000):
+    out = []
+    for start in range(0, len(refs), batch):
+        out += ray.get(refs[start : start + batch], timeout=HANG)
+    return out
+
+
+def _square(ray):
+    @ray.remote
+    def square(x):
+        return x * x
+
+    return square
+
+
+def _produce(ray):
+    @ray.remote
+    def produce(gen_id, n):
+        for i in range(n):
+            yield (gen_id, i)
+
+    return produce
+
+
+# --- many tasks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", ci_and_full(1_000, 10_000))
+def test_many_tasks_all_return_the_right_value_and_leave_no_task_behind(ray, n):
+    client = ray.get_client()
+    gc.collect()
+    baseline = _task_count(client)
+    square = _square(ray)
+
+    refs = [square.remote(i) for i in range(n)]
+    assert ray.get(refs, timeout=HANG) == [i * i for i in range(n)]
+
+    del refs
+    _assert_task_count_returns_to(client, baseline)
+
+
+# --- many concurrent generators ---------------------------------------------------------------
+
+YIELDS_PER_GENERATOR = 10
+
+
+@pytest.mark.parametrize("mode", ["streaming", "dynamic", "static"])
+@pytest.mark.parametrize("n", ci_and_full(100, 1_000))
+def test_many_concurrent_generators_all_yield_the_right_values_and_leave_no_task_behind(
+    ray, n, mode
+):
+    client = ray.get_client()
+    gc.collect()
+    baseline = _task_count(client)
+    produce, k = _produce(ray), YIELDS_PER_GENERATOR
+
+    # every generator is started before any of them is consumed
+    if mode == "streaming":
+        handles = [produce.remote(g, k) for g in range(n)]
+        results = [ray.get(list(gen), timeout=HANG) for gen in handles]
+    elif mode == "dynamic":
+        handles = [produce.options(num_returns="dynamic").remote(g, k) for g in range(n)]
+        results = [ray.get(list(ray.get(ref, timeout=HANG)), timeout=HANG) for ref in handles]
+    else:
+        handles = [produce.options(num_returns=k).remote(g, k) for g in range(n)]
+        results = [ray.get(refs, timeout=HANG) for refs in handles]
+    assert results == [[(g, i) for i in range(k)] for g in range(n)]
+
+    del handles, results
+    _assert_task_count_returns_to(client, baseline)
+
+
+# --- many yields in one run -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", ci_and_full(10_000, 100_000))
+def test_many_small_streaming_yields_in_one_run_all_arrive_in_order(ray, n):
+    client = ray.get_client()
+    gc.collect()
+    baseline = _task_count(client)
+
+    gen = _produce(ray).remote(0, n)
+    values, batch = [], []
+    for ref in gen:  # refs taken as they come, values fetched a batch at a time
+        batch.append(ref)
+        if len(batch) == 1_000:
+            values += ray.get(batch, timeout=HANG)
+            batch = []
+    values += ray.get(batch, timeout=HANG)
+    assert values == [(0, i) for i in range(n)]
+
+    del gen, batch, ref
+    _assert_task_count_returns_to(client, baseline)
+
+
+@pytest.mark.parametrize("n", ci_and_full(10_000, 100_000))
+def test_many_small_dynamic_yields_in_one_run_all_arrive_in_order(ray, n):
+    client = ray.get_client()
+    gc.collect()
+    baseline = _task_count(client)
+
+    outer = _produce(ray).options(num_returns="dynamic").remote(0, n)
+    refs = list(ray.get(outer, timeout=HANG))
+    assert len(refs) == n
+    assert _get_in_batches(ray, refs) == [(0, i) for i in range(n)]
+
+    del outer, refs
+    _assert_task_count_returns_to(client, baseline)
+
+
+# --- the driver's memory across rounds ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def dg(cluster, monkeypatch):
+    import dask
+
+    import daskgen
+
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    with dask.config.set({"distributed.admin.low-level-log-length": 10}):
+        daskgen.init(address=cluster.address)
+    yield daskgen
+    daskgen.shutdown()
+
+
+def _one_round(ray, scale):
+    """Tasks, generators in every mode and one long stream; every value checked."""
+    square, produce = _square(ray), _produce(ray)
+    n_tasks, n_gens, k, stream = 100 * scale, 20 * scale, 10, 1_000 * scale
+
+    refs = [square.remote(i) for i in range(n_tasks)]
+    assert ray.get(refs, timeout=HANG) == [i * i for i in range(n_tasks)]
+
+    gens = [produce.remote(g, k) for g in range(n_gens)]
+    assert [ray.get(list(gen), timeout=HANG) for gen in gens] == [
+        [(g, i) for i in range(k)] for g in range(n_gens)
+    ]
+    outer = [produce.options(num_returns="dynamic").remote(g, k) for g in range(5)]
+    assert [ray.get(list(ray.get(o, timeout=HANG)), timeout=HANG) for o in outer] == [
+        [(g, i) for i in range(k)] for g in range(5)
+    ]
+    static = [produce.options(num_returns=k).remote(g, k) for g in range(5)]
+    assert [ray.get(r, timeout=HANG) for r in static] == [
+        [(g, i) for i in range(k)] for g in range(5)
+    ]
+    assert _get_in_batches(ray, list(produce.remote(0, stream))) == [(0, i) for i in range(stream)]
+
+
+ROUNDS = 10
+WARMUP = 2
+
+
+@pytest.mark.parametrize("scale", ci_and_full(1, 10))
+def test_the_driver_memory_does_not_grow_across_rounds(dg, cluster, scale):
+    # Per round: ~1,350 refs (x scale). A leak of one Python object or ~100 bytes per ref would
+    # add > 10,000 objects or > 1 MB over the measured rounds; both limits are far above the
+    # noise measured here (a few hundred objects, a few hundred kB).
+    client = dg.get_client()
+    baseline_tasks = _task_count(client)
+    baseline_futures = len(client.futures)
+    objects, traced = [], []
+    tracemalloc.start()
+    try:
+        for _ in range(ROUNDS):
+            _one_round(dg, scale)
+            gc.collect()
+            # Releases travel to the scheduler asynchronously: let them drain first.
+            realcluster.wait_until(
+                lambda: len(client.futures) <= baseline_futures, "the client released every key"
+            )
+            gc.collect()
+            objects.append(len(gc.get_objects()))
+            traced.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+
+    grown_objects = max(objects[WARMUP:]) - objects[WARMUP]
+    grown_bytes = max(traced[WARMUP:]) - traced[WARMUP]
+    assert grown_objects < 2_000 * scale, f"objects after each round: {objects}"
+    assert grown_bytes < 1_000_000 * scale, f"traced bytes after each round: {traced}"
+    _assert_task_count_returns_to(client, baseline_tasks)

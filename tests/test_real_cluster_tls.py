@@ -1,0 +1,158 @@
+"""``init(address="tls://...", security=Security(...))`` passes Dask's ``Security`` through to the
+``Client``: tasks and generators run over TLS, and clients without the right certificates are
+refused with a clear error, quickly.
+
+The certificates are made for each run with the ``openssl`` CLI (the ``cryptography`` package is
+not a dependency); without ``openssl`` the module is skipped. daskgen only; each test begins and
+ends with ``daskgen.shutdown()``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import realcluster
+from realcluster import HANG
+
+import daskgen
+
+pytestmark = [
+    pytest.mark.daskgen_only,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # num_returns="dynamic"
+    # A refused distributed.Client complains from __del__ when it is collected.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.skipif(
+        shutil.which("openssl") is None,
+        reason="the openssl CLI is needed to make the test certificates (and the cryptography "
+        "package is not installed)",
+    ),
+]
+
+REFUSAL = 20  # seconds: a refused connection must fail well within this
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return realcluster.make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def other_certs(tmp_path_factory):
+    """A certificate signed by another CA: valid TLS, but not trusted by the cluster."""
+    return realcluster.make_certificates(tmp_path_factory.mktemp("other-certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory, certs):
+    with realcluster.start_cluster(tmp_path_factory.mktemp("tls-cluster"), tls=certs) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def dg(monkeypatch):
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    yield daskgen
+    daskgen.shutdown()
+
+
+def _add_one():
+    @daskgen.remote
+    def add_one(x):
+        return x + 1
+
+    return add_one
+
+
+def _count():
+    @daskgen.remote
+    def count(n):
+        yield from range(n)
+
+    return count
+
+
+def test_the_cluster_listens_only_on_tls(tls_cluster):
+    assert tls_cluster.address.startswith("tls://")
+
+
+def test_init_with_a_tls_address_and_security_runs_a_task(dg, tls_cluster, certs):
+    dg.init(address=tls_cluster.address, security=certs.security())
+    assert dg.get(_add_one().remote(1), timeout=HANG) == 2
+
+
+@pytest.mark.parametrize("mode", ["streaming", "dynamic", "static"])
+def test_init_with_a_tls_address_and_security_runs_a_generator(dg, tls_cluster, certs, mode):
+    dg.init(address=tls_cluster.address, security=certs.security())
+    count = _count()
+    if mode == "streaming":
+        values = [dg.get(ref, timeout=HANG) for ref in count.remote(4)]
+    elif mode == "dynamic":
+        refs = dg.get(count.options(num_returns="dynamic").remote(4), timeout=HANG)
+        values = dg.get(list(refs), timeout=HANG)
+    else:
+        values = dg.get(count.options(num_returns=4).remote(4), timeout=HANG)
+    assert values == [0, 1, 2, 3]
+
+
+def test_init_hands_the_security_object_to_the_client(dg, tls_cluster, certs):
+    security = certs.security()
+    client = dg.init(address=tls_cluster.address, security=security)
+    assert client is dg.get_client()
+    assert client.security.tls_client_cert == str(certs.cert)
+    assert client.security.tls_ca_file == str(certs.ca_file)
+    assert client.scheduler.address.startswith("tls://")
+
+
+def test_security_also_applies_to_an_address_from_daskgen_address(
+    dg, tls_cluster, certs, monkeypatch
+):
+    monkeypatch.setenv("DASKGEN_ADDRESS", tls_cluster.address)
+    dg.init(security=certs.security())
+    assert dg.get(_add_one().remote(41), timeout=HANG) == 42
+
+
+def test_a_task_inside_a_task_runs_over_tls(dg, tls_cluster, certs):
+    add_one = _add_one()
+
+    @daskgen.remote
+    def outer(x):
+        return daskgen.get(add_one.remote(x), timeout=HANG)
+
+    dg.init(address=tls_cluster.address, security=certs.security())
+    assert dg.get(outer.remote(1), timeout=HANG) == 2
+
+
+def _refused(dg, address, **kwargs):
+    start = time.monotonic()
+    with pytest.raises(Exception) as exc_info:
+        dg.init(address=address, timeout=REFUSAL, **kwargs)
+    elapsed = time.monotonic() - start
+    assert elapsed < REFUSAL, f"refusal took {elapsed:.1f} s"
+    assert not dg.is_initialized()
+    return exc_info.value
+
+
+def test_a_client_without_certificates_is_refused_with_a_clear_error(dg, tls_cluster):
+    exc = _refused(dg, tls_cluster.address)
+    assert isinstance(exc, (TypeError, ValueError, OSError)), repr(exc)
+    assert "TLS" in str(exc), repr(exc)
+
+
+def test_a_client_with_a_certificate_from_another_ca_is_refused(dg, tls_cluster, other_certs):
+    exc = _refused(dg, tls_cluster.address, security=other_certs.security())
+    assert isinstance(exc, OSError), repr(exc)
+    assert "TLS" in str(exc) and "certificate" in str(exc), repr(exc)
+
+
+def test_a_plain_tcp_client_is_refused_by_the_tls_scheduler(dg, tls_cluster):
+    exc = _refused(dg, tls_cluster.address.replace("tls://", "tcp://", 1))
+    assert isinstance(exc, OSError), repr(exc)
+
+
+def test_a_refused_client_leaves_the_tls_cluster_working(dg, tls_cluster, certs, other_certs):
+    _refused(dg, tls_cluster.address, security=other_certs.security())
+    dg.init(address=tls_cluster.address, security=certs.security())
+    assert dg.get(list(_count().remote(3)), timeout=HANG) == [0, 1, 2]
