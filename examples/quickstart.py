@@ -113,8 +113,9 @@ assert ray.get([ref1, ref2]) == [0, 1]
 try:
     ray.get([ref3, ref4])
 except Exception as error:
-    print(f"static num_returns: the remaining refs raise {type(error.cause).__name__}: "
-          f"{error.cause}")
+    print(
+        f"static num_returns: the remaining refs raise {type(error.cause).__name__}: {error.cause}"
+    )
 
 dynamic_ref = generator.options(num_returns="dynamic").remote()
 ref_generator = ray.get(dynamic_ref)
