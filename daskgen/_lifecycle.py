@@ -191,14 +191,18 @@ def _close(session: _Session) -> None:
         if session.owns_client:
             session.client.close()
         if session.cluster is not None:
-            # Values still referenced when our own cluster stops are gone by design: do not
-            # let its scheduler log that as lost data.
+            # Values still referenced when our own cluster stops are gone by design, and its
+            # connections close under it: do not let Dask log either as a problem.
             quiet = _DropSchedulerShutdownNoise()
+            dask_logger = logging.getLogger("distributed")
+            level = dask_logger.level
+            dask_logger.setLevel(logging.ERROR)
             logging.getLogger("distributed.scheduler").addFilter(quiet)
             try:
                 session.cluster.close()
             finally:
                 logging.getLogger("distributed.scheduler").removeFilter(quiet)
+                dask_logger.setLevel(level)
 
 
 class _DropSchedulerShutdownNoise(logging.Filter):

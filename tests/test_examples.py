@@ -144,3 +144,11 @@ def test_pass_dynamic_generator_hands_the_outer_ref_and_the_generator_to_tasks()
     assert "nested in a list: ObjectRef -> DynamicObjectRefGenerator of 11 refs" in out
     assert "max over blocks, fanned out from a task: 10499" in out
     assert "failing generator: values [0, 1, 2], then error 'gave up after 3 values'" in out
+
+
+def test_actor_generator_streams_tokens_from_a_stateful_actor():
+    out = _run("actor_generator.py")
+    assert "'the quick brown fox' -> [('the', 0), ('quick', 1), ('brown', 2), ('fox', 3)]" in out
+    assert "('the', 0)" in out.splitlines()[1]  # the second sentence reuses the actor's state
+    assert "shouted: ['QUICK#1', 'DOG#7']" in out
+    assert "vocabulary size: 9" in out
