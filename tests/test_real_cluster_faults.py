@@ -1,12 +1,14 @@
 """Faults on a real cluster (SPEC 4, 5, 7): workers SIGKILLed while they run a generator or while
 they hold its yields, callers that vanish mid-generator, and a scheduler that dies under a ``get``.
 
-Each test gets its own scheduler and two ``--no-nanny`` workers (a killed worker stays dead), and
-begins and ends with ``daskgen.shutdown()``. The generators run in other processes, so they talk
+Each test gets its own scheduler and two ``--no-nanny`` workers (a killed worker stays dead); the
+tests that use daskgen in this process begin and end with ``daskgen.shutdown()`` (the others run
+their driver in a subprocess). The generators run in other processes, so they talk
 to the test through files in ``tmp_path``: ``pid-<attempt>`` says which worker to kill, ``paused``
 that the generator has yielded and now waits (bounded) for ``go``, ``attempt-<n>`` files
-(O_EXCL) count the runs. Every value carries ``(index, attempt)``. Every ``get`` has a timeout
-that only catches hangs.
+(O_EXCL) count the runs. Every value carries ``(index, attempt, payload)``: yields of at most
+64 KiB travel inline to the caller, so the tests about lost values use larger payloads. Every
+``get`` has a timeout that only catches hangs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # num_returns="dynamic"
 ]
 
-MODES = ["static", "dynamic", "streaming"]
 # The Active Memory Manager drops surplus replicas every 2 s; the tests that make a second
 # replica on purpose need it to stay where they put it.
 NO_AMM = {"DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False"}
@@ -298,6 +299,45 @@ def test_without_retries_small_yields_delivered_before_the_crash_stay_readable(
     assert _ia(dg.get(taken, timeout=HANG)) == [(0, 1), (1, 1)]
 
 
+def _pausing_task(max_retries):
+    """A plain task returning its attempt; attempt 1 writes ``paused`` and waits for ``go``."""
+    attempt, mark, wait_for = _attempt, _mark, _wait_for
+
+    @daskgen.remote(max_retries=max_retries)
+    def pausing_task(marker_dir):
+        import os
+
+        a = attempt(marker_dir)
+        mark(marker_dir, f"pid-{a}", str(os.getpid()))
+        if a == 1:
+            mark(marker_dir, "paused")
+            wait_for(marker_dir, "go", HANG)
+        return a
+
+    return pausing_task
+
+
+def test_a_plain_task_whose_worker_is_killed_is_rerun_with_max_retries(dg, cluster, markers):
+    ref = _pausing_task(max_retries=1).remote(str(markers))
+
+    _kill_paused_generator(cluster, markers)
+
+    assert dg.get(ref, timeout=HANG) == 2
+    assert _attempts(markers) == 2
+
+
+def test_without_retries_a_plain_task_whose_worker_is_killed_raises_worker_crashed(
+    dg, cluster, markers
+):
+    ref = _pausing_task(max_retries=0).remote(str(markers))
+
+    _kill_paused_generator(cluster, markers)
+
+    with pytest.raises(WorkerCrashedError):
+        dg.get(ref, timeout=HANG)
+    assert _attempts(markers) == 1
+
+
 def test_a_generator_killed_more_often_than_max_retries_allows_raises_worker_crashed(
     dg, cluster, markers
 ):
@@ -373,6 +413,18 @@ def test_a_yield_lost_with_its_worker_after_the_generator_finished_is_recomputed
                 assert value[0] == 10 * i and len(value[1]) == LARGE
 
 
+def test_a_put_value_lost_with_its_worker_raises_object_lost(dg, cluster):
+    ref = dg.put(b"x" * LARGE)
+    with cluster.client() as observer:
+        holders = observer.who_has()  # every key: the put value is the only one
+        (address,) = {a for addresses in holders.values() for a in addresses}
+        pid = observer.run(os.getpid, workers=[address])[address]
+        _kill_and_settle(cluster, observer, pid)
+
+    with pytest.raises(ObjectLostError, match=r"(?i)\blost\b"):
+        dg.get(ref, timeout=HANG)
+
+
 # --- a re-run yields a different number of values ----------------------------------------------
 
 
@@ -443,21 +495,17 @@ def test_a_dynamic_generator_recomputed_after_a_worker_death_with_fewer_yields_f
 
         _kill_and_settle(cluster, observer, int(read_marker(markers, "pid-1")))
 
-        for ref in refs[3:]:
-            try:
-                value = dg.get(ref, timeout=HANG)
-            except ObjectLostError as exc:  # not recomputed: lost, and the message says so
-                assert re.search(r"(?i)\blost\b", str(exc)), str(exc)
-            except RayError as exc:  # recomputed with 3 yields: the error names both counts
-                message = str(exc)
-                assert re.search(r"\b3\b", message) and re.search(r"\b6\b", message), message
-            else:
-                if _attempts(markers) == 1:
-                    continue  # not recomputed, and the value was kept: it is attempt 1's
-                pytest.fail(
-                    f"{ref} of a generator re-run with 3 yields returned attempt {value[1]}'s "
-                    f"value {value[:2]}"
-                )
+        if _attempts(markers) == 2:  # recomputed (the caller still holds the generator's ref)
+            for ref in refs[3:]:
+                with pytest.raises(RayError) as exc_info:
+                    dg.get(ref, timeout=HANG)
+                _assert_names_both_counts(exc_info, 3, 6)
+        else:  # not recomputed: each value is lost (the message says so) or still attempt 1's
+            for ref in refs[3:]:
+                try:
+                    assert dg.get(ref, timeout=HANG)[1] == 1
+                except ObjectLostError as exc:
+                    assert re.search(r"(?i)\blost\b", str(exc)), str(exc)
         del outer
 
 
