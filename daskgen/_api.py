@@ -122,7 +122,8 @@ def _take_inline(refs: list[ObjectRef], indices: Sequence[int], out: list[Any]) 
     remote = []
     for i in indices:
         blob = refs[i]._inline_blob()
-        if blob is None:
+        # A yield lost with its worker waits for the re-run's value, not its old copy.
+        if blob is None or refs[i]._future.status == "lost":
             remote.append(i)
         else:
             out[i] = unwrap(pickle.loads(blob))  # no round trip
@@ -200,24 +201,33 @@ def _wait_futures(
 async def _await_futures(
     pending: list[Future], ready: int, need: int, timeout: float | None, stop_on_error: bool
 ) -> Future | None:
-    waiters = {asyncio.ensure_future(dx.future_wait(f)): f for f in pending}
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """On the client's loop: wait until ``need`` futures are done (or one failed), in O(n).
+
+    Each future gets one small waiter that counts itself when done; ``asyncio.wait`` over all of
+    them at every completion would be quadratic in the number of refs.
+    """
+    finished = asyncio.Event()
+    state: dict[str, Any] = {"ready": ready, "failed": None}
+
+    async def one(f: Future) -> None:
+        await dx.future_wait(f)
+        if stop_on_error and _failed(f) and state["failed"] is None:
+            state["failed"] = f
+            finished.set()
+        state["ready"] += 1
+        if state["ready"] >= need:
+            finished.set()
+
+    waiters = [asyncio.ensure_future(one(f)) for f in pending]
     try:
-        while ready < need:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = await asyncio.wait(
-                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
+        if state["ready"] < need:
+            try:
+                await asyncio.wait_for(finished.wait(), timeout)
+            except asyncio.TimeoutError:
                 raise GetTimeoutError(
-                    f"Get timed out after {timeout} s: {need - ready} value(s) not ready."
-                )
-            for d in done:
-                f = waiters.pop(d)
-                if stop_on_error and _failed(f):
-                    return f
-                ready += 1
-        return None
+                    f"Get timed out after {timeout} s: {need - state['ready']} value(s) not ready."
+                ) from None
+        return state["failed"]
     finally:
         for w in waiters:
             w.cancel()

@@ -135,12 +135,15 @@ def erred_future(client: Client, key: Key, error: BaseException) -> Future:
     return future
 
 
-def key_set_error(client: Client, key: Key, error: BaseException) -> None:
+def key_set_error(
+    client: Client, key: Key, error: BaseException, even_if_done: bool = False
+) -> None:
     """Fail this client's futures of ``key``, a key that will never exist (or come back): its
     producer died before publishing it, or it was lost for good. Runs on the client's loop;
-    no-op when nobody here holds the key or it already has its value."""
+    no-op when nobody here holds the key, or when it has its value (unless ``even_if_done``:
+    Dask just said the value is gone)."""
     state = client.futures.get(key)
-    if state is not None and state.status in ("pending", "lost"):
+    if state is not None and (even_if_done or state.status in ("pending", "lost")):
         state.set_error(error, error.__traceback__)
 
 

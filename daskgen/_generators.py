@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import pickle
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +27,7 @@ from typing import Any
 from distributed import Client, Future
 
 from . import _dask_internals as dx
-from ._protocol import CONSUMED_OP, GenOutcome, Key, task_of_yield, yield_key
+from ._protocol import CONSUMED_OP, ErrorValue, GenOutcome, Key, task_of_yield, yield_key
 from ._refs import InlineValue, ObjectRef, bind_ref
 from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 
@@ -52,38 +53,48 @@ def on_yield_message(client: Client) -> Callable[..., None]:
 
 
 def on_cancelled_keys(client: Client) -> Callable[..., None]:
-    """Wrap the client's ``cancelled-keys`` handler: a yield lost with its worker is not cancelled.
+    """Wrap the client's ``cancelled-keys`` handler: a value lost with its worker is not cancelled.
 
-    Dask forgets a published yield whose only copy was on a worker that died and tells holders
-    it was cancelled. While its generator is being re-run, the key will be published again:
-    the ref just waits. Once the generator has finished, the value is gone: ``ObjectLostError``.
+    Dask forgets a published yield (or a ``put`` value) whose only copy was on a worker that
+    died, and tells its holders it was cancelled ("already forgotten"). While the generator is
+    being re-run, the yield will be published again: the ref just waits. When nothing will
+    produce it again, the ref raises ``ObjectLostError`` saying what was lost and why.
     """
     dask_handler = dx.client_stream_handler(client, "cancelled-keys")
 
-    def handler(keys: list[Key], **kwargs: Any) -> None:
+    def handler(keys: list[Key], reason: str | None = None, **kwargs: Any) -> None:
         others = []
+        settle: dict[int, tuple[GenState, list[Key]]] = {}
         for key in keys:
             key = tuple(key) if isinstance(key, list) else key
             task = task_of_yield(key)
             state = _registry.get(task) if task is not None else None
-            if state is None or state.task is None:
-                others.append(key)
-            elif not state.done:
-                dx.key_lose(client, key)
-            else:
+            if state is not None and state.task is not None:
+                state.lose(key)
+                settle.setdefault(id(state), (state, []))[1].append(key)
+            elif reason == FORGOTTEN and dx.client_refcount(client, key) > 0:
                 dx.key_set_error(
                     client,
                     key,
                     ObjectLostError(
-                        f"Yield {key[1]} of {state.task_key} was lost: the only worker holding "
-                        "it died after the generator had finished. Run the generator again to "
-                        "recompute it."
+                        f"The value {key!r} was lost: the only worker holding it died, and nothing "
+                        "can compute it again."
                     ),
+                    even_if_done=True,
                 )
+            else:
+                others.append(key)
         if others:
-            dask_handler(keys=others, **kwargs)
+            dask_handler(keys=others, reason=reason, **kwargs)
+        for state, lost in settle.values():
+            # Dask tells us whether it re-runs the task (its result was lost too) right after
+            # this message: decide once that has been handled.
+            dx.on_client_loop(client, state.settle_lost, lost)
 
     return handler
+
+
+FORGOTTEN = "already forgotten"  # Dask's reason when a key's data died with its worker
 
 
 class GenState:
@@ -102,6 +113,7 @@ class GenState:
         self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
         self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
         self.cancelled = False
+        self.lost: set[int] = set()  # yields lost with a worker, not published again yet
         self.done = False
         self.cond = threading.Condition()
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []
@@ -124,7 +136,12 @@ class GenState:
                     cell.blob = inline
                 return
             if index in self.published:
-                # A re-run published it again after a loss: the key is the same, and back.
+                # A re-run published it again after a loss: the key is the same, and back,
+                # with the re-run's value.
+                if index in self.lost:
+                    self.lost.discard(index)
+                    if cell is not None:
+                        cell.blob = inline
                 dx.key_finish(self.client, key)
                 return
             if cell is None:
@@ -149,15 +166,7 @@ class GenState:
             callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]
             self._on_publish.clear()
             self._wake()
-        for index, key in self._lost_for_good():
-            dx.key_set_error(
-                self.client,
-                key,
-                ObjectLostError(
-                    f"Yield {index} of {self.task_key} was lost with its worker and the re-run of "
-                    "the generator did not produce it again."
-                ),
-            )
+        self._fail_lost()
         if self.n_static:
             failure = self.failure()
             if failure is not None:
@@ -168,11 +177,56 @@ class GenState:
         for cb in callbacks:
             cb()
 
-    def _lost_for_good(self) -> list[tuple[int, Key]]:
-        """Yields that were lost with a worker and not published again by the task's re-run."""
-        n = max(len(self.published), self.n_static)
-        keys = [(i, yield_key(self.task_key, i)) for i in range(n)]
-        return [(i, k) for i, k in keys if dx.key_status(self.client, k) == "lost"]
+    def lose(self, key: Key) -> None:
+        """Yield ``key`` died with its worker: wait for a re-run to publish it again."""
+        self.lost.add(int(key[1]))
+        dx.key_lose(self.client, key)
+
+    def settle_lost(self, keys: list[Key]) -> None:
+        """After a loss: if the task itself is being re-run, wait for it; else settle now."""
+        if self.task.status in ("lost", "pending"):
+            if self.done:  # its result died too, so Dask runs it again: watch the new run
+                self.done = False
+                dx.on_future_done(self.client, self.task, _notify_done, weakref.ref(self))
+            return
+        if self.done:
+            self._fail_lost()
+
+    def _fail_lost(self) -> None:
+        """The task has ended: settle the yields lost with a worker and not published again.
+
+        * The task ran again to the end (so it yielded fewer values than the first run): those
+          refs are invalid, and raise an error naming both counts, even the ones whose first
+          value came inline (a re-run never mixes with the first run's values).
+        * The task did not run again (no retries left): a value that came inline with its yield
+          is still readable here; the others raise ``ObjectLostError``.
+        """
+        lost = sorted(self.lost)
+        if not lost:
+            return
+        self.lost.clear()
+        rerun_finished = self.task.status == "finished"
+        first_run = max(len(self.published), self.n_static)
+        for index in lost:
+            key = yield_key(self.task_key, index)
+            cell = self.cells.get(index)
+            if rerun_finished:
+                err: BaseException = ObjectLostError(
+                    f"Yield {index} of {self.task_key} is invalid: the generator was re-run after "
+                    f"its worker died and yielded {lost[0]} values where the first run yielded "
+                    f"{first_run} (refs {lost[0]}..{first_run - 1} are invalid)."
+                )
+                if cell is not None:
+                    cell.blob = pickle.dumps(ErrorValue(err))
+            elif cell is not None and cell.blob is not None:
+                dx.key_finish(self.client, key)  # delivered inline before the worker died:
+                continue  # still readable here (though gone from the cluster)
+            else:
+                err = ObjectLostError(
+                    f"Yield {index} of {self.task_key} was lost: the only worker holding it "
+                    "died, and the generator was not run again (no retries left)."
+                )
+            dx.key_set_error(self.client, key, err, even_if_done=True)
 
     def _wake(self) -> None:
         self.cond.notify_all()
@@ -188,21 +242,22 @@ class GenState:
     # -- queries, from any thread ---------------------------------------------------------------
 
     def failure(self) -> BaseException | None:
-        """Why the task ended without producing everything (cancel, worker death), if it did."""
+        """Why the task ended without producing everything (cancel, worker death), if it did.
+
+        Called on the client's loop too: never blocks (no ``Future.exception()``)."""
+        from ._api import _translate
+
         status = self.task.status
-        if status == "cancelled":
-            from ._api import _translate
-
-            cause = dx.future_exception(self.task)
-            return _translate(cause) if cause is not None else TaskCancelledError(self.task_key)
-        if status == "error":
-            exc = self.task.exception()
-            if isinstance(exc, (TaskCancelledError, WorkerCrashedError)):
-                return exc
-            from ._api import _translate
-
-            return _translate(exc) if exc is not None else WorkerCrashedError(self.task_key)
-        return None
+        if status not in ("cancelled", "error"):
+            return None
+        cause = dx.future_exception(self.task)
+        if cause is None:
+            return (
+                TaskCancelledError(self.task_key)
+                if status == "cancelled"
+                else (WorkerCrashedError(f"The task {self.task_key} failed."))
+            )
+        return _translate(cause)
 
     def ready_future(self, index: int) -> concurrent.futures.Future:
         """Resolves once yield ``index`` is published or the task has ended."""
