@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import tracemalloc
 
 import pytest
@@ -238,8 +239,13 @@ def test_the_driver_memory_does_not_grow_across_rounds(dg, cluster, scale):
     finally:
         tracemalloc.stop()
 
-    grown_objects = max(objects[WARMUP:]) - objects[WARMUP]
-    grown_bytes = max(traced[WARMUP:]) - traced[WARMUP]
+    # Compare the last rounds with the first measured ones (medians of three): single rounds
+    # swing by a couple of thousand objects as Dask's bounded logs and caches turn over, while
+    # a leak grows every round.
+    grown_objects = statistics.median(objects[-3:]) - statistics.median(
+        objects[WARMUP : WARMUP + 3]
+    )
+    grown_bytes = statistics.median(traced[-3:]) - statistics.median(traced[WARMUP : WARMUP + 3])
     assert grown_objects < 2_000 * scale, f"objects after each round: {objects}"
     assert grown_bytes < 1_000_000 * scale, f"traced bytes after each round: {traced}"
     _assert_task_count_returns_to(client, baseline_tasks)
