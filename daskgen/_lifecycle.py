@@ -150,7 +150,7 @@ def setup_client(client: Client) -> None:
     if client in _ready_clients:
         return
     from ._actors import on_actor_died
-    from ._generators import on_cancelled_keys, on_yield_message
+    from ._genstate import on_cancelled_keys, on_yield_message
 
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)

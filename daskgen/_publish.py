@@ -36,7 +36,7 @@ Who holds each key, when
   does not know the key yet.
 * From step 4 on, the caller's client wants the key, so Dask keeps it even before the client
   made a ``Future`` for it. There is no moment where the key exists and nobody owns it.
-* On the caller, ``_generators.GenState`` receives ``daskgen-yield`` before ``key-in-memory``:
+* On the caller, ``_genstate.GenState`` receives ``daskgen-yield`` before ``key-in-memory``:
   streaming and dynamic generators wrap the key in a ``Future`` at once; static refs were made
   before the task ran; a key that no live generator or ref wants is released immediately.
 * From then on Dask's reference counting decides: the last ``ObjectRef`` dropped frees the key.

@@ -17,7 +17,8 @@ from distributed import Client, Future, fire_and_forget
 
 from . import _dask_internals as dx
 from ._executor import Dep, Retry, TaskSpec
-from ._generators import GenState, ObjectRefGenerator, static_refs
+from ._generators import ObjectRefGenerator
+from ._genstate import GenState, static_refs
 from ._lifecycle import get_client, in_worker_task, worker_resources
 from ._options import DEFAULTS, dask_resources, validate
 from ._protocol import MAX_RETRIES_ANNOTATION, task_key

@@ -1,0 +1,326 @@
+"""What the caller's process knows about each generator task it started, and the client
+stream handlers that feed it (``_publish`` documents the protocol; ``_generators`` builds the
+user-facing generators on this).
+
+One :class:`GenState` per generator call lives in the caller's process. It holds the generator
+task's future (dropping the last thing that holds the state releases the task, and the producer
+stops at its next yield) and receives a ``daskgen-yield`` message per published yield, in order,
+before the task's own completion.
+
+Who holds each yield key:
+* streaming and dynamic: the state wraps every published key in a ``Future`` at once, so the key
+  is owned from the moment it exists; ``next()`` hands that future over to the ``ObjectRef`` it
+  returns. Dropping the generator drops every future never handed out.
+* static ``num_returns=N``: the caller's N refs were made before the task was submitted; a
+  published key none of them holds any more is released at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from distributed import Client, Future
+
+from . import _dask_internals as dx
+from ._protocol import CONSUMED_OP, ErrorValue, Key, task_of_yield, yield_key
+from ._refs import InlineValue, ObjectRef, bind_ref
+from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
+
+_registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
+
+
+def on_yield_message(client: Client) -> Callable[..., None]:
+    """The client's handler for ``daskgen-yield`` (runs on the client's event loop)."""
+
+    def handler(task: str, items: list, **_: Any) -> None:
+        state = _registry.get(task)
+        orphans = []
+        for key, index, inline, replace in items:
+            key = tuple(key) if isinstance(key, list) else key
+            if state is not None:
+                state.on_yield(index, key, inline, replace)
+            elif not replace and dx.client_refcount(client, key) == 0:
+                orphans.append(key)  # the generator was dropped: nobody will take it
+        if orphans:
+            dx.client_release(client, orphans)
+
+    return handler
+
+
+def on_cancelled_keys(client: Client) -> Callable[..., None]:
+    """Wrap the client's ``cancelled-keys`` handler: a value lost with its worker is not cancelled.
+
+    Dask forgets a published yield (or a ``put`` value) whose only copy was on a worker that
+    died, and tells its holders it was cancelled ("already forgotten"). While the generator is
+    being re-run, the yield will be published again: the ref just waits. When nothing will
+    produce it again, the ref raises ``ObjectLostError`` saying what was lost and why.
+    """
+    dask_handler = dx.client_stream_handler(client, "cancelled-keys")
+
+    def handler(keys: list[Key], reason: str | None = None, **kwargs: Any) -> None:
+        others = []
+        settle: dict[int, tuple[GenState, list[Key]]] = {}
+        for key in keys:
+            key = tuple(key) if isinstance(key, list) else key
+            task = task_of_yield(key)
+            state = _registry.get(task) if task is not None else None
+            if state is not None and state.task is not None:
+                state.lose(key)
+                settle.setdefault(id(state), (state, []))[1].append(key)
+            elif reason == FORGOTTEN and dx.client_refcount(client, key) > 0:
+                dx.key_set_error(
+                    client,
+                    key,
+                    ObjectLostError(
+                        f"The value {key!r} was lost: the only worker holding it died, and nothing "
+                        "can compute it again."
+                    ),
+                    even_if_done=True,
+                )
+            else:
+                others.append(key)
+        if others:
+            dask_handler(keys=others, reason=reason, **kwargs)
+        for state, lost in settle.values():
+            # Dask tells us whether it re-runs the task (its result was lost too) right after
+            # this message: decide once that has been handled.
+            dx.on_client_loop(client, state.settle_lost, lost)
+
+    return handler
+
+
+FORGOTTEN = "already forgotten"  # Dask's reason when a key's data died with its worker
+
+
+class GenState:
+    """What the caller knows about one generator task: published yields, and whether it ended."""
+
+    def __init__(self, client: Client, task_key: str, mode: str, backpressure: int | None) -> None:
+        self.client = client
+        self.task: Future = None  # type: ignore[assignment]  # set by attach()
+        self.task_key = task_key
+        self.mode = mode
+        self.backpressure = backpressure
+        self.published: dict[int, Future | None] = {}  # index -> future held for the caller
+        # Inline values by index: held here until handed to a ref, then only weakly.
+        self.cells: weakref.WeakValueDictionary[int, InlineValue] = weakref.WeakValueDictionary()
+        self._held_cells: dict[int, InlineValue] = {}
+        self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
+        self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
+        self.cancelled = False
+        self.lost: set[int] = set()  # yields lost with a worker, not published again yet
+        self.done = False
+        self.cond = threading.Condition()
+        self._waiters: list[tuple[int, concurrent.futures.Future]] = []
+        self._on_publish: dict[int, list[Callable[[], None]]] = {}
+        # Registered before the task is submitted: no yield message can arrive unclaimed.
+        _registry[self.task_key] = self
+
+    def attach(self, task: Future) -> None:
+        """Hold the task's future (keeps the task running) and watch for its end."""
+        self.task = task
+        dx.on_future_done(self.client, task, _notify_done, weakref.ref(self))
+
+    # -- events, on the client's loop ---------------------------------------------------------
+
+    def on_yield(self, index: int, key: Key, inline: bytes | None, replace: bool) -> None:
+        with self.cond:
+            cell = self.cells.get(index)
+            if replace:  # a published yield turned into an error
+                if cell is not None:
+                    cell.blob = inline
+                return
+            if index in self.published:
+                # A re-run published it again after a loss: the key is the same, and back,
+                # with the re-run's value.
+                if index in self.lost:
+                    self.lost.discard(index)
+                    if cell is not None:
+                        cell.blob = inline
+                dx.key_finish(self.client, key)
+                return
+            if cell is None:
+                cell = self.cells[index] = InlineValue()
+            cell.blob = inline
+            if self.mode == "static":
+                self.published[index] = None
+                if dx.client_refcount(self.client, key) == 0:
+                    dx.client_release(self.client, [key])
+            else:
+                self.published[index] = Future(key, self.client)
+                self._held_cells[index] = cell
+            dx.key_finish(self.client, key)
+            callbacks = self._on_publish.pop(index, [])
+            self._wake()
+        for cb in callbacks:
+            cb()
+
+    def on_done(self) -> None:
+        with self.cond:
+            self.done = True
+            callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]
+            self._on_publish.clear()
+            self._wake()
+        self._fail_lost()
+        if self.n_static:
+            failure = self.failure()
+            if failure is not None:
+                # The caller's static refs for yields that never came would wait forever.
+                missing = [i for i in range(self.n_static) if i not in self.published]
+                for i in missing:
+                    dx.key_set_error(self.client, yield_key(self.task_key, i), failure)
+        for cb in callbacks:
+            cb()
+
+    def lose(self, key: Key) -> None:
+        """Yield ``key`` died with its worker: wait for a re-run to publish it again."""
+        self.lost.add(int(key[1]))
+        dx.key_lose(self.client, key)
+
+    def settle_lost(self, keys: list[Key]) -> None:
+        """After a loss: if the task itself is being re-run, wait for it; else settle now."""
+        if self.task.status in ("lost", "pending"):
+            if self.done:  # its result died too, so Dask runs it again: watch the new run
+                self.done = False
+                dx.on_future_done(self.client, self.task, _notify_done, weakref.ref(self))
+            return
+        if self.done:
+            self._fail_lost()
+
+    def _fail_lost(self) -> None:
+        """The task has ended: settle the yields lost with a worker and not published again.
+
+        * The task ran again to the end (so it yielded fewer values than the first run): those
+          refs are invalid, and raise an error naming both counts, even the ones whose first
+          value came inline (a re-run never mixes with the first run's values).
+        * The task did not run again (no retries left): a value that came inline with its yield
+          is still readable here; the others raise ``ObjectLostError``.
+        """
+        lost = sorted(self.lost)
+        if not lost:
+            return
+        self.lost.clear()
+        rerun_finished = self.task.status == "finished"
+        first_run = max(len(self.published), self.n_static)
+        for index in lost:
+            key = yield_key(self.task_key, index)
+            cell = self.cells.get(index)
+            if rerun_finished:
+                err: BaseException = ObjectLostError(
+                    f"Yield {index} of {self.task_key} is invalid: the generator was re-run after "
+                    f"its worker died and yielded {lost[0]} values where the first run yielded "
+                    f"{first_run} (refs {lost[0]}..{first_run - 1} are invalid)."
+                )
+                if cell is not None:
+                    cell.blob = pickle.dumps(ErrorValue(err))
+            elif cell is not None and cell.blob is not None:
+                dx.key_finish(self.client, key)  # delivered inline before the worker died:
+                continue  # still readable here (though gone from the cluster)
+            else:
+                err = ObjectLostError(
+                    f"Yield {index} of {self.task_key} was lost: the only worker holding it "
+                    "died, and the generator was not run again (no retries left)."
+                )
+            dx.key_set_error(self.client, key, err, even_if_done=True)
+
+    def _wake(self) -> None:
+        self.cond.notify_all()
+        still = []
+        for index, fut in self._waiters:
+            if index in self.published or self.done or self.cancelled:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((index, fut))
+        self._waiters = still
+
+    # -- queries, from any thread ---------------------------------------------------------------
+
+    def failure(self) -> BaseException | None:
+        """Why the task ended without producing everything (cancel, worker death), if it did.
+
+        Called on the client's loop too: never blocks (no ``Future.exception()``)."""
+        from ._api import _translate
+
+        status = self.task.status
+        if status not in ("cancelled", "error"):
+            return None
+        cause = dx.future_exception(self.task)
+        if cause is None:
+            return (
+                TaskCancelledError(self.task_key)
+                if status == "cancelled"
+                else (WorkerCrashedError(f"The task {self.task_key} failed."))
+            )
+        return _translate(cause)
+
+    def ready_future(self, index: int) -> concurrent.futures.Future:
+        """Resolves once yield ``index`` is published or the task has ended."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.cond:
+            if index in self.published or self.done:
+                fut.set_result(None)
+            else:
+                self._waiters.append((index, fut))
+        return fut
+
+    def when_published(self, index: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once yield ``index`` exists or the task has ended (maybe right now)."""
+        with self.cond:
+            if not (index in self.published or self.done):
+                self._on_publish.setdefault(index, []).append(callback)
+                return
+        callback()
+
+    def is_published(self, index: int) -> bool:
+        return index in self.published
+
+    def take(self, index: int) -> ObjectRef:
+        """Hand the caller the ref of yield ``index`` (the state stops holding it)."""
+        with self.cond:
+            fut = self.published.get(index)
+            self.published[index] = None
+            cell = self._held_cells.pop(index, None)
+        assert fut is not None
+        if self.backpressure:
+            dx.client_send(self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": index})
+        return ObjectRef(fut, inline=cell)
+
+    def ref(self, index: int, key: Key) -> ObjectRef:
+        """Another ref to yield ``index``, sharing its future and inline value (dynamic)."""
+        fut = self.published.get(index)
+        if fut is None:
+            return bind_ref(key, self.client, inline=self.cells.get(index))
+        return ObjectRef(fut, inline=self.cells.get(index))
+
+    def cancel_task(self) -> None:
+        if self.task.done():
+            return  # nothing left to stop, as in Ray
+        with self.cond:
+            self.cancelled = True
+            self._wake()
+        if not self.task.done():
+            self.client.cancel([self.task], reason="cancelled by daskgen.cancel()")
+
+
+def _notify_done(state_ref: weakref.ref[GenState]) -> None:
+    state = state_ref()
+    if state is not None:
+        state.on_done()
+
+
+def static_refs(state: GenState, n: int) -> list[ObjectRef]:
+    """The N refs of a ``num_returns=N`` call, usable before their keys exist.
+
+    Each keeps the state (and so the task) alive. If the task dies or is cancelled before
+    publishing a key, that ref fails with the reason instead of waiting forever.
+    """
+    state.n_static = n
+    return [
+        ObjectRef(Future(yield_key(state.task_key, i), state.client), owner=state) for i in range(n)
+    ]
