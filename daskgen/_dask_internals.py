@@ -10,7 +10,6 @@ installed Dask and fails loudly when one is gone.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from time import time
@@ -354,7 +353,3 @@ def set_batching_interval(stream: Any, seconds: float) -> None:
 def client_batched_comm(client: Client) -> Any:
     """The client's batched stream to the scheduler."""
     return client.scheduler_comm
-
-
-def distributed_version() -> str:
-    return sys.modules["distributed"].__version__
