@@ -37,7 +37,7 @@ from . import _dask_internals as dx
 from ._actor_host import ActorCall, create_actor, kill_actor
 from ._executor import Retry, TaskSpec
 from ._lifecycle import get_client
-from ._options import DEFAULTS, dask_resources, validate
+from ._options import DEFAULTS, dask_resources, resolve_mode, validate
 from ._protocol import Key, new_token
 from .exceptions import ActorDiedError
 
@@ -273,16 +273,9 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, self._meta, {**self._options, **options})
 
     def _mode(self) -> tuple[str, int]:
-        n = self._options.get("num_returns")
-        if n in ("dynamic", "streaming") and not self._meta.is_generator:
-            raise ValueError(f"num_returns={n!r} needs a generator method, not {self._name}")
-        if n is None:
-            return ("streaming", 0) if self._meta.is_generator else ("plain", 1)
-        if isinstance(n, str):
-            return n, 0
-        if self._meta.is_generator or n >= 2:
-            return "static", n
-        return "plain", n
+        return resolve_mode(
+            self._options.get("num_returns"), self._meta.is_generator, f"method {self._name}"
+        )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method on the actor; returns what a remote function with the same

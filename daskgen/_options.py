@@ -161,3 +161,22 @@ def dask_resources(options: dict[str, Any], cluster: dict[str, float]) -> dict[s
         if amount:
             out[name] = amount
     return out or None
+
+
+def resolve_mode(num_returns: Any, is_generator: bool, what: str) -> tuple[str, int]:
+    """How a call's results come back: ``("plain" | "static" | "dynamic" | "streaming", N)``.
+
+    A generator streams by default; ``num_returns=N`` on a generator (or N >= 2 on a plain
+    function) gives N refs published one by one; "dynamic" and "streaming" need a generator.
+    """
+    if num_returns in ("dynamic", "streaming") and not is_generator:
+        raise ValueError(
+            f"num_returns={num_returns!r} needs a generator, but {what} does not yield."
+        )
+    if num_returns is None:
+        return ("streaming", 0) if is_generator else ("plain", 1)
+    if isinstance(num_returns, str):
+        return num_returns, 0
+    if is_generator or num_returns >= 2:
+        return "static", num_returns
+    return "plain", num_returns

@@ -20,7 +20,7 @@ from ._executor import Dep, Retry, TaskSpec
 from ._generators import ObjectRefGenerator
 from ._genstate import GenState, static_refs
 from ._lifecycle import get_client, in_worker_task, worker_resources
-from ._options import DEFAULTS, dask_resources, validate
+from ._options import DEFAULTS, dask_resources, resolve_mode, validate
 from ._protocol import MAX_RETRIES_ANNOTATION, task_key
 from ._refs import ObjectRef, capture_refs, result_ref
 
@@ -38,19 +38,7 @@ class RemoteFunction:
         self._options = opts
         is_gen = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
         num_returns = opts["num_returns"]
-        if num_returns in ("dynamic", "streaming") and not is_gen:
-            raise ValueError(
-                f"num_returns={num_returns!r} needs a generator function, but "
-                f"{function.__qualname__} does not yield."
-            )
-        if num_returns is None:
-            mode, n = ("streaming", 0) if is_gen else ("plain", 1)
-        elif isinstance(num_returns, str):
-            mode, n = num_returns, 0
-        elif is_gen or num_returns >= 2:
-            mode, n = "static", num_returns
-        else:
-            mode, n = "plain", num_returns
+        mode, n = resolve_mode(num_returns, is_gen, getattr(function, "__qualname__", "it"))
         if opts["_generator_backpressure_num_objects"] not in (None, -1) and mode != "streaming":
             raise ValueError(
                 "_generator_backpressure_num_objects applies only to streaming generators "
