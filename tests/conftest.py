@@ -62,3 +62,14 @@ def ray(_session_api):
 @pytest.fixture(scope="session")
 def backend() -> str:
     return BACKEND
+
+
+@pytest.fixture
+def dg(monkeypatch):
+    """daskgen, not initialised (a test connects it to its own cluster); shut down after."""
+    import daskgen
+
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    yield daskgen
+    daskgen.shutdown()

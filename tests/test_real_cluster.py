@@ -29,14 +29,6 @@ def cluster(tmp_path_factory):
         yield cluster
 
 
-@pytest.fixture
-def dg(monkeypatch):
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    daskgen.shutdown()
-    yield daskgen
-    daskgen.shutdown()
-
-
 def _pid_task():
     @daskgen.remote
     def pid():

@@ -50,14 +50,6 @@ def tls_cluster(tmp_path_factory, certs):
         yield cluster
 
 
-@pytest.fixture
-def dg(monkeypatch):
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    daskgen.shutdown()
-    yield daskgen
-    daskgen.shutdown()
-
-
 def _add_one():
     @daskgen.remote
     def add_one(x):

@@ -12,25 +12,13 @@ import warnings
 
 import numpy as np
 import pytest
+from generators_shared import counting_generator
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _dynamic_generator(ray):
-    """A dynamic generator task yielding 0, 10, 20, ... and the user's exception class it raises
-    at ``fail_at``. Both are defined here because Ray workers cannot import this test module."""
-
-    class GeneratorBoom(Exception):
-        pass
-
-    @ray.remote(num_returns="dynamic")
-    def count(n, fail_at=None):
-        for i in range(n):
-            if i == fail_at:
-                raise GeneratorBoom(f"boom at {i}")
-            yield i * 10
-
-    return count, GeneratorBoom
+    return counting_generator(ray, num_returns="dynamic")
 
 
 def test_dynamic_num_returns_gives_one_ref_resolving_to_a_dynamic_object_ref_generator(ray):

@@ -11,27 +11,11 @@ import uuid
 
 import numpy as np
 import pytest
+from generators_shared import counting_generator
 
 
 def _counting_generator(ray):
-    """A generator task yielding 0, 10, 20, ... and the user's exception class it raises at
-    ``fail_at``.
-
-    The user's exception class is defined here, not at module level: Ray workers cannot import
-    this test module, so everything a task uses must pickle by value.
-    """
-
-    class GeneratorBoom(Exception):
-        pass
-
-    @ray.remote
-    def count(n, fail_at=None):
-        for i in range(n):
-            if i == fail_at:
-                raise GeneratorBoom(f"boom at {i}")
-            yield i * 10
-
-    return count, GeneratorBoom
+    return counting_generator(ray)
 
 
 def test_num_returns_n_on_a_generator_gives_n_refs_with_the_yielded_values(ray):

@@ -15,6 +15,7 @@ import pickle
 import time
 
 import pytest
+from generators_shared import counting_generator
 
 GATE_TIMEOUT_S = 30
 
@@ -55,17 +56,7 @@ def _wait_until(condition, what, timeout=60):
 
 
 def _counting_generator(ray):
-    class GeneratorBoom(Exception):
-        pass
-
-    @ray.remote
-    def count(n, fail_at=None):
-        for i in range(n):
-            if i == fail_at:
-                raise GeneratorBoom(f"boom at {i}")
-            yield i * 10
-
-    return count, GeneratorBoom
+    return counting_generator(ray)
 
 
 def _gated_generator(ray):
