@@ -37,7 +37,7 @@ from . import _dask_internals as dx
 from ._actor_host import ActorCall, create_actor, kill_actor
 from ._executor import Retry, TaskSpec
 from ._lifecycle import get_client
-from ._options import DEFAULTS, dask_resources, resolve_mode, validate
+from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
 from ._protocol import Key, new_token
 from .exceptions import ActorDiedError
 
@@ -124,8 +124,13 @@ class ActorClass:
                 if opts.get("get_if_exists"):
                     return existing
                 raise ValueError(f"The name {name} is already taken by another actor.")
-        resources = dask_resources({**DEFAULTS, **opts}, _cluster_resources(client))
-        worker = _choose_worker(client, resources or {})
+        workers = {
+            addr: dict(w.get("resources") or {})
+            for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()
+        }
+        declared = {name for res in workers.values() for name in res}
+        resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
+        worker = _choose_worker(workers, resources or {})
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         handle = ActorHandle(actor_id, self._cls.__name__, self._methods, worker, self._is_async)
@@ -159,28 +164,16 @@ class ActorClass:
         return f"ActorClass({self._cls.__name__})"
 
 
-def _cluster_resources(client: Client) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for w in client.scheduler_info(n_workers=-1)["workers"].values():
-        for name, amount in (w.get("resources") or {}).items():
-            totals[name] = totals.get(name, 0) + amount
-    return totals
-
-
 _placed: dict[str, int] = {}  # worker address -> actors this process placed there
 
 
-def _choose_worker(client: Client, resources: dict[str, float]) -> str:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    able = [
-        addr
-        for addr, w in workers.items()
-        if all((w.get("resources") or {}).get(r, 0) >= amount for r, amount in resources.items())
-    ]
+def _choose_worker(workers: dict[str, dict[str, float]], resources: dict[str, float]) -> str:
+    """The worker that has ``resources`` and hosts the fewest actors placed from here."""
+    able = [addr for addr, declared in workers.items() if worker_fits(resources, declared)]
     if not able:
         raise ValueError(
             f"No worker can host this actor: it needs {resources}, and the workers declare "
-            f"{[w.get('resources') for w in workers.values()]}."
+            f"{list(workers.values())}."
         )
     choice = min(able, key=lambda a: (_placed.get(a, 0), a))
     _placed[choice] = _placed.get(choice, 0) + 1

@@ -180,3 +180,9 @@ def resolve_mode(num_returns: Any, is_generator: bool, what: str) -> tuple[str, 
     if is_generator or num_returns >= 2:
         return "static", num_returns
     return "plain", num_returns
+
+
+def worker_fits(wanted: dict[str, float], declared: dict[str, float]) -> bool:
+    """Whether one worker declaring ``declared`` can run a task that needs ``wanted`` (Dask
+    places a task on one worker: totals across workers do not help)."""
+    return all(declared.get(r, 0) >= amount for r, amount in wanted.items())

@@ -20,7 +20,7 @@ from ._executor import Dep, Retry, TaskSpec
 from ._generators import ObjectRefGenerator
 from ._genstate import GenState, static_refs
 from ._lifecycle import get_client, in_worker_task, worker_resources
-from ._options import DEFAULTS, dask_resources, resolve_mode, validate
+from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
 from ._protocol import MAX_RETRIES_ANNOTATION, task_key
 from ._refs import ObjectRef, capture_refs, result_ref
 
@@ -161,9 +161,7 @@ def _resources(options: dict[str, Any]) -> dict[str, float] | None:
 
 
 def _fits(wanted: dict[str, float], workers: list[dict[str, float]]) -> bool:
-    """Whether some single worker declares every amount in ``wanted`` (Dask places a task on
-    one worker: totals across workers do not help)."""
-    return any(all(w.get(r, 0) >= amount for r, amount in wanted.items()) for w in workers)
+    return any(worker_fits(wanted, w) for w in workers)
 
 
 def submit(
