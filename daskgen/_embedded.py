@@ -7,11 +7,16 @@ multiprocessing re-imports the user's ``__main__`` in every worker, so a plain R
 (no ``if __name__ == "__main__"`` guard) would start a cluster inside each worker and crash.
 Remote functions from ``__main__`` reach workers by value (cloudpickle), so workers need not
 import it; the driver's ``sys.path`` is passed on so that the user's own modules import there.
+
+The scheduler also listens on Dask's ``inproc`` transport, and the client in this process talks
+to it that way: messages are handed over as objects, not serialised through a local socket.
+Workers and other clients use the TCP address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -20,6 +25,7 @@ from typing import Any
 
 from distributed import Client, Scheduler, SchedulerPlugin, SpecCluster, WorkerPlugin
 from distributed.deploy.subprocess import SubprocessWorker
+from distributed.utils import format_dashboard_link
 from distributed.worker_memory import parse_memory_limit
 
 from . import _dask_internals as dx
@@ -37,13 +43,36 @@ class _Worker(SubprocessWorker):
         )
 
 
+class _EmbeddedCluster(SpecCluster):
+    """``SpecCluster`` whose clients in this process reach the scheduler over ``inproc``."""
+
+    @property
+    def scheduler_address(self) -> str:
+        scheduler = self.scheduler
+        for listener in getattr(scheduler, "listeners", ()):
+            if listener.contact_address.startswith("inproc://"):
+                return listener.contact_address
+        return super().scheduler_address
+
+    @property
+    def dashboard_link(self) -> str:
+        try:
+            port = self.scheduler_info["services"]["dashboard"]
+        except KeyError:
+            return ""
+        host = self.scheduler.address.split("://")[1].rsplit(":", 1)[0]
+        return format_dashboard_link(host, port)
+
+
 def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, Any]) -> SpecCluster:
     """Start ``n`` workers; the first also declares ``extra_resources`` (GPUs, custom ones)."""
     kwargs = dict(kwargs)
     host = kwargs.pop("host", "127.0.0.1")
     scheduler_opts = {
-        "host": host,
-        "port": kwargs.pop("scheduler_port", 0),
+        # TCP first (the address workers and other clients use), then inproc for this process.
+        "protocol": ["tcp", "inproc"],
+        "host": [host, None],
+        "port": [kwargs.pop("scheduler_port", 0), None],
         "dashboard_address": kwargs.pop("dashboard_address", ":0"),
     }
     worker_opts: dict[str, Any] = {
@@ -68,7 +97,7 @@ def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, A
             "cls": _Worker,
             "options": {"worker_class": "distributed.Nanny", "worker_kwargs": opts},
         }
-    return SpecCluster(
+    return _EmbeddedCluster(
         workers=workers,
         scheduler={"cls": Scheduler, "options": scheduler_opts},
         worker=workers[n - 1],
@@ -109,7 +138,7 @@ class FastBatchingScheduler(SchedulerPlugin):
 
 
 class FastBatchingWorker(WorkerPlugin):
-    """Shortens a worker's batching towards the scheduler."""
+    """Shortens a worker's batching towards the scheduler; freezes its start-up objects."""
 
     name = "daskgen-fast-batching"
 
@@ -118,10 +147,26 @@ class FastBatchingWorker(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         dx.set_batching_interval(worker.batched_stream, self.interval)
+        # Full garbage collections scan every object the process holds (~20-30 ms here with
+        # Dask loaded), and a generator's thousands of keys trigger them. The worker process
+        # is daskgen's own, and what it holds at start-up (modules, classes) lives forever.
+        gc.freeze()
 
 
 def tune(client: Client) -> None:
-    """Apply the shorter batching intervals to daskgen's own cluster and client."""
+    """Apply the shorter batching intervals to daskgen's own cluster and client.
+
+    Also moves what this process holds after start-up to the garbage collector's permanent
+    generation (``gc.freeze``, undone by :func:`untune`): the scheduler lives in this process
+    too, and a full collection, which thousands of new keys trigger, would otherwise scan
+    everything Dask (and the user's program) had loaded, for tens of milliseconds each time.
+    """
     client.register_plugin(FastBatchingScheduler())
     client.register_plugin(FastBatchingWorker())
     dx.set_batching_interval(dx.client_batched_comm(client), FAST_INTERVAL)
+    gc.freeze()
+
+
+def untune() -> None:
+    """Give the objects frozen by :func:`tune` back to the garbage collector."""
+    gc.unfreeze()

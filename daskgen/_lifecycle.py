@@ -203,6 +203,9 @@ def _close(session: _Session) -> None:
             finally:
                 logging.getLogger("distributed.scheduler").removeFilter(quiet)
                 dask_logger.setLevel(level)
+                from ._embedded import untune
+
+                untune()
 
 
 class _DropSchedulerShutdownNoise(logging.Filter):
