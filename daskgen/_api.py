@@ -99,9 +99,8 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     out: list[Any] = [None] * len(refs)
     remote = _take_inline(refs, range(len(refs)), out)
     if remote:
-        futures = [refs[i]._future for i in remote]
         with blocking():
-            failed = _wait_futures(client, futures, timeout, len(futures), stop_on_error=True)
+            failed = _wait_refs(client, [refs[i] for i in remote], timeout, stop_on_error=True)
             if failed is not None:
                 _raise_from_future(failed)
             remote = _take_inline(refs, remote, out)  # small results arrive with completion
@@ -175,58 +174,51 @@ def _raise_from_future(future: Future) -> None:
     unwrap(value)
 
 
-def _wait_futures(
-    client: Client,
-    futures: Sequence[Future],
-    timeout: float | None,
-    need: int,
-    stop_on_error: bool,
+def _wait_refs(
+    client: Client, refs: Sequence[ObjectRef], timeout: float | None, stop_on_error: bool
 ) -> Future | None:
-    """Block until ``need`` of the futures are done; return the first failed one if asked."""
-    pending = [f for f in futures if f.status in ("pending", "lost")]
+    """Block until every ref is done; return the future of the first failed one if asked."""
     if stop_on_error:
-        for f in futures:
-            if _failed(f):
-                return f
-    if len(futures) - len(pending) >= need:
+        for ref in refs:
+            if _failed(ref._future):
+                return ref._future
+    pending = [ref for ref in refs if not ref._is_done()]
+    if not pending:
         return None
     if timeout == 0:
-        raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(futures)} not ready.")
-    result = client.sync(
-        _await_futures, pending, len(futures) - len(pending), need, timeout, stop_on_error
-    )
+        raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(refs)} not ready.")
+    result = client.sync(_await_refs, pending, timeout, stop_on_error)
     return result
 
 
-async def _await_futures(
-    pending: list[Future], ready: int, need: int, timeout: float | None, stop_on_error: bool
+async def _await_refs(
+    pending: list[ObjectRef], timeout: float | None, stop_on_error: bool
 ) -> Future | None:
-    """On the client's loop: wait until ``need`` futures are done (or one failed), in O(n).
+    """On the client's loop: wait until every ref is done (or one failed), in O(n).
 
-    Each future gets one small waiter that counts itself when done; ``asyncio.wait`` over all of
+    Each ref gets one small waiter that counts itself when done; ``asyncio.wait`` over all of
     them at every completion would be quadratic in the number of refs.
     """
     finished = asyncio.Event()
-    state: dict[str, Any] = {"ready": ready, "failed": None}
+    state: dict[str, Any] = {"left": len(pending), "failed": None}
 
-    async def one(f: Future) -> None:
-        await dx.future_wait(f)
-        if stop_on_error and _failed(f) and state["failed"] is None:
-            state["failed"] = f
+    async def one(ref: ObjectRef) -> None:
+        await ref._wait_done()
+        if stop_on_error and _failed(ref._future) and state["failed"] is None:
+            state["failed"] = ref._future
             finished.set()
-        state["ready"] += 1
-        if state["ready"] >= need:
+        state["left"] -= 1
+        if state["left"] == 0:
             finished.set()
 
-    waiters = [asyncio.ensure_future(one(f)) for f in pending]
+    waiters = [asyncio.ensure_future(one(ref)) for ref in pending]
     try:
-        if state["ready"] < need:
-            try:
-                await asyncio.wait_for(finished.wait(), timeout)
-            except asyncio.TimeoutError:
-                raise GetTimeoutError(
-                    f"Get timed out after {timeout} s: {need - state['ready']} value(s) not ready."
-                ) from None
+        try:
+            await asyncio.wait_for(finished.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise GetTimeoutError(
+                f"Get timed out after {timeout} s: {state['left']} value(s) not ready."
+            ) from None
         return state["failed"]
     finally:
         for w in waiters:
@@ -255,7 +247,7 @@ def put(value: Any) -> ObjectRef:
     client = get_client()
     key = put_key()
     futures = client.scatter({key: _Put(value)}, hash=False)
-    return ObjectRef(futures[key])
+    return ObjectRef(dx.lighten(futures[key]))
 
 
 def wait(
@@ -313,7 +305,7 @@ def wait(
 
 def _is_ready(item: Any) -> bool:
     if isinstance(item, ObjectRef):
-        return item._future.status != "pending" and item._future.status != "lost"
+        return item._is_done()
     return item._is_ready()
 
 
@@ -323,7 +315,7 @@ def _wait_ready(client: Client, items: list[Any], need: int, timeout: float | No
 
     async def _one(item: Any) -> None:
         if isinstance(item, ObjectRef):
-            await dx.future_wait(item._future)
+            await item._wait_done()
         else:
             await item._wait_ready()
 

@@ -33,10 +33,20 @@ class InlineValue:
     an error (surplus yields, a shorter re-run) changes for every holder at once.
     """
 
-    __slots__ = ("blob", "__weakref__")
+    __slots__ = ("blob", "waiters", "__weakref__")
 
     def __init__(self, blob: bytes | None = None) -> None:
         self.blob = blob
+        # Loop futures of callers blocked on this value (see ObjectRef._wait_done).
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def arrive(self, blob: bytes) -> None:
+        """Store the value and wake whoever waits for it (on the client's loop)."""
+        self.blob = blob
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class ObjectRef:
@@ -60,6 +70,36 @@ class ObjectRef:
         """The pickled value when it came inline with its yield (no round trip needed)."""
         cell = self._inline
         return cell.blob if cell is not None else None
+
+    def _is_done(self) -> bool:
+        """Whether ``get`` would return (or raise) without waiting.
+
+        A small result that came inline counts, though Dask's report that the task finished is
+        still on its way: the value is final once the task returned it.
+        """
+        status = self._future.status
+        if status != "pending" and status != "lost":
+            return True
+        return status == "pending" and self._inline_blob() is not None
+
+    async def _wait_done(self) -> None:
+        """On the client's loop: return once :meth:`_is_done` (inline value or Dask's report)."""
+        cell = self._inline
+        if cell is None:
+            await dx.future_wait(self._future)
+            return
+        if self._is_done():
+            return
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        cell.waiters = [*(cell.waiters or ()), arrived]
+        finished = asyncio.ensure_future(dx.future_wait(self._future))
+        finished.add_done_callback(lambda _: arrived.done() or arrived.set_result(None))
+        try:
+            await arrived
+        finally:
+            finished.cancel()
+            if cell.waiters and arrived in cell.waiters:
+                cell.waiters.remove(arrived)
 
     @property
     def key(self) -> Key:
@@ -138,7 +178,7 @@ def on_result_message(key: Key, blob: bytes, **_: Any) -> None:
     """The client's handler for ``daskgen-result`` (on its event loop)."""
     cell = _result_cells.get(tuple(key) if isinstance(key, list) else key)
     if cell is not None:
-        cell.blob = blob
+        cell.arrive(blob)
 
 
 def bind_ref(
@@ -154,7 +194,7 @@ def bind_ref(
 
         client = get_client()
     fresh = dx.client_refcount(client, key) == 0
-    future: Future = Future(key, client)
+    future = dx.light_future(key, client)
     if fresh:
         dx.client_desires(client, [key])
     return ObjectRef(future, inline=inline)
