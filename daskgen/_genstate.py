@@ -152,7 +152,7 @@ class GenState:
                 if dx.client_refcount(self.client, key) == 0:
                     dx.client_release(self.client, [key])
             else:
-                self.published[index] = Future(key, self.client)
+                self.published[index] = dx.light_future(key, self.client)
                 self._held_cells[index] = cell
             dx.key_finish(self.client, key)
             callbacks = self._on_publish.pop(index, [])
@@ -322,5 +322,6 @@ def static_refs(state: GenState, n: int) -> list[ObjectRef]:
     """
     state.n_static = n
     return [
-        ObjectRef(Future(yield_key(state.task_key, i), state.client), owner=state) for i in range(n)
+        ObjectRef(dx.light_future(yield_key(state.task_key, i), state.client), owner=state)
+        for i in range(n)
     ]

@@ -110,6 +110,8 @@ class Producer:
         self._outbox: list[tuple[Key, int, Any, bytes | None, bool]] = []
         self._outbox_lock = threading.Lock()
         self._drain_scheduled = False
+        self._drained = threading.Event()  # set while every queued yield has been announced
+        self._drained.set()
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class Producer:
             self._outbox.append(item)
             schedule = not self._drain_scheduled
             self._drain_scheduled = True
+            self._drained.clear()
         if schedule:
             # Queued before the task returns, so it runs before the task's completion report.
             self.worker.loop.add_callback(self._drain)
@@ -138,8 +141,14 @@ class Producer:
     def _drain(self) -> None:
         """On the worker's loop: store every queued value, then one message for all of them."""
         with self._outbox_lock:
-            batch, self._outbox = self._outbox, []
-            self._drain_scheduled = False
+            batch, self._outbox = self._outbox[:DRAIN_CHUNK], self._outbox[DRAIN_CHUNK:]
+            rest = bool(self._outbox)
+            if rest:
+                # The rest after this chunk's message has gone: the scheduler and the caller
+                # work on this chunk while the worker stores the next one.
+                self.worker.loop.add_callback(self._drain)
+            else:
+                self._drain_scheduled = False
         stored = dx.worker_store(
             self.worker, {key: value for key, _, value, _, replace in batch if not replace}
         )
@@ -155,10 +164,21 @@ class Producer:
                 self.worker,
                 {"op": PUBLISH_OP, "task": self.task, "caller": self.caller, "items": items},
             )
+        if not rest:
+            with self._outbox_lock:
+                if not self._outbox:
+                    self._drained.set()
 
     # -- running -------------------------------------------------------------------------------
 
     def run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
+        """Run the generator; return once every yield is announced (ahead of the task's end)."""
+        try:
+            return self._run(args, kwargs)
+        finally:
+            self._drained.wait()
+
+    def _run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
         spec = self.spec
         if spec.backpressure:
             dx.worker_add_stream_handler(self.worker, CONSUMED_OP, _on_consumed)
@@ -342,6 +362,10 @@ def _drain_async(agen: Any) -> Iterator[Any]:
 
 
 INLINE_MAX = 64 * 1024
+# Yields stored per turn of the worker's loop. A generator that yields faster than the worker
+# stores gets its yields announced in chunks, which the scheduler and caller handle while the
+# worker stores the next chunk, rather than in one message at the end.
+DRAIN_CHUNK = 500
 
 
 def inline_bytes(value: Any) -> bytes | None:

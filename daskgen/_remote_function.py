@@ -266,7 +266,7 @@ class _Call:
         ]
         if not waiting:
             with self._annotations():
-                return self.client.submit(
+                future = self.client.submit(
                     self.fn,
                     *self.args,
                     key=self.key,
@@ -276,7 +276,8 @@ class _Call:
                     workers=self.workers,
                     allow_other_workers=False if self.workers else None,
                 )
-        future: Future = Future(self.key, self.client)
+            return dx.lighten(future)
+        future = dx.light_future(self.key, self.client)
         self._waiting = waiting
         self._remaining = len(waiting)
         self._lock = threading.Lock()

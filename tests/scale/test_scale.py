@@ -215,11 +215,18 @@ ROUNDS = 10
 WARMUP = 2
 
 
+def _small_blocks(limit: int = 256 * 1024) -> int:
+    """Bytes held in blocks below ``limit``: a leak per ref is many small blocks, while one big
+    buffer kept by a connection or a resized table (seen once here: 1.8 MB, then flat) is not."""
+    return sum(t.size for t in tracemalloc.take_snapshot().traces if t.size < limit)
+
+
 @pytest.mark.parametrize("scale", ci_and_full(1, 10))
 def test_the_driver_memory_does_not_grow_across_rounds(dg, cluster, scale):
     # Per round: ~1,350 refs (x scale). A leak of one Python object or ~100 bytes per ref would
-    # add > 10,000 objects or > 1 MB over the measured rounds; both limits are far above the
-    # noise measured here (a few hundred objects, a few hundred kB).
+    # add > 10,000 objects or ~1 MB over the measured rounds (measured: 0.97-1.1 MB with a
+    # 100-byte object kept per ref); the noise measured here is a few hundred objects and up
+    # to ~0.4 MB of small blocks.
     client = dg.get_client()
     baseline_tasks = _task_count(client)
     baseline_futures = len(client.futures)
@@ -235,7 +242,7 @@ def test_the_driver_memory_does_not_grow_across_rounds(dg, cluster, scale):
             )
             gc.collect()
             objects.append(len(gc.get_objects()))
-            traced.append(tracemalloc.get_traced_memory()[0])
+            traced.append(_small_blocks())
     finally:
         tracemalloc.stop()
 
@@ -247,5 +254,5 @@ def test_the_driver_memory_does_not_grow_across_rounds(dg, cluster, scale):
     )
     grown_bytes = statistics.median(traced[-3:]) - statistics.median(traced[WARMUP : WARMUP + 3])
     assert grown_objects < 2_000 * scale, f"objects after each round: {objects}"
-    assert grown_bytes < 1_000_000 * scale, f"traced bytes after each round: {traced}"
+    assert grown_bytes < 700_000 * scale, f"traced bytes after each round: {traced}"
     _assert_task_count_returns_to(client, baseline_tasks)
