@@ -93,7 +93,12 @@ class ObjectRef:
         arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         cell.waiters = [*(cell.waiters or ()), arrived]
         finished = asyncio.ensure_future(dx.future_wait(self._future))
-        finished.add_done_callback(lambda _: arrived.done() or arrived.set_result(None))
+
+        def _finished(_: object) -> None:
+            if not arrived.done():
+                arrived.set_result(None)
+
+        finished.add_done_callback(_finished)
         try:
             await arrived
         finally:

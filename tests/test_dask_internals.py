@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import realcluster
 from distributed import Client, Future, LocalCluster, Worker
 from distributed.scheduler import Scheduler
 
@@ -90,6 +91,56 @@ def test_worker_store_keeps_the_very_object_without_copying(inproc):
     # storing again keeps the first value (a re-run never mixes two attempts)
     assert client.sync(_on_loop, worker, lambda: dx.worker_store(worker, {key: b"new"})) == {}
     assert worker.data[key] is value
+
+
+def test_fresh_keys_are_stored_as_update_data_would_store_them(inproc):
+    from distributed.spill import SpillBuffer
+    from distributed.worker_state_machine import FreeKeysEvent
+
+    client, _, worker = inproc
+    state = worker.state
+    _has(state, "task_counter", "log", "nbytes", "plugins", "_notify_plugins", "validate_state")
+    _has(state.task_counter, "new_task", "transitions", "current_count")
+    if isinstance(state.data, SpillBuffer):
+        _has(state.data.fast, "total_weight", "offset", "n")
+    direct, machine = ("direct-yield-" + "c" * 32, 0), ("machine-yield-" + "c" * 32, 0)
+    before = state.nbytes
+    client.sync(_on_loop, worker, lambda: dx.worker_store(worker, {direct: [1, 2, 3]}))
+    client.sync(
+        _on_loop, worker, lambda: worker.update_data(data={machine: [1, 2, 3]}, stimulus_id="t")
+    )
+    a, b = state.tasks[direct], state.tasks[machine]
+    assert (a.state, a.nbytes, a.type) == (b.state, b.nbytes, b.type) == ("memory", a.nbytes, list)
+    assert state.nbytes == before + a.nbytes + b.nbytes
+    assert worker.data[direct] == [1, 2, 3]
+    state.validate_state()  # Dask's own invariants: counters, byte count, data vs tasks
+
+    client.sync(
+        _on_loop,
+        worker,
+        lambda: worker.handle_stimulus(FreeKeysEvent(keys=[direct, machine], stimulus_id="t")),
+    )
+    assert direct not in state.tasks and direct not in worker.data
+    assert state.nbytes == before
+    state.validate_state()
+
+
+def test_light_futures_release_their_keys(inproc):
+    client, scheduler, _ = inproc
+    original = client.submit(int, 7, pure=False)
+    _has(original, "_cleared", "_generation")
+    _has(client, "_dec_ref", "_refcount_lock")
+    key = original.key
+    assert original.result(timeout=30) == 7
+    extra = [dx.light_future(key, client) for _ in range(50)]
+    assert client.refcount[key] == 51
+    del extra
+    realcluster.wait_until(lambda: client.refcount.get(key) == 1, "50 light futures released")
+    dx.lighten(original)
+    assert type(original) is dx.LightFuture
+    del original
+    realcluster.wait_until(lambda: key not in scheduler.tasks, "the scheduler forgot the key")
+    assert key not in client.futures
 
 
 async def _on_loop(worker, fn):

@@ -98,9 +98,26 @@ def test_shutdown_marks_daskgen_not_initialized(daskgen):
 
 def test_shutdown_closes_the_embedded_cluster(daskgen):
     daskgen.init(num_cpus=1)
-    address = daskgen.get_client().scheduler.address
+    address = daskgen.get_client().cluster.scheduler.address  # the TCP one workers use
     daskgen.shutdown()
     assert not _cluster_is_reachable(address, timeout="1s")
+
+
+def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
+    import gc
+    import os
+
+    daskgen.init(num_cpus=1)
+    client = daskgen.get_client()
+    # the driver's client reaches the in-process scheduler without a socket; others use TCP
+    assert client.scheduler.address.startswith("inproc://")
+    assert client.cluster.scheduler.address.startswith("tcp://")
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+    envs = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(envs.values()) == {str(64 * 2**20)}
+    assert gc.get_freeze_count() > 0
+    daskgen.shutdown()
+    assert gc.get_freeze_count() == 0  # what init froze is collectable again
 
 
 def test_shutdown_when_not_initialized_does_nothing(daskgen):
