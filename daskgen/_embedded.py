@@ -51,6 +51,9 @@ class _Worker(SubprocessWorker):
         config = dask.config.deserialize(inherited) if inherited else {}
         dask.config.update(config, {"distributed": {"nanny": {"pre-spawn-environ": WORKER_MALLOC}}})
         env["DASK_INTERNAL_INHERIT_CONFIG"] = dask.config.serialize(config)
+        # A nanny started earlier in this process (a LocalCluster's) leaves Dask's values in
+        # os.environ; the worker processes start from this environment.
+        env.update((k, str(v)) for k, v in WORKER_MALLOC.items())
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, env=env
         )
