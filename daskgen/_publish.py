@@ -12,10 +12,12 @@ Messages (all on Dask's existing, ordered batched streams)
 -----------------------------------------------------------
 1. The generator thread hands the value to the worker's event loop (``loop.add_callback``) and
    goes on; it keeps no reference to it.
-2. On the loop, ``Worker.update_data`` stores the value in the worker's memory as it is: no
+2. On the loop, the value goes into the worker's memory as it is (``dx.worker_store``: a key
+   the worker never saw straight to ``memory``, any other through ``Worker.update_data``): no
    pickling, no copy. A task on this worker later receives the very same object.
 3. worker -> scheduler ``daskgen-publish`` {task, caller, items: [(key, index, nbytes, inline,
-   replace), ...]}: one message for every yield stored since the last one. ``inline`` is the
+   replace), ...]}: one message per chunk of up to ``DRAIN_CHUNK`` yields stored since the last
+   one; the task returns only once its last chunk is queued. ``inline`` is the
    pickled value when it is at most 64 KiB (else None), so that the caller can read small values
    without a round trip, as Ray keeps small objects in the owner's memory. ``replace`` marks a
    published yield turned into an error (surplus yields, a re-run that yielded fewer).
