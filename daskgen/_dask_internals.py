@@ -53,7 +53,8 @@ class LightFuture(Future):
             try:
                 client.loop.add_callback(_release_queued, id(client))
             except (TypeError, RuntimeError, AttributeError):  # the client is shutting down
-                pass
+                with _release_lock:
+                    _release_queues.pop(id(client), None)  # nothing left to release them to
 
 
 _release_lock = threading.Lock()

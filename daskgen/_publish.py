@@ -178,7 +178,10 @@ class Producer:
         try:
             return self._run(args, kwargs)
         finally:
-            self._drained.wait()
+            # Waits for the worker's loop; a worker shutting down never drains, so do not hang.
+            while not self._drained.wait(timeout=0.5):
+                if self.worker.status.name in ("closing", "closing_gracefully", "closed", "failed"):
+                    break
 
     def _run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
         spec = self.spec
