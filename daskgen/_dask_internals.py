@@ -10,6 +10,7 @@ installed Dask and fails loudly when one is gone.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from time import time
@@ -401,8 +402,44 @@ def scheduler_has_client(scheduler: Scheduler, client: str) -> bool:
     return client in scheduler.client_comms
 
 
-def scheduler_send_to_client(scheduler: Scheduler, client: str, msg: dict[str, Any]) -> None:
+def scheduler_send_to_client(
+    scheduler: Scheduler, client: str, msg: dict[str, Any], direct: bool = False
+) -> None:
+    """Queue ``msg`` on the client's stream; or, if ``direct`` and the client lives in this
+    process with nothing queued for it, run its handler now (see :func:`_idle_local_client`)."""
+    if direct:
+        local = _idle_local_client(scheduler, client)
+        handler = None if local is None else local._stream_handlers.get(msg["op"])
+        if handler is not None:
+            handler(**{k: v for k, v in msg.items() if k != "op"})
+            return
     scheduler.client_send(client, msg)
+
+
+def _idle_local_client(scheduler: Scheduler, client_id: str) -> Client | None:
+    """The client ``client_id`` if it runs on this very event loop (daskgen's own driver with
+    its embedded scheduler) and no message to it is queued or in flight.
+
+    Dask's stream to such a client still goes through a batched send and an in-process queue,
+    each a turn of the loop (~0.2 ms); a direct call skips them. Only when nothing is on the way:
+    a message delivered directly must never overtake one sent before it.
+    """
+    stream = scheduler.client_comms.get(client_id)
+    if stream is None or stream.buffer or stream.next_deadline is not None:
+        return None  # something queued, or sent less than one batching interval ago
+    for client in list(Client._instances):
+        if client.id == client_id:
+            break
+    else:
+        return None
+    queue = getattr(getattr(client.scheduler_comm, "comm", None), "_read_q", None)
+    if queue is None or queue._q or client.status != "running":
+        return None  # not an inproc connection, or messages not read yet
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return client if getattr(client.loop, "asyncio_loop", None) is running else None
 
 
 def scheduler_send_to_worker(scheduler: Scheduler, worker: str, msg: dict[str, Any]) -> None:

@@ -94,4 +94,5 @@ class GenOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def keys(self) -> list[tuple[str, int]]:
-        return [yield_key(self.task, i) for i in range(self.count)]
+        prefix = yield_prefix(self.task)
+        return [(prefix, i) for i in range(self.count)]

@@ -96,20 +96,22 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             announce.append((key, index, inline, replace))
         if duplicates:
             dx.scheduler_free_on_worker(s, worker, duplicates)
-        if announce:
-            # The caller learns which generator each key belongs to before Dask reports it.
-            dx.scheduler_send_to_client(
-                s, caller, {"op": YIELD_OP, "task": task, "items": announce}
-            )
         if fresh:
             dx.scheduler_register_data(s, fresh, worker, caller)
+        if announce:
+            # Only keys new to the cluster may skip the queue to a caller in this process: no
+            # earlier message can concern them (a republished or replaced yield may have one).
+            direct = len(fresh) == len(announce)
+            dx.scheduler_send_to_client(
+                s, caller, {"op": YIELD_OP, "task": task, "items": announce}, direct=direct
+            )
 
     def on_result(self, worker: str, caller: str, key: Any, blob: bytes, **_: Any) -> None:
         """A small task result sent ahead of the task's completion: pass it to the caller."""
         try:
             if dx.scheduler_has_client(self.scheduler, caller):
                 msg = {"op": RESULT_OP, "key": _as_key(key), "blob": blob}
-                dx.scheduler_send_to_client(self.scheduler, caller, msg)
+                dx.scheduler_send_to_client(self.scheduler, caller, msg, direct=True)
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
 
