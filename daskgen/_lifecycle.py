@@ -65,7 +65,9 @@ def init(
       resource; ``num_gpus`` and ``resources`` are declared on the first worker, like one Ray
       node. ``cluster_kwargs`` may be ``dashboard_address``, ``host``, ``scheduler_port``,
       ``threads_per_worker``, ``memory_limit``, ``silence_logs`` and ``worker_kwargs``.
-      ``shutdown()`` stops it.
+      ``shutdown()`` stops it. Because the scheduler then shares this process, ``init`` also
+      tunes it until ``shutdown()``: ``gc.freeze()`` of what exists at start-up and full
+      garbage collections 10x rarer (see docs/performance.md for what each buys).
 
     ``log_to_driver``: show what remote functions and actors print or log in this terminal,
     prefixed with the function and worker, as Ray does.

@@ -21,11 +21,14 @@ Messages (all on Dask's existing, ordered batched streams)
    pickled value when it is at most 64 KiB (else None), so that the caller can read small values
    without a round trip, as Ray keeps small objects in the owner's memory. ``replace`` marks a
    published yield turned into an error (surplus yields, a re-run that yielded fewer).
-4. The scheduler extension (``_scheduler_ext``) first sends the caller's client
-   ``daskgen-yield`` {task, items: [(key, index, inline, replace), ...]}, then registers the new
-   keys as held by the worker and wanted by the caller (``Scheduler.update_data(...,
-   client=caller)``), which makes Dask send the client ``key-in-memory``. If the caller has
-   disconnected, it tells the worker to drop the keys instead.
+4. The scheduler extension (``_scheduler_ext``) registers the new keys as held by the worker
+   and wanted by the caller (``dx.scheduler_register_data``: ``Scheduler.update_data`` without
+   its ``key-in-memory`` reports), then sends the caller's client ``daskgen-yield`` {task,
+   items: [(key, index, inline, replace), ...]}, on whose receipt the client marks the keys'
+   futures finished. When the caller is a client on the scheduler's own loop (daskgen's
+   embedded driver) with nothing queued to it, and every key is new, the client's handler is
+   called directly instead of through the stream. If the caller has disconnected, the
+   extension tells the worker to drop the keys instead.
 5. Backpressure: client -> scheduler ``daskgen-consumed`` {task, index}, forwarded to the worker
    running ``task``, which wakes the paused generator.
 
