@@ -462,6 +462,45 @@ def scheduler_processing_on(scheduler: Scheduler, key: Key) -> str | None:
     return ws.address if ws is not None else None
 
 
+# Graphs of at most this many tasks are materialised on the scheduler's loop (see below).
+SMALL_GRAPH = 16
+
+
+def scheduler_materialize_small_graphs_inline(enable: bool) -> None:
+    """In this process, let ``Scheduler.update_graph`` turn a small graph into tasks on its own
+    event loop instead of in Dask's offload thread (``enable=False`` restores Dask's way).
+
+    The offload keeps the loop responsive while a big graph materialises; for a one-task graph
+    (every ``.remote()`` call) it is a round trip to another thread and back, per call, through
+    one single-threaded pool: 2,000 tiny tasks submitted at once went 800 -> 1,250 tasks/s.
+    Only graphs of at most :data:`SMALL_GRAPH` tasks given as a plain task mapping stay inline.
+    """
+    import distributed.scheduler as ds
+
+    current = ds.offload
+    original = getattr(current, "daskgen_original", None)
+    if not enable:
+        if original is not None:
+            ds.offload = original
+        return
+    if original is not None:
+        return  # already on
+
+    async def offload(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if func is ds._materialize_graph and _is_small_graph(kwargs.get("expr")):
+            return func(*args, **kwargs)
+        return await current(func, *args, **kwargs)
+
+    offload.daskgen_original = current  # type: ignore[attr-defined]
+    ds.offload = offload
+
+
+def _is_small_graph(expr: Any) -> bool:
+    from dask._expr import LLGExpr
+
+    return isinstance(expr, LLGExpr) and len(expr.operand("dsk")) <= SMALL_GRAPH
+
+
 def scheduler_register_data(
     scheduler: Scheduler, nbytes: dict[Key, int], worker: str, client: str
 ) -> None:

@@ -184,13 +184,15 @@ def tune(client: Client) -> None:
 
     Also, in this process (undone by :func:`untune`): what it holds after start-up goes to the
     garbage collector's permanent generation (``gc.freeze``), so full collections no longer scan
-    everything Dask and the user's program had loaded; and full collections are rarer
-    (:data:`FULL_COLLECTION_EVERY`).
+    everything Dask and the user's program had loaded; full collections are rarer
+    (:data:`FULL_COLLECTION_EVERY`); and the scheduler materialises one-task graphs on its loop
+    (``dx.scheduler_materialize_small_graphs_inline``).
     """
     global _saved_threshold
     client.register_plugin(FastBatchingScheduler())
     client.register_plugin(FastBatchingWorker())
     dx.set_batching_interval(dx.client_batched_comm(client), FAST_INTERVAL)
+    dx.scheduler_materialize_small_graphs_inline(True)
     gc.freeze()
     _saved_threshold = gc.get_threshold()
     first, second, third = _saved_threshold
@@ -201,6 +203,7 @@ def untune() -> None:
     """Give the objects frozen by :func:`tune` back to the garbage collector; restore its
     thresholds."""
     global _saved_threshold
+    dx.scheduler_materialize_small_graphs_inline(False)
     gc.unfreeze()
     if _saved_threshold is not None:
         gc.set_threshold(*_saved_threshold)

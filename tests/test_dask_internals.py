@@ -163,6 +163,29 @@ def test_a_client_on_the_scheduler_loop_is_found_for_direct_delivery(inproc):
     assert was_idle and received[-1] == {"value": 1}
 
 
+def test_small_graphs_can_be_materialized_on_the_scheduler_loop(inproc):
+    import distributed.scheduler as ds
+    from dask._expr import LLGExpr
+
+    client, _, _ = inproc
+    _has(ds, "offload", "_materialize_graph")
+    assert "offload(" in inspect.getsource(ds.Scheduler.update_graph)
+    assert dx._is_small_graph(LLGExpr({"a": 1}))
+    assert not dx._is_small_graph(LLGExpr({f"k{i}": i for i in range(dx.SMALL_GRAPH + 1)}))
+    original = ds.offload
+    dx.scheduler_materialize_small_graphs_inline(True)
+    try:
+        assert ds.offload is not original
+        dx.scheduler_materialize_small_graphs_inline(True)  # twice: still one wrapper
+        assert ds.offload.daskgen_original is original
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+        futures = client.map(abs, range(-40, 0))  # a bigger graph still goes to the thread
+        assert client.gather(futures) == list(range(40, 0, -1))
+    finally:
+        dx.scheduler_materialize_small_graphs_inline(False)
+    assert ds.offload is original
+
+
 async def _idle_client(scheduler, client_id):
     return dx._idle_local_client(scheduler, client_id)
 

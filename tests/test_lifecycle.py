@@ -107,6 +107,8 @@ def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
     import gc
     import os
 
+    import distributed.scheduler
+
     daskgen.init(num_cpus=1)
     client = daskgen.get_client()
     # the driver's client reaches the in-process scheduler without a socket; others use TCP
@@ -116,8 +118,10 @@ def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
     envs = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(envs.values()) == {str(64 * 2**20)}
     assert gc.get_freeze_count() > 0
+    assert hasattr(distributed.scheduler.offload, "daskgen_original")
     daskgen.shutdown()
     assert gc.get_freeze_count() == 0  # what init froze is collectable again
+    assert not hasattr(distributed.scheduler.offload, "daskgen_original")
 
 
 def test_shutdown_when_not_initialized_does_nothing(daskgen):
