@@ -204,7 +204,7 @@ def untune() -> None:
     thresholds."""
     global _saved_threshold
     dx.scheduler_materialize_small_graphs_inline(False)
-    gc.unfreeze()
-    if _saved_threshold is not None:
+    if _saved_threshold is not None:  # tune() ran
+        gc.unfreeze()
         gc.set_threshold(*_saved_threshold)
         _saved_threshold = None

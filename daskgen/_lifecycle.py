@@ -66,8 +66,9 @@ def init(
       node. ``cluster_kwargs`` may be ``dashboard_address``, ``host``, ``scheduler_port``,
       ``threads_per_worker``, ``memory_limit``, ``silence_logs`` and ``worker_kwargs``.
       ``shutdown()`` stops it. Because the scheduler then shares this process, ``init`` also
-      tunes it until ``shutdown()``: ``gc.freeze()`` of what exists at start-up and full
-      garbage collections 10x rarer (see docs/performance.md for what each buys).
+      tunes it until ``shutdown()``: ``gc.freeze()`` of what exists at start-up, full
+      garbage collections 10x rarer, and one-task graphs materialised on the scheduler's loop
+      rather than in Dask's offload thread (see docs/performance.md for what each buys).
 
     ``log_to_driver``: show what remote functions and actors print or log in this terminal,
     prefixed with the function and worker, as Ray does.
@@ -124,7 +125,7 @@ def _check_count(name: str, value: Any) -> None:
 def _start_embedded(
     num_cpus: int | None, num_gpus: int | None, resources: dict[str, float], kwargs: dict[str, Any]
 ) -> _Session:
-    from ._embedded import start_cluster, tune
+    from ._embedded import start_cluster, tune, untune
 
     n = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     extra = dict(resources)
@@ -136,6 +137,7 @@ def _start_embedded(
         client.wait_for_workers(len(cluster.worker_spec))
         tune(client)
     except BaseException:
+        untune()
         cluster.close()
         raise
     link = getattr(client, "dashboard_link", None)
