@@ -302,21 +302,26 @@ def _store_fresh(worker: Worker, data: dict[Key, object]) -> dict[Key, int]:
     notify = any(hasattr(p, "transition") for p in state.plugins.values())
     previous: dict[Any, Any] = {}
     sizes: dict[Key, int] = {}
+    spilling: dict[Key, object] = {}
     now = time()
     for key, value in data.items():
         nbytes = sizeof(value)
+        if spill is not None:
+            fast = spill.fast
+            if fast.total_weight + fast.offset + nbytes > fast.n:
+                # It would make the buffer spill (which can fail): Dask's own path handles it.
+                spilling[key] = value
+                continue
         ts = TaskState(key)
         tasks[key] = ts
         state.task_counter.new_task(ts)
         previous[ts] = "released"
         if spill is None:
             store[key] = value
-        elif (fast := spill.fast).total_weight + fast.offset + nbytes <= fast.n:
+        else:
             # Fits in memory: evicts nothing, so nothing can fail; and a key the worker never
             # saw is not on disk (``Buffer.__setitem__`` would look, at ~5 us a key).
-            fast[key] = value
-        else:
-            store[key] = value  # the spill buffer's full path (it may spill older values)
+            spill.fast[key] = value
         ts.state = "memory"
         ts.nbytes = sizes[key] = nbytes
         ts.type = type(value)
@@ -325,6 +330,9 @@ def _store_fresh(worker: Worker, data: dict[Key, object]) -> dict[Key, int]:
         if notify:
             state._notify_plugins("transition", key, "released", "memory")
     state.task_counter.transitions(previous)
+    if spilling:
+        result = worker.update_data(data=spilling, stimulus_id=f"daskgen-publish-{now}")
+        sizes.update((k, int(n)) for k, n in result["nbytes"].items())
     return sizes
 
 

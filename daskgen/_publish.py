@@ -117,6 +117,7 @@ class Producer:
         self._drain_scheduled = False
         self._drained = threading.Event()  # set while every queued yield has been announced
         self._drained.set()
+        self._drain_error: Exception | None = None
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -154,25 +155,29 @@ class Producer:
                 self.worker.loop.add_callback(self._drain)
             else:
                 self._drain_scheduled = False
-        stored = dx.worker_store(
-            self.worker, {key: value for key, _, value, _, replace in batch if not replace}
-        )
-        items = []
-        for key, index, value, inline, replace in batch:
-            if replace:
-                dx.worker_overwrite(self.worker, [key], value)
-            elif key not in stored:
-                continue  # this worker already holds that index from an earlier attempt
-            items.append((key, index, stored.get(key, 0), inline, replace))
-        if items:
-            dx.worker_send(
-                self.worker,
-                {"op": PUBLISH_OP, "task": self.task, "caller": self.caller, "items": items},
+        try:
+            stored = dx.worker_store(
+                self.worker, {key: value for key, _, value, _, replace in batch if not replace}
             )
-        if not rest:
-            with self._outbox_lock:
-                if not self._outbox:
-                    self._drained.set()
+            items = []
+            for key, index, value, inline, replace in batch:
+                if replace:
+                    dx.worker_overwrite(self.worker, [key], value)
+                elif key not in stored:
+                    continue  # this worker already holds that index from an earlier attempt
+                items.append((key, index, stored.get(key, 0), inline, replace))
+            if items:
+                dx.worker_send(
+                    self.worker,
+                    {"op": PUBLISH_OP, "task": self.task, "caller": self.caller, "items": items},
+                )
+        except Exception as exc:  # the task fails with it (see run), rather than lose yields
+            self._drain_error = exc
+        finally:
+            if not rest:
+                with self._outbox_lock:
+                    if not self._outbox:
+                        self._drained.set()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -185,6 +190,8 @@ class Producer:
             while not self._drained.wait(timeout=0.5):
                 if self.worker.status.name in ("closing", "closing_gracefully", "closed", "failed"):
                     break
+            if self._drain_error is not None:
+                raise self._drain_error
 
     def _run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
         spec = self.spec
