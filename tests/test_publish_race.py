@@ -73,3 +73,22 @@ def test_static_refs_dropped_while_their_generators_run_are_freed_and_the_kept_o
     assert ray.get(kept, timeout=120) == [(g, 49) for g in range(30)]
     del kept
     assert _wait_for_count(ray, baseline) <= baseline
+
+
+def test_a_yield_the_worker_cannot_store_fails_the_stream_instead_of_shortening_it(ray):
+    # sys.getsizeof (which Dask's sizeof uses) raising makes storing the value on the worker
+    # fail: the stream must end with that error, never quietly after the values stored before.
+    @ray.remote
+    def produce():
+        class Unmeasurable:
+            def __sizeof__(self):
+                raise RuntimeError("cannot measure me")
+
+        yield 1
+        yield Unmeasurable()
+        yield 3
+
+    gen = produce.remote()
+    with pytest.raises(Exception, match="cannot measure me"):
+        for ref in gen:
+            ray.get(ref, timeout=60)
