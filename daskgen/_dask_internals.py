@@ -410,6 +410,58 @@ def scheduler_has_client(scheduler: Scheduler, client: str) -> bool:
     return client in scheduler.client_comms
 
 
+def worker_forget_directly(worker: Worker) -> None:
+    """Let this worker forget plain in-memory keys the scheduler frees without its state machine.
+
+    The scheduler frees keys one ``free-keys`` message each; through the state machine every one
+    costs a stimulus and two transitions (~12 us), and then one ``release-worker-data`` message
+    back, which the scheduler, having forgotten the key already, ignores. A generator's
+    thousands of yields freed at once kept the worker busy into the next round. A key in memory
+    with no dependencies, no dependents, no other holder and no actor is forgotten here the way
+    ``_transition_released_forgotten`` does it (``_purge_state``, byte count, task counter, log,
+    plugins); any other key takes Dask's own path.
+    """
+    original = worker.stream_handlers["free-keys"]
+    if getattr(original, "daskgen_original", None) is not None:
+        return
+    state = worker.state
+
+    def free_keys(keys: Iterable[Key] = (), stimulus_id: str = "", **kwargs: Any) -> None:
+        rest = []
+        forgotten: dict[Any, Any] = {}
+        notify = any(hasattr(p, "transition") for p in state.plugins.values())
+        now = time()
+        for key in keys:
+            key = tuple(key) if isinstance(key, list) else key
+            ts = state.tasks.get(key)
+            if (
+                ts is None
+                or ts.state != "memory"
+                or ts.dependents
+                or ts.dependencies
+                or ts.who_has
+                or key in state.actors
+            ):
+                rest.append(key)
+                continue
+            state.nbytes -= ts.nbytes or 0
+            state._purge_state(ts)
+            ts.state = "forgotten"
+            del state.tasks[key]
+            forgotten[ts] = "memory"
+            state.log.append((key, "memory", "forgotten", "forgotten", {}, stimulus_id, now))
+            if notify:
+                state._notify_plugins("transition", key, "memory", "released")
+                state._notify_plugins("transition", key, "released", "forgotten")
+        if forgotten:
+            state.task_counter.transitions(forgotten)
+        if rest:
+            original(keys=rest, stimulus_id=stimulus_id, **kwargs)
+
+    free_keys.daskgen_original = original  # type: ignore[attr-defined]
+    worker.stream_handlers["free-keys"] = free_keys
+
+
 def scheduler_send_to_client(
     scheduler: Scheduler, client: str, msg: dict[str, Any], direct: bool = False
 ) -> None:

@@ -162,7 +162,8 @@ class FastBatchingScheduler(SchedulerPlugin):
 
 
 class FastBatchingWorker(WorkerPlugin):
-    """Shortens a worker's batching towards the scheduler; freezes its start-up objects."""
+    """Shortens a worker's batching towards the scheduler, lets it forget freed keys directly
+    (``dx.worker_forget_directly``) and freezes its start-up objects."""
 
     name = "daskgen-fast-batching"
 
@@ -171,6 +172,7 @@ class FastBatchingWorker(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         dx.set_batching_interval(worker.batched_stream, self.interval)
+        dx.worker_forget_directly(worker)
         # Full garbage collections scan every object the process holds (~20-30 ms here with
         # Dask loaded), and a generator's thousands of keys trigger them. The worker process
         # is daskgen's own, and what it holds at start-up (modules, classes) lives forever.

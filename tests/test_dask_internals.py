@@ -124,6 +124,33 @@ def test_fresh_keys_are_stored_as_update_data_would_store_them(inproc):
     state.validate_state()
 
 
+def test_freed_plain_keys_are_forgotten_as_the_state_machine_would(inproc):
+    client, _, worker = inproc
+    state = worker.state
+    _has(state, "_purge_state", "actors")
+    assert "free-keys" in worker.stream_handlers
+    first, second = ("forget-yield-" + "d" * 32, 0), ("forget-yield-" + "d" * 32, 1)
+    client.sync(_on_loop, worker, lambda: dx.worker_store(worker, {first: [1], second: [2]}))
+    dx.worker_forget_directly(worker)
+    dx.worker_forget_directly(worker)  # twice: still one wrapper
+    handler = worker.stream_handlers["free-keys"]
+    assert handler.daskgen_original is not None
+    try:
+        client.sync(_on_loop, worker, lambda: handler(keys=[first], stimulus_id="t"))
+        assert first not in state.tasks and first not in worker.data
+        assert second in worker.data
+        state.validate_state()  # byte count, task counters, data against tasks
+        # a key as msgpack may deliver it (a list), and one the worker does not know
+        unknown = ("forget-yield-" + "e" * 32, 0)
+        client.sync(
+            _on_loop, worker, lambda: handler(keys=[list(second), unknown], stimulus_id="t")
+        )
+        assert second not in state.tasks
+        state.validate_state()
+    finally:
+        worker.stream_handlers["free-keys"] = handler.daskgen_original
+
+
 def test_light_futures_release_their_keys(inproc):
     client, scheduler, _ = inproc
     original = client.submit(int, 7, pure=False)
