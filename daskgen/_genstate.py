@@ -112,6 +112,7 @@ class GenState:
         self._held_cells: dict[int, InlineValue] = {}
         self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
         self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
+        self.settle_at_end = False  # static refs' get waits for the task (set by the submitter)
         self.cancelled = False
         self.lost: set[int] = set()  # yields lost with a worker, not published again yet
         self.done = False

@@ -75,15 +75,32 @@ class ObjectRef:
         """Whether ``get`` would return (or raise) without waiting.
 
         A small result that came inline counts, though Dask's report that the task finished is
-        still on its way: the value is final once the task returned it.
+        still on its way: the value is final once the task returned it. A ``num_returns=N``
+        ref of a generator with ``retry_exceptions`` waits for the generator task to end, as in
+        Ray: until then a retry may still turn a published value into an error (a re-run that
+        yields fewer values).
         """
+        generator_task = self._static_generator_task()
+        if generator_task is not None and not generator_task.done():
+            return False
         status = self._future.status
         if status != "pending" and status != "lost":
             return True
         return status == "pending" and self._inline_blob() is not None
 
+    def _static_generator_task(self) -> Future | None:
+        """The task of the retrying ``num_returns=N`` generator this ref is a yield of (None
+        otherwise; also None before the task is submitted, when nothing can be waited for)."""
+        owner = self._owner
+        if not getattr(owner, "settle_at_end", False):
+            return None
+        return getattr(owner, "task", None)
+
     async def _wait_done(self) -> None:
         """On the client's loop: return once :meth:`_is_done` (inline value or Dask's report)."""
+        generator_task = self._static_generator_task()
+        if generator_task is not None:
+            await dx.future_wait(generator_task)
         cell = self._inline
         if cell is None:
             await dx.future_wait(self._future)
