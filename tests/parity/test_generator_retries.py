@@ -136,28 +136,13 @@ def test_a_rerun_that_yields_fewer_values_fails_the_refs_it_did_not_reproduce(ra
 
 
 @pytest.mark.beyond
-def test_a_static_rerun_that_yields_fewer_values_fails_the_missing_refs(ray, tmp_path):
+@pytest.mark.parametrize("hold_rerun", [False, True])
+def test_a_static_rerun_that_yields_fewer_values_fails_the_missing_refs(ray, tmp_path, hold_rerun):
+    # The first attempt yields 0, 1, 2 and fails; the re-run yields 0, 1. With hold_rerun the
+    # re-run then waits for a file the test writes, and meanwhile the ref of index 2 must not
+    # give the first attempt's value (the re-run will not produce it): it is not ready yet.
     @ray.remote(retry_exceptions=True, max_retries=1, num_returns=3)
-    def shrinking(marker_dir):
-        attempt = _attempt(marker_dir)
-        if attempt == 1:
-            yield from (0, 1, 2)
-            raise ValueError("retry me")
-        yield from (0, 1)
-
-    refs = shrinking.remote(str(tmp_path))
-    assert ray.get(refs[:2], timeout=60) == [0, 1]
-    with pytest.raises(ValueError, match="Task returned 2 objects, but num_returns=3."):
-        ray.get(refs[2], timeout=60)
-
-
-@pytest.mark.beyond
-def test_a_retrying_static_generator_never_hands_out_a_value_its_rerun_drops(ray, tmp_path):
-    # The first attempt yields 0, 1, 2 and fails; the re-run yields 0, 1 and then waits for a
-    # file the test writes. While it waits, the ref of index 2 must not give the first attempt's
-    # value (the re-run will not produce it): it is not ready yet, as in Ray.
-    @ray.remote(retry_exceptions=True, max_retries=1, num_returns=3)
-    def shrinking(marker_dir):
+    def shrinking(marker_dir, hold):
         import os
         import time
 
@@ -166,17 +151,19 @@ def test_a_retrying_static_generator_never_hands_out_a_value_its_rerun_drops(ray
             yield from (0, 1, 2)
             raise ValueError("retry me")
         yield from (0, 1)
-        go = os.path.join(marker_dir, "go")
         deadline = time.monotonic() + 60
-        while not os.path.exists(go) and time.monotonic() < deadline:
+        while hold and not os.path.exists(os.path.join(marker_dir, "go")):
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.01)  # polls a file the test writes: no shared event exists across Ray
 
-    refs = shrinking.remote(str(tmp_path))
-    while not (tmp_path / "attempt-2").exists():  # the re-run has started
-        ray.wait(refs, num_returns=3, timeout=0.05)
-    with pytest.raises(ray.exceptions.GetTimeoutError):
-        ray.get(refs[2], timeout=0.5)
-    (tmp_path / "go").touch()
+    refs = shrinking.remote(str(tmp_path), hold_rerun)
+    if hold_rerun:
+        while not (tmp_path / "attempt-2").exists():  # the re-run has started
+            ray.wait(refs, num_returns=3, timeout=0.05)
+        with pytest.raises(ray.exceptions.GetTimeoutError):
+            ray.get(refs[2], timeout=0.5)
+        (tmp_path / "go").touch()
     assert ray.get(refs[:2], timeout=60) == [0, 1]
     with pytest.raises(ValueError, match="Task returned 2 objects, but num_returns=3."):
         ray.get(refs[2], timeout=60)
