@@ -8,32 +8,12 @@ Attempts are counted with files in ``tmp_path``: the tasks run in other processe
 from __future__ import annotations
 
 import pytest
+import realcluster
 
 MODES = ["streaming", "dynamic", "static"]
 
 
-def _attempt_counter():
-    """A function counting runs of a task (1, 2, ...) with a file per attempt.
-
-    Made inside a function so that it is pickled by value: Ray's workers cannot import tests.
-    """
-
-    def attempt(marker_dir: str) -> int:
-        import os
-
-        n = 1
-        while True:
-            try:
-                fd = os.open(os.path.join(marker_dir, f"attempt-{n}"), os.O_CREAT | os.O_EXCL)
-                os.close(fd)
-                return n
-            except FileExistsError:
-                n += 1
-
-    return attempt
-
-
-_attempt = _attempt_counter()
+_attempt = realcluster.attempt_counter()  # pickled by value: Ray's workers run it too
 
 
 def _collect(ray, gen_fn, mode: str, n: int, *args):
