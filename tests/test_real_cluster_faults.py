@@ -428,11 +428,14 @@ def test_a_put_value_lost_with_its_worker_raises_object_lost(dg, cluster):
 # --- a re-run yields a different number of values ----------------------------------------------
 
 
-def _assert_names_both_counts(exc_info, first, second):
-    message = str(exc_info.value)
-    assert re.search(rf"\b{first}\b", message) and re.search(rf"\b{second}\b", message), (
-        f"the error should name both counts ({first} and {second}): {message}"
-    )
+def _assert_each_fails_naming_both_counts(dg, refs, first, second, error=RayError):
+    for ref in refs:
+        with pytest.raises(error) as exc_info:
+            dg.get(ref, timeout=HANG)
+        message = str(exc_info.value)
+        assert re.search(rf"\b{first}\b", message) and re.search(rf"\b{second}\b", message), (
+            f"the error should name both counts ({first} and {second}): {message}"
+        )
 
 
 @pytest.mark.parametrize("payload", [SMALL, LARGE])
@@ -446,10 +449,7 @@ def test_a_static_rerun_after_a_worker_death_that_yields_fewer_fails_the_missing
     _kill_paused_generator(cluster, markers)
 
     assert [i for i, _ in _ia(dg.get(refs[:3], timeout=HANG), payload)] == [0, 1, 2]
-    for ref in refs[3:]:
-        with pytest.raises(RayError) as exc_info:
-            dg.get(ref, timeout=HANG)
-        _assert_names_both_counts(exc_info, 3, 6)
+    _assert_each_fails_naming_both_counts(dg, refs[3:], 3, 6)
 
 
 @pytest.mark.parametrize("payload", [SMALL, LARGE])
@@ -469,10 +469,7 @@ def test_a_streaming_rerun_after_a_worker_death_that_yields_fewer_fails_the_refs
     with pytest.raises(StopIteration):
         stream._next_sync(HANG)
     assert [i for i, _ in _ia(dg.get(taken[:3], timeout=HANG), payload)] == [0, 1, 2]
-    for ref in taken[3:]:
-        with pytest.raises(RayError) as exc_info:
-            dg.get(ref, timeout=HANG)
-        _assert_names_both_counts(exc_info, 3, 6)
+    _assert_each_fails_naming_both_counts(dg, taken[3:], 3, 6)
 
 
 @pytest.mark.parametrize("payload", [SMALL, LARGE])
@@ -499,10 +496,7 @@ def test_a_dynamic_generator_recomputed_after_a_worker_death_with_fewer_yields_f
         _kill_and_settle(cluster, observer, int(read_marker(markers, "pid-1")))
 
         if _attempts(markers) == 2:  # recomputed (the caller still holds the generator's ref)
-            for ref in refs[3:]:
-                with pytest.raises(RayError) as exc_info:
-                    dg.get(ref, timeout=HANG)
-                _assert_names_both_counts(exc_info, 3, 6)
+            _assert_each_fails_naming_both_counts(dg, refs[3:], 3, 6)
         else:  # not recomputed: each value is lost (the message says so) or still attempt 1's
             for ref in refs[3:]:
                 try:
@@ -519,10 +513,7 @@ def test_a_static_rerun_after_a_worker_death_that_yields_more_fails_every_ref(dg
 
     _kill_paused_generator(cluster, markers)
 
-    for ref in refs:
-        with pytest.raises(ValueError) as exc_info:
-            dg.get(ref, timeout=HANG)
-        _assert_names_both_counts(exc_info, 5, 3)
+    _assert_each_fails_naming_both_counts(dg, refs, 5, 3, error=ValueError)
 
 
 # --- the caller goes away mid-generator ----------------------------------------------------------
