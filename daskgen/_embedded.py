@@ -161,11 +161,11 @@ class FastBatchingScheduler(SchedulerPlugin):
         dx.set_batching_interval(scheduler.client_comms.get(client), self.interval)
 
 
-class FastBatchingWorker(WorkerPlugin):
+class TuneWorker(WorkerPlugin):
     """Shortens a worker's batching towards the scheduler, lets it forget freed keys directly
     (``dx.worker_forget_directly``) and freezes its start-up objects."""
 
-    name = "daskgen-fast-batching"
+    name = "daskgen-tune"
 
     def __init__(self, interval: float = FAST_INTERVAL) -> None:
         self.interval = interval
@@ -192,7 +192,7 @@ def tune(client: Client) -> None:
     """
     global _saved_threshold
     client.register_plugin(FastBatchingScheduler())
-    client.register_plugin(FastBatchingWorker())
+    client.register_plugin(TuneWorker())
     dx.set_batching_interval(dx.client_batched_comm(client), FAST_INTERVAL)
     dx.scheduler_materialize_small_graphs_inline(True)
     gc.freeze()

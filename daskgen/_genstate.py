@@ -100,7 +100,14 @@ FORGOTTEN = "already forgotten"  # Dask's reason when a key's data died with its
 class GenState:
     """What the caller knows about one generator task: published yields, and whether it ended."""
 
-    def __init__(self, client: Client, task_key: str, mode: str, backpressure: int | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        task_key: str,
+        mode: str,
+        backpressure: int | None,
+        settle_at_end: bool = False,
+    ) -> None:
         self.client = client
         self.task: Future = None  # type: ignore[assignment]  # set by attach()
         self.task_key = task_key
@@ -112,7 +119,8 @@ class GenState:
         self._held_cells: dict[int, InlineValue] = {}
         self.n_static = 0  # num_returns=N: the caller holds N refs made before their keys exist
         self.lent: list[ObjectRef] = []  # refs inside the task's arguments, kept alive with it
-        self.settle_at_end = False  # static refs' get waits for the task (set by the submitter)
+        # Static refs' get waits for the task: an in-task retry may turn a yield into an error.
+        self.settle_at_end = settle_at_end
         self.cancelled = False
         self.lost: set[int] = set()  # yields lost with a worker, not published again yet
         self.done = False

@@ -207,10 +207,9 @@ def submit_task(
     if spec.mode != "plain":
         # Everything that will claim the task's yields exists before the task can start, so a
         # yield can never arrive to find nobody holding it (it would be released).
-        state = GenState(client, key, spec.mode, spec.backpressure)
+        settle_at_end = spec.mode == "static" and spec.retry.enabled
+        state = GenState(client, key, spec.mode, spec.backpressure, settle_at_end)
         state.lent = lent
-        # An in-task retry may turn a published yield into an error: its refs settle at the end.
-        state.settle_at_end = spec.mode == "static" and spec.retry.enabled
         if spec.mode == "static":
             refs = static_refs(state, spec.num_returns)
     future = call.submit(deps)
