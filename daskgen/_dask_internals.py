@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
 
+from dask.sizeof import sizeof
 from distributed import Client, Future, Worker
 from distributed.scheduler import Scheduler
+from distributed.spill import SpillBuffer
+from distributed.worker_state_machine import TaskState
 
 Key = Any
 
@@ -292,10 +295,6 @@ def _store_fresh(worker: Worker, data: dict[Key, object]) -> dict[Key, int]:
     task counter, transition log and plugins updated. No task on this worker can be waiting for
     a key the worker has never seen, so there are no dependents to wake.
     """
-    from dask.sizeof import sizeof
-    from distributed.spill import SpillBuffer
-    from distributed.worker_state_machine import TaskState
-
     state = worker.state
     tasks, store, log = state.tasks, state.data, state.log
     spill = store if isinstance(store, SpillBuffer) else None
