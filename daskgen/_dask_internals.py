@@ -396,6 +396,16 @@ def scheduler_add_stream_handler(
     scheduler.stream_handlers[op] = handler
 
 
+def scheduler_stream_handler(scheduler: Scheduler, op: str) -> Callable[..., Any]:
+    """The handler the scheduler calls for ``op`` on a batched stream."""
+    return scheduler.stream_handlers[op]
+
+
+def scheduler_has_worker(scheduler: Scheduler, worker: str) -> bool:
+    """Whether ``worker`` is registered (Dask stops reading a removed worker's stream)."""
+    return worker in scheduler.workers
+
+
 def scheduler_add_handler(scheduler: Scheduler, op: str, handler: Callable[..., Any]) -> None:
     """Answer requests ``op`` (``await client.scheduler.<op>(...)``), as extensions do."""
     scheduler.handlers[op] = handler

@@ -30,6 +30,7 @@ from distributed.utils import format_dashboard_link
 from distributed.worker_memory import parse_memory_limit
 
 from . import _dask_internals as dx
+from . import _fastlane
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which (as setting any of these
 # does) also switches off glibc's adaptive mmap threshold: every large array a generator yields
@@ -163,14 +164,20 @@ class FastBatchingScheduler(SchedulerPlugin):
 
 class TuneWorker(WorkerPlugin):
     """Shortens a worker's batching towards the scheduler, lets it forget freed keys directly
-    (``dx.worker_forget_directly``) and freezes its start-up objects."""
+    (``dx.worker_forget_directly``), freezes its start-up objects and opens its fast lane to
+    the scheduler (``_fastlane``) if given one."""
 
     name = "daskgen-tune"
 
-    def __init__(self, interval: float = FAST_INTERVAL) -> None:
+    def __init__(
+        self, interval: float = FAST_INTERVAL, lane: tuple[str, bytes] | None = None
+    ) -> None:
         self.interval = interval
+        self.lane = lane
 
-    def setup(self, worker: Any) -> None:
+    async def setup(self, worker: Any) -> None:
+        if self.lane is not None:
+            await _fastlane.connect(worker, *self.lane)
         dx.set_batching_interval(worker.batched_stream, self.interval)
         dx.worker_forget_directly(worker)
         # Full garbage collections scan every object the process holds (~20-30 ms here with
@@ -180,9 +187,13 @@ class TuneWorker(WorkerPlugin):
         first, second, third = gc.get_threshold()
         gc.set_threshold(first, second, max(third, FULL_COLLECTION_EVERY))
 
+    def teardown(self, worker: Any) -> None:
+        _fastlane.disconnect(worker)
+
 
 def tune(client: Client) -> None:
-    """Apply the shorter batching intervals to daskgen's own cluster and client.
+    """Apply the shorter batching intervals to daskgen's own cluster and client, and give its
+    workers the fast lane to the scheduler (``_fastlane``).
 
     Also, in this process (undone by :func:`untune`): what it holds after start-up goes to the
     garbage collector's permanent generation (``gc.freeze``), so full collections no longer scan
@@ -192,7 +203,10 @@ def tune(client: Client) -> None:
     """
     global _saved_threshold
     client.register_plugin(FastBatchingScheduler())
-    client.register_plugin(TuneWorker())
+    lane = _fastlane.new_lane()
+    if lane is not None:
+        client.register_plugin(_fastlane.FastLaneScheduler(*lane))
+    client.register_plugin(TuneWorker(lane=lane))
     dx.set_batching_interval(dx.client_batched_comm(client), FAST_INTERVAL)
     dx.scheduler_materialize_small_graphs_inline(True)
     gc.freeze()

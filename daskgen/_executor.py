@@ -15,7 +15,7 @@ from typing import Any
 import cloudpickle
 from distributed import Worker, get_worker
 
-from . import _dask_internals as dx
+from ._fastlane import send_soon
 from ._logs import label_for, task_origin
 from ._protocol import RESULT_OP, ErrorValue
 from ._publish import Producer, inline_bytes
@@ -99,8 +99,9 @@ def _send_inline_result(caller: str, result: Any) -> Any:
     if blob is not None:
         worker = get_worker()
         msg = {"op": RESULT_OP, "caller": caller, "key": worker.get_current_task(), "blob": blob}
-        # Queued before the task returns, so it travels ahead of the task's completion report.
-        worker.loop.add_callback(dx.worker_send, worker, msg)
+        # Queued before the task returns; by the fast lane on the embedded cluster, which may
+        # arrive after the task's completion report (then the caller fetches it as usual).
+        send_soon(worker, msg)
     return result
 
 

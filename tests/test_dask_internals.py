@@ -258,6 +258,11 @@ def test_scheduler_internals_exist(inproc):
     params = inspect.signature(scheduler.update_data).parameters
     for name in ("who_has", "nbytes", "client"):
         assert name in params, f"Scheduler.update_data lost parameter {name!r}"
+    # the fast lane calls the stream handlers itself, for registered workers only
+    worker = next(iter(scheduler.workers))
+    assert dx.scheduler_has_worker(scheduler, worker)
+    assert not dx.scheduler_has_worker(scheduler, "tcp://127.0.0.1:1")
+    assert dx.scheduler_stream_handler(scheduler, "task-finished") is not None
 
 
 def test_subprocess_worker_still_exists():

@@ -119,9 +119,13 @@ def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
     assert set(envs.values()) == {str(64 * 2**20)}
     assert gc.get_freeze_count() > 0
     assert hasattr(distributed.scheduler.offload, "daskgen_original")
+    assert "daskgen-fast-lane" in client.cluster.scheduler.plugins
+    lane = client.cluster.scheduler.plugins["daskgen-fast-lane"].path
+    assert os.stat(os.path.dirname(lane)).st_mode & 0o077 == 0  # private to this user
     daskgen.shutdown()
     assert gc.get_freeze_count() == 0  # what init froze is collectable again
     assert not hasattr(distributed.scheduler.offload, "daskgen_original")
+    assert not os.path.exists(os.path.dirname(lane))  # its private directory is removed
 
 
 def test_shutdown_when_not_initialized_does_nothing(daskgen):
@@ -137,6 +141,17 @@ def test_init_after_shutdown_starts_again(daskgen):
 
 
 # --- existing clusters --------------------------------------------------------------------------
+
+
+def test_an_existing_cluster_is_not_tuned(daskgen, external_cluster):
+    # no shorter batching, fast lane or worker tuning on a cluster daskgen did not start
+    daskgen.init(address=external_cluster.scheduler_address)
+    client = daskgen.get_client()
+    assert daskgen.get(daskgen.put(1), timeout=HANG) == 1
+    on_scheduler = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
+    assert not {"daskgen-fast-batching", "daskgen-fast-lane"} & set(on_scheduler)
+    on_workers = client.run(lambda dask_worker: list(dask_worker.plugins))
+    assert all("daskgen-tune" not in plugins for plugins in on_workers.values())
 
 
 def test_init_with_address_connects_to_that_scheduler(daskgen, external_cluster):

@@ -1,0 +1,178 @@
+"""The embedded cluster's fast lane from workers to the scheduler (``daskgen._fastlane``).
+
+Yield announcements and small results travel on it; these tests check that they do, that the
+lane refuses strangers before unpickling anything, and that losing it never loses yields
+silently. daskgen only (the lane is daskgen's transport).
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.daskgen_only
+
+HANG = 60  # seconds: a generous bound that only catches hangs
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def _lane(dg):
+    return dg.get_client().cluster.scheduler.plugins["daskgen-fast-lane"]
+
+
+def _on_scheduler_loop(dg, fn):
+    """Run ``fn`` on the scheduler's event loop (the embedded client shares it), and wait."""
+
+    async def run():
+        fn()
+
+    dg.get_client().sync(run)
+
+
+def _until(condition, what):
+    """Poll ``condition`` (a state with no event to wait on) until true, or fail after HANG s."""
+    deadline = time.monotonic() + HANG
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def _lane_counts(dask_worker):
+    from daskgen import _fastlane
+
+    lane = _fastlane._lanes.get(dask_worker)
+    return None if lane is None else (lane.sent, lane.acked)
+
+
+def _waiting_generator(dg, event_name):
+    @dg.remote
+    def gen():
+        from distributed import Event
+
+        yield 1
+        Event(event_name).wait(HANG)
+        yield 2
+        yield 3
+
+    return gen
+
+
+def test_each_embedded_worker_sends_yields_and_results_by_the_lane(dg):
+    dg.init(num_cpus=2)
+    lane = _lane(dg)
+    workers = set(dg.get_client().scheduler_info()["workers"])
+    assert {end.worker for end in lane.ends} == workers
+
+    @dg.remote
+    def gen(n):
+        for i in range(n):  # noqa: UP028 (same code as on Ray)
+            yield i
+
+    @dg.remote
+    def one():
+        return 5
+
+    before = sum(end.handled for end in lane.ends)
+    assert dg.get(list(gen.remote(3)), timeout=HANG) == [0, 1, 2]
+    assert dg.get(one.remote(), timeout=HANG) == 5
+    # at least one publish message and one inline result; none of it on Dask's stream
+    assert sum(end.handled for end in lane.ends) >= before + 2
+
+
+def test_the_lane_refuses_a_wrong_token_before_unpickling_anything(dg, tmp_path):
+    dg.init(num_cpus=1)
+    marker = tmp_path / "unpickled"
+
+    class Planted:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(HANG)
+        sock.connect(_lane(dg).path)
+        sock.sendall(_frame(b"x" * 32 + b"tcp://127.0.0.1:1") + _frame(pickle.dumps(Planted())))
+        assert sock.recv(8) == b""  # closed by the scheduler
+    assert not marker.exists()
+    assert dg.get(dg.put(1), timeout=HANG) == 1
+
+
+def test_the_lane_drops_messages_of_unregistered_workers_and_unknown_operations(dg):
+    from distributed import Event
+
+    dg.init(num_cpus=1)
+    lane = _lane(dg)
+    client = dg.get_client()
+    name = f"go-{uuid.uuid4().hex}"
+
+    @dg.remote
+    def seven():
+        from distributed import Event
+
+        Event(name).wait(HANG)
+        return 7
+
+    ref = seven.remote()
+    # a result for that task, as from a worker that is not (or no longer) in the cluster
+    stale = {"op": "daskgen-result", "caller": client.id, "key": ref.key, "blob": pickle.dumps(42)}
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(HANG)
+        sock.connect(lane.path)
+        sock.sendall(_frame(lane.token + b"tcp://127.0.0.1:1") + _frame(pickle.dumps(stale)))
+        assert struct.unpack("!Q", sock.recv(8)) == (1,)  # handled: dropped
+        sock.sendall(_frame(pickle.dumps({"op": "close-stream"})))
+        assert sock.recv(8) == b""  # not a lane operation: closed
+    Event(name, client=client).set()
+    assert dg.get(ref, timeout=HANG) == 7
+
+
+def test_a_lost_lane_with_unconfirmed_yields_fails_the_task_instead_of_ending_short(dg):
+    from distributed import Event
+
+    dg.init(num_cpus=2)
+    lane = _lane(dg)
+    client = dg.get_client()
+    name = f"go-{uuid.uuid4().hex}"
+    it = _waiting_generator(dg, name).remote()
+    assert dg.get(next(it), timeout=HANG) == 1
+    # the scheduler stops reading: what the worker sends next stays unconfirmed
+    _on_scheduler_loop(dg, lambda: [end.transport.pause_reading() for end in list(lane.ends)])
+    Event(name, client=client).set()
+    _until(
+        lambda: any(c and c[0] > c[1] for c in client.run(_lane_counts).values()),
+        "the worker sent yields the scheduler has not confirmed",
+    )
+    _on_scheduler_loop(dg, lambda: [end.transport.abort() for end in list(lane.ends)])
+    with pytest.raises(Exception, match="confirmed"):
+        for ref in it:
+            dg.get(ref, timeout=HANG)
+
+
+def test_a_lane_closed_with_everything_confirmed_falls_back_to_dasks_stream(dg):
+    from distributed import Event
+
+    dg.init(num_cpus=2)
+    client = dg.get_client()
+    name = f"go-{uuid.uuid4().hex}"
+    it = _waiting_generator(dg, name).remote()
+    assert dg.get(next(it), timeout=HANG) == 1
+    _until(
+        lambda: all(c and c[0] == c[1] for c in client.run(_lane_counts).values()),
+        "the scheduler confirmed every message",
+    )
+
+    def close_lane(dask_worker):
+        from daskgen import _fastlane
+
+        _fastlane.disconnect(dask_worker)
+
+    client.run(close_lane)
+    Event(name, client=client).set()
+    assert [dg.get(ref, timeout=HANG) for ref in it] == [2, 3]
