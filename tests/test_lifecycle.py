@@ -115,8 +115,8 @@ def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
     assert client.scheduler.address.startswith("inproc://")
     assert client.cluster.scheduler.address.startswith("tcp://")
     assert client.dashboard_link.startswith("http://127.0.0.1:")
-    envs = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
-    assert set(envs.values()) == {str(64 * 2**20)}
+    envs = client.run(lambda: (os.environ["MALLOC_TRIM_THRESHOLD_"], os.environ["MALLOC_TOP_PAD_"]))
+    assert set(envs.values()) == {(str(64 * 2**20), str(256 * 2**20))}
     assert gc.get_freeze_count() > 0
     assert hasattr(distributed.scheduler.offload, "daskgen_original")
     assert "daskgen-fast-lane" in client.cluster.scheduler.plugins
