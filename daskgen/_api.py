@@ -16,6 +16,7 @@ from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
 from . import _dask_internals as dx
+from ._fastlane import fetch_large
 from ._lifecycle import get_client, in_worker_task
 from ._protocol import ErrorValue, GenOutcome, put_key
 from ._refs import ObjectRef
@@ -104,6 +105,12 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
             if failed is not None:
                 _raise_from_future(failed)
             remote = _take_inline(refs, remote, out)  # small results arrive with completion
+            keys = [refs[i].key for i in remote]
+            fetched = fetch_large(client, keys)  # large values, over the embedded cluster's lane
+            for i, key in zip(remote, keys, strict=True):
+                if key in fetched:
+                    out[i] = unwrap(fetched[key])
+            remote = [i for i, key in zip(remote, keys, strict=True) if key not in fetched]
             futures = [refs[i]._future for i in remote]
             try:
                 values = (

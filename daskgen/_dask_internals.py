@@ -520,6 +520,28 @@ def scheduler_key_state(scheduler: Scheduler, key: Key) -> str | None:
     return None if ts is None else ts.state
 
 
+def scheduler_key_nbytes(scheduler: Scheduler, key: Key) -> int:
+    """The size Dask measured of ``key``'s value if it is in memory, else 0."""
+    ts = scheduler.tasks.get(key)
+    if ts is None or ts.state != "memory":
+        return 0
+    return max(ts.nbytes, 0)
+
+
+def local_scheduler(client: Client) -> Scheduler | None:
+    """The scheduler itself when it runs in this process (daskgen's embedded cluster)."""
+    scheduler = getattr(getattr(client, "cluster", None), "scheduler", None)
+    return scheduler if isinstance(scheduler, Scheduler) else None
+
+
+def worker_value(worker: Worker, key: Key) -> object:
+    """The value of ``key`` in this worker's memory (``KeyError`` if it holds none)."""
+    ts = worker.state.tasks.get(key)
+    if ts is None or ts.state != "memory":
+        raise KeyError(key)
+    return worker.data[key]
+
+
 def scheduler_holders(scheduler: Scheduler, key: Key) -> set[str]:
     ts = scheduler.tasks.get(key)
     return {ws.address for ws in (ts.who_has or ())} if ts is not None else set()

@@ -21,7 +21,16 @@ HANG = 60  # seconds: a generous bound that only catches hangs
 
 
 def _frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
+    return struct.pack("!Q", len(payload)) + payload
+
+
+def _read_frame(sock):
+    """The next message from the scheduler's end, or None if it closed the connection."""
+    head = sock.recv(8, socket.MSG_WAITALL)
+    if not head:
+        return None
+    (size,) = struct.unpack("!Q", head)
+    return pickle.loads(sock.recv(size, socket.MSG_WAITALL))
 
 
 def _lane(dg):
@@ -99,7 +108,7 @@ def test_the_lane_refuses_a_wrong_token_before_unpickling_anything(dg, tmp_path)
         sock.settimeout(HANG)
         sock.connect(_lane(dg).path)
         sock.sendall(_frame(b"x" * 32 + b"tcp://127.0.0.1:1") + _frame(pickle.dumps(Planted())))
-        assert sock.recv(8) == b""  # closed by the scheduler
+        assert _read_frame(sock) is None  # closed by the scheduler
     assert not marker.exists()
     assert dg.get(dg.put(1), timeout=HANG) == 1
 
@@ -126,9 +135,9 @@ def test_the_lane_drops_messages_of_unregistered_workers_and_unknown_operations(
         sock.settimeout(HANG)
         sock.connect(lane.path)
         sock.sendall(_frame(lane.token + b"tcp://127.0.0.1:1") + _frame(pickle.dumps(stale)))
-        assert struct.unpack("!Q", sock.recv(8)) == (1,)  # handled: dropped
+        assert _read_frame(sock) == ("ack", 1)  # handled: dropped
         sock.sendall(_frame(pickle.dumps({"op": "close-stream"})))
-        assert sock.recv(8) == b""  # not a lane operation: closed
+        assert _read_frame(sock) is None  # not a lane operation: closed
     Event(name, client=client).set()
     assert dg.get(ref, timeout=HANG) == 7
 
@@ -176,3 +185,118 @@ def test_a_lane_closed_with_everything_confirmed_falls_back_to_dasks_stream(dg):
     client.run(close_lane)
     Event(name, client=client).set()
     assert [dg.get(ref, timeout=HANG) for ref in it] == [2, 3]
+
+
+class _WithLambda:
+    """Large, and picklable by cloudpickle only (the lambda)."""
+
+    def __init__(self, size):
+        self.data = bytes(range(256)) * (size // 256)
+        self.f = lambda x: x + 1
+
+    def __sizeof__(self):  # what Dask measures
+        return len(self.data)
+
+
+def test_large_values_come_to_the_driver_by_the_lane(dg):
+    import numpy as np
+
+    dg.init(num_cpus=2)
+    lane = _lane(dg)
+
+    @dg.remote
+    def big(i):
+        import numpy as np
+
+        return np.arange(300_000, dtype=np.float64) * i  # 2.4 MB
+
+    @dg.remote
+    def gen(n):
+        import numpy as np
+
+        for i in range(n):
+            yield np.full((500, 600), i, dtype=np.int64)  # 2.4 MB
+
+    @dg.remote
+    def odd():
+        return _WithLambda(2 << 20)
+
+    before = lane.fetched
+    assert np.array_equal(dg.get(big.remote(3), timeout=HANG), np.arange(300_000) * 3.0)
+    for i, ref in enumerate(gen.remote(3)):
+        value = dg.get(ref, timeout=HANG)
+        assert value.shape == (500, 600) and value.dtype == np.int64 and (value == i).all()
+    both = dg.get([big.remote(1), big.remote(2)], timeout=HANG)
+    assert [float(v[1]) for v in both] == [1.0, 2.0]
+    holder = dg.get(odd.remote(), timeout=HANG)
+    assert holder.data == bytes(range(256)) * ((2 << 20) // 256) and holder.f(1) == 2
+    assert lane.fetched == before + 7
+
+
+def test_large_values_come_by_dask_when_the_lane_is_gone(dg):
+    import numpy as np
+
+    dg.init(num_cpus=2)
+    lane = _lane(dg)
+    client = dg.get_client()
+
+    def close_lane(dask_worker):
+        from daskgen import _fastlane
+
+        _fastlane.disconnect(dask_worker)
+
+    client.run(close_lane)
+    _until(lambda: not lane.ends, "the scheduler saw the lanes close")
+
+    @dg.remote
+    def big():
+        import numpy as np
+
+        return np.ones(300_000)
+
+    @dg.remote
+    def gen():
+        yield 1
+        yield 2
+
+    before = lane.fetched
+    assert np.array_equal(dg.get(big.remote(), timeout=HANG), np.ones(300_000))
+    assert [dg.get(ref, timeout=HANG) for ref in gen.remote()] == [1, 2]  # by Dask's stream
+    assert lane.fetched == before
+
+
+def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
+    import concurrent.futures
+
+    import numpy as np
+
+    dg.init(num_cpus=1)
+    lane = _lane(dg)
+    client = dg.get_client()
+
+    @dg.remote
+    def big():
+        import numpy as np
+
+        return np.full(300_000, 7.0)
+
+    ref = big.remote()
+    dg.wait([ref], timeout=HANG)
+
+    async def stop_reading(dask_worker):
+        from daskgen import _fastlane
+
+        _fastlane._lanes[dask_worker].transport.pause_reading()
+
+    client.run(stop_reading)  # the worker will not see the request
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        value = pool.submit(dg.get, ref, timeout=HANG)
+        _until(lambda: any(end._pending for end in list(lane.ends)), "the request is sent")
+
+        def close_lane(dask_worker):
+            from daskgen import _fastlane
+
+            _fastlane.disconnect(dask_worker)
+
+        client.run(close_lane)
+        assert np.array_equal(value.result(timeout=HANG), np.full(300_000, 7.0))
