@@ -1,4 +1,4 @@
-"""A direct line from each embedded worker to the scheduler, for daskgen's own announcements.
+"""A direct line between each embedded worker and the scheduler: announcements and large values.
 
 Why: on daskgen's embedded cluster, a lone yield took ~1.2 ms from the generator to its caller,
 and ~0.6 ms of that was one Dask message from the worker to the scheduler (measured with a bare
@@ -8,6 +8,14 @@ same message over a Unix socket, read by an ``asyncio.Protocol`` on the schedule
 ~0.12 ms. So the embedded cluster's workers send the yield announcements and inline results
 (``daskgen-publish``, ``daskgen-result``) this way; everything else, and any cluster daskgen did
 not start, stays on Dask's streams.
+
+The driver also fetches large values (``FETCH_MIN_BYTES`` and up) for ``get`` this way: the
+scheduler's end asks the holding worker, which sends the value pickled with its buffers out of
+band, and the driver receives each buffer in place and builds the value on it. An 8 MB array
+crosses a local TCP socket in ~3-3.5 ms here and a Unix socket in ~1.3-2 ms; with Dask's
+gather on top, 8 MB yields streamed to the driver went from ~1.1-2.1 to ~2.1-3.4 GB/s. If the
+lane cannot serve a value (not there any more, not picklable, the lane closed), Dask's gather
+fetches it as before.
 
 Each message goes to the same scheduler stream handler Dask would have called, with the sender
 as ``worker``, and only while that worker is still registered (Dask stops reading a removed
