@@ -267,7 +267,8 @@ class _SchedulerEnd(_Frames):
     def _buffer_of_value(self, frame: bytes | memoryview) -> None:
         assert self._receiving is not None
         number, head, count, buffers = self._receiving
-        buffers.append(memoryview(frame))
+        # Writable, as Dask's own buffers are (a small one was cut from the rolling buffer).
+        buffers.append(memoryview(bytearray(frame) if isinstance(frame, bytes) else frame))
         if len(buffers) == count:
             self._receiving = None
             self._settle(number, head, buffers)

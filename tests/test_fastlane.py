@@ -221,6 +221,12 @@ def test_large_values_come_to_the_driver_by_the_lane(dg):
     def odd():
         return _WithLambda(2 << 20)
 
+    @dg.remote
+    def pair_of_arrays():
+        import numpy as np
+
+        return [np.zeros(300_000), np.ones(100)]
+
     before = lane.fetched
     assert np.array_equal(dg.get(big.remote(3), timeout=HANG), np.arange(300_000) * 3.0)
     for i, ref in enumerate(gen.remote(3)):
@@ -228,9 +234,12 @@ def test_large_values_come_to_the_driver_by_the_lane(dg):
         assert value.shape == (500, 600) and value.dtype == np.int64 and (value == i).all()
     both = dg.get([big.remote(1), big.remote(2)], timeout=HANG)
     assert [float(v[1]) for v in both] == [1.0, 2.0]
+    # several buffers, one small: all arrive writable, as through Dask
+    pair = dg.get(pair_of_arrays.remote(), timeout=HANG)
+    assert [a.flags.writeable for a in pair] == [True, True] and float(pair[1][0]) == 1.0
     holder = dg.get(odd.remote(), timeout=HANG)
     assert holder.data == bytes(range(256)) * ((2 << 20) // 256) and holder.f(1) == 2
-    assert lane.fetched == before + 7
+    assert lane.fetched == before + 8
 
 
 def test_large_values_come_by_dask_when_the_lane_is_gone(dg):
