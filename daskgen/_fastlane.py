@@ -352,7 +352,11 @@ def fetch_large(client: Any, keys: list[Any]) -> dict[Any, Any]:
     large = [k for k in keys if dx.scheduler_key_nbytes(scheduler, k) >= FETCH_MIN_BYTES]
     if not large:
         return {}
-    return client.sync(lane.fetch, large)
+    try:
+        return client.sync(lane.fetch, large)
+    except Exception:  # a closing client or loop: Dask's gather reports it properly
+        logger.debug("daskgen: fetching by the lane failed", exc_info=True)
+        return {}
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -514,6 +518,7 @@ class Sender:
                     f"{self.last - lane.acked} unconfirmed message(s) of this generator"
                 )
             lane = self.lane = lane_of(self.worker)
+            self.last = 0  # numbers count on the lane they were sent on
         if lane is None:
             dx.worker_send(self.worker, msg)
         else:

@@ -265,6 +265,18 @@ def test_scheduler_internals_exist(inproc):
     assert dx.scheduler_stream_handler(scheduler, "task-finished") is not None
 
 
+def test_the_fast_lane_finds_the_scheduler_sizes_and_values(inproc):
+    client, scheduler, worker = inproc
+    assert dx.local_scheduler(client) is scheduler
+    big = client.submit(lambda: b"x" * 2_000_000, key="lane-big-value")
+    assert big.result() == b"x" * 2_000_000
+    assert dx.scheduler_key_nbytes(scheduler, big.key) >= 2_000_000
+    assert dx.scheduler_key_nbytes(scheduler, "no-such-key") == 0
+    assert dx.worker_value(worker, big.key) == b"x" * 2_000_000
+    with pytest.raises(KeyError):
+        dx.worker_value(worker, "no-such-key")
+
+
 def test_subprocess_worker_still_exists():
     from distributed.deploy.subprocess import SubprocessWorker
 
