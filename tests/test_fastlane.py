@@ -309,3 +309,29 @@ def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
 
         client.run(close_lane)
         assert np.array_equal(value.result(timeout=HANG), np.full(300_000, 7.0))
+
+
+def test_announcements_larger_than_a_small_frame_cross_the_lane_intact(dg, monkeypatch):
+    # 500 yields of 2 KiB each travel inline in one announcement of ~1 MB: written in pieces by
+    # the worker, received as a large frame by the scheduler's end.
+    from daskgen import _fastlane
+
+    large_frames = []
+    allocate = _fastlane._allocate
+    monkeypatch.setattr(
+        _fastlane, "_allocate", lambda size: large_frames.append(size) or allocate(size)
+    )
+    dg.init(num_cpus=1)
+    lane = _lane(dg)
+
+    @dg.remote(num_returns="dynamic")
+    def blobs(n):
+        for i in range(n):
+            yield bytes([i % 256]) * 2048
+
+    before = sum(end.handled for end in lane.ends)
+    refs = list(dg.get(blobs.remote(1500), timeout=HANG))
+    values = dg.get(refs, timeout=HANG)
+    assert values == [bytes([i % 256]) * 2048 for i in range(1500)]
+    assert sum(end.handled for end in lane.ends) > before
+    assert large_frames  # the scheduler's end received announcements as large frames
