@@ -1,8 +1,9 @@
 """The embedded cluster's fast lane from workers to the scheduler (``daskgen._fastlane``).
 
-Yield announcements and small results travel on it; these tests check that they do, that the
-lane refuses strangers before unpickling anything, and that losing it never loses yields
-silently. daskgen only (the lane is daskgen's transport).
+Yield announcements and small results travel on it, and the driver fetches large values over
+it; these tests check that they do, that the lane refuses strangers before unpickling anything,
+that losing it never loses yields silently, and that a fetch it cannot serve falls back to
+Dask. daskgen only (the lane is daskgen's transport).
 """
 
 from __future__ import annotations
