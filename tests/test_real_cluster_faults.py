@@ -1,7 +1,8 @@
 """Faults on a real cluster (SPEC 4, 5, 7): workers SIGKILLed while they run a generator or while
 they hold its yields, callers that vanish mid-generator, and a scheduler that dies under a ``get``.
 
-Each test gets its own scheduler and two ``--no-nanny`` workers (a killed worker stays dead); the
+Each test gets its own scheduler and two ``--no-nanny`` workers (a killed worker stays dead),
+except one that checks the same on daskgen's embedded cluster (its fast lane); the
 tests that use daskgen in this process begin and end with ``daskgen.shutdown()`` (the others run
 their driver in a subprocess). The generators run in other processes, so they talk
 to the test through files in ``tmp_path``: ``pid-<attempt>`` says which worker to kill, ``paused``
@@ -213,6 +214,30 @@ def test_a_streaming_generator_whose_worker_is_killed_is_rerun_and_every_value_c
     rest = _ia([dg.get(ref, timeout=HANG) for ref in stream], payload)
     _assert_every_index_once_in_order(delivered + rest)
     assert _attempts(markers) == 2
+
+
+@pytest.mark.parametrize("payload", [SMALL, 2 * 1024 * 1024])
+def test_on_the_embedded_cluster_a_killed_streaming_generator_is_rerun_and_every_value_comes_back(
+    monkeypatch, markers, payload
+):
+    # daskgen's own cluster: yields are announced, and values of 1 MiB and more fetched, by the
+    # workers' fast lane rather than Dask's streams. Its nanny restarts the killed worker.
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    daskgen.init(num_cpus=2)
+    try:
+        gen = _pausing_generator(max_retries=1, counts=[N], pause_after=PAUSE, payload=payload)
+        stream = gen.remote(str(markers))
+        delivered = _ia([daskgen.get(next(stream), timeout=HANG) for _ in range(PAUSE)], payload)
+        assert delivered == [(0, 1), (1, 1)]
+        read_marker(markers, "paused")
+        os.kill(int(read_marker(markers, "pid-1")), signal.SIGKILL)
+        (markers / "go").touch()
+        rest = _ia([daskgen.get(ref, timeout=HANG) for ref in stream], payload)
+        _assert_every_index_once_in_order(delivered + rest)
+        assert _attempts(markers) == 2
+    finally:
+        daskgen.shutdown()
 
 
 def _replicate_on_the_other_worker(dg, observer, ref):
