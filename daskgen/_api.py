@@ -105,12 +105,15 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
             if failed is not None:
                 _raise_from_future(failed)
             remote = _take_inline(refs, remote, out)  # small results arrive with completion
-            keys = [refs[i].key for i in remote]
-            fetched = fetch_large(client, keys)  # large values, over the embedded cluster's lane
-            for i, key in zip(remote, keys, strict=True):
-                if key in fetched:
-                    out[i] = unwrap(fetched[key])
-            remote = [i for i, key in zip(remote, keys, strict=True) if key not in fetched]
+            # large values, over the embedded cluster's lane; Dask's gather fetches the rest
+            fetched = fetch_large(client, [refs[i].key for i in remote])
+            rest = []
+            for i in remote:
+                if refs[i].key in fetched:
+                    out[i] = unwrap(fetched[refs[i].key])
+                else:
+                    rest.append(i)
+            remote = rest
             futures = [refs[i]._future for i in remote]
             try:
                 values = (

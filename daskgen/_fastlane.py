@@ -48,11 +48,10 @@ import threading
 import weakref
 from typing import Any
 
-import cloudpickle
 from distributed import SchedulerPlugin, Worker
 
 from . import _dask_internals as dx
-from ._protocol import PUBLISH_OP, RESULT_OP
+from ._protocol import PUBLISH_OP, RESULT_OP, dumps
 
 logger = logging.getLogger("daskgen")
 
@@ -391,11 +390,7 @@ class WorkerLane(_Frames):
         try:
             value = dx.worker_value(self.worker, key)
             buffers: list[pickle.PickleBuffer] = []
-            try:
-                head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-            except Exception:
-                buffers = []
-                head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            head = dumps(value, buffers)
             raw = [buffer.raw() for buffer in buffers]
         except Exception:  # not here (any more), or not picklable: the driver asks Dask
             self._write(_frame(pickle.dumps(("value", number, False, b"", 0))))
@@ -537,12 +532,4 @@ def send_soon(worker: Worker, msg: dict[str, Any]) -> None:
     For messages whose order against the task's completion does not matter (inline results: the
     caller takes whichever comes first).
     """
-
-    def _send() -> None:
-        lane = lane_of(worker)
-        if lane is None:
-            dx.worker_send(worker, msg)
-        else:
-            lane.send(msg)
-
-    worker.loop.add_callback(_send)
+    worker.loop.add_callback(Sender(worker).send, msg)

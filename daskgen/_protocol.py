@@ -14,9 +14,13 @@ The protocol itself (messages, ordering, who holds each key when) is documented 
 from __future__ import annotations
 
 import itertools
+import pickle
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import cloudpickle
 
 PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
@@ -60,6 +64,22 @@ def task_of_yield(key: Key) -> str | None:
         return None
     head, sep, token = key[0].rpartition("-yield-")
     return f"{head}-{token}" if sep else None
+
+
+def dumps(value: Any, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
+    """``value`` pickled (protocol 5), by cloudpickle if plain pickle cannot (lambdas, classes
+    defined in ``__main__`` or a function); raises what cloudpickle raises. Given a list,
+    large buffers go there out of band instead of into the bytes."""
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=_collect(buffers))
+    except Exception:
+        if buffers is not None:
+            buffers.clear()  # what the failed attempt handed out
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=_collect(buffers))
+
+
+def _collect(buffers: list[pickle.PickleBuffer] | None) -> Callable[[Any], Any] | None:
+    return None if buffers is None else buffers.append
 
 
 def put_key() -> str:

@@ -68,18 +68,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import pickle
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 from dask.sizeof import sizeof
 from distributed import Worker
 
 from . import _dask_internals as dx
 from ._fastlane import Sender
-from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, yield_key
+from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, dumps, yield_key
 from .exceptions import RayTaskError
 
 if TYPE_CHECKING:
@@ -192,18 +190,18 @@ class Producer:
             return self._run(args, kwargs)
         finally:
             # Waits for the worker's loop, then for the scheduler to have handled what went by
-            # the fast lane; a worker shutting down never drains, so do not hang.
-            while not self._drained.wait(timeout=0.5):
-                if self._closing():
-                    break
+            # the fast lane.
+            self._wait_unless_closing(self._drained.wait)
             if self._drain_error is not None:
                 raise self._drain_error
-            while not self._sender.settle(timeout=0.5):
-                if self._closing():
-                    break
+            self._wait_unless_closing(self._sender.settle)
 
-    def _closing(self) -> bool:
-        return self.worker.status.name in ("closing", "closing_gracefully", "closed", "failed")
+    def _wait_unless_closing(self, ready: Callable[[float], bool]) -> None:
+        """Poll ``ready(timeout)`` until true; give up once the worker is shutting down (it never
+        drains then), so as not to hang."""
+        while not ready(0.5):
+            if self.worker.status.name in ("closing", "closing_gracefully", "closed", "failed"):
+                return
 
     def _run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
         spec = self.spec
@@ -400,10 +398,7 @@ def inline_bytes(value: Any) -> bytes | None:
     try:
         if sizeof(value) > INLINE_MAX:
             return None
-        blob = pickle.dumps(value, protocol=5)
+        blob = dumps(value)
     except Exception:
-        try:
-            blob = cloudpickle.dumps(value, protocol=5)
-        except Exception:
-            return None  # unpicklable: Dask reports it if someone fetches the value
+        return None  # unpicklable: Dask reports it if someone fetches the value
     return blob if len(blob) <= INLINE_MAX else None
