@@ -11,14 +11,12 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
-import time
 import uuid
 
 import pytest
+from realcluster import HANG, wait_until
 
 pytestmark = pytest.mark.daskgen_only
-
-HANG = 60  # seconds: a generous bound that only catches hangs
 
 
 def _frame(payload: bytes) -> bytes:
@@ -45,14 +43,6 @@ def _on_scheduler_loop(dg, fn):
         fn()
 
     dg.get_client().sync(run)
-
-
-def _until(condition, what):
-    """Poll ``condition`` (a state with no event to wait on) until true, or fail after HANG s."""
-    deadline = time.monotonic() + HANG
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 def _lane_counts(dask_worker):
@@ -155,9 +145,10 @@ def test_a_lost_lane_with_unconfirmed_yields_fails_the_task_instead_of_ending_sh
     # the scheduler stops reading: what the worker sends next stays unconfirmed
     _on_scheduler_loop(dg, lambda: [end.transport.pause_reading() for end in list(lane.ends)])
     Event(name, client=client).set()
-    _until(
+    wait_until(
         lambda: any(c and c[0] > c[1] for c in client.run(_lane_counts).values()),
         "the worker sent yields the scheduler has not confirmed",
+        timeout=HANG,
     )
     _on_scheduler_loop(dg, lambda: [end.transport.abort() for end in list(lane.ends)])
     with pytest.raises(Exception, match="confirmed"):
@@ -173,9 +164,10 @@ def test_a_lane_closed_with_everything_confirmed_falls_back_to_dasks_stream(dg):
     name = f"go-{uuid.uuid4().hex}"
     it = _waiting_generator(dg, name).remote()
     assert dg.get(next(it), timeout=HANG) == 1
-    _until(
+    wait_until(
         lambda: all(c and c[0] == c[1] for c in client.run(_lane_counts).values()),
         "the scheduler confirmed every message",
+        timeout=HANG,
     )
 
     def close_lane(dask_worker):
@@ -256,7 +248,7 @@ def test_large_values_come_by_dask_when_the_lane_is_gone(dg):
         _fastlane.disconnect(dask_worker)
 
     client.run(close_lane)
-    _until(lambda: not lane.ends, "the scheduler saw the lanes close")
+    wait_until(lambda: not lane.ends, "the scheduler saw the lanes close", timeout=HANG)
 
     @dg.remote
     def big():
@@ -301,7 +293,11 @@ def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
     client.run(stop_reading)  # the worker will not see the request
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         value = pool.submit(dg.get, ref, timeout=HANG)
-        _until(lambda: any(end._pending for end in list(lane.ends)), "the request is sent")
+        wait_until(
+            lambda: any(end._pending for end in list(lane.ends)),
+            "the request is sent",
+            timeout=HANG,
+        )
 
         def close_lane(dask_worker):
             from daskgen import _fastlane
