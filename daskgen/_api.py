@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import pickle
 import threading
@@ -16,7 +17,10 @@ from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
 from . import _dask_internals as dx
+from ._cancel import cancel_keys
 from ._fastlane import fetch_large
+from ._interrupt import current_task_cancelled
+from ._interrupt import sync as interruptible_sync
 from ._lifecycle import get_client, in_worker_task
 from ._protocol import ErrorValue, GenOutcome, put_key
 from ._refs import ObjectRef
@@ -65,7 +69,10 @@ def blocking() -> Iterator[None]:
         yield
     finally:
         _thread.seceded = False
-        rejoin()
+        # A task cancel() interrupted is on its way out: it ends outside the pool (as Dask
+        # lets a seceded task do) rather than wait for a thread its own children may hold.
+        if not current_task_cancelled():
+            rejoin()
         worker.loop.add_callback(dx.worker_lend_resources, worker, key, -1)
 
 
@@ -95,6 +102,10 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     ``WorkerCrashedError``. Inside a task, the wait frees the task's thread and CPU.
     """
     timeout = check_timeout(timeout)
+    from ._generators import ObjectRefGenerator
+
+    if isinstance(object_refs, ObjectRefGenerator):
+        return object_refs  # as Ray: the generator is its own value
     refs, single = _as_ref_list(object_refs, "get")
     client = get_client()  # initialises on first use, as Ray's get does, even for []
     out: list[Any] = [None] * len(refs)
@@ -120,7 +131,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
                     client.gather(futures) if len(futures) > 1 else [f.result() for f in futures]
                 )
             except BaseException as exc:
-                raise _translate(exc) from None
+                raise _fresh(_translate(exc)) from None
         for i, value in zip(remote, values, strict=True):
             out[i] = unwrap(value)
     return out[0] if single else out
@@ -162,7 +173,7 @@ def _translate(exc: BaseException) -> BaseException:
             f"had: {exc.msg or exc.reason}"
         )
     if isinstance(exc, (FutureCancelledError, asyncio.CancelledError)):
-        return TaskCancelledError(getattr(exc, "key", None))
+        return TaskCancelledError()  # as Ray says of a task cancelled before it ran
     if isinstance(exc, KilledWorker):
         return WorkerCrashedError(
             f"The worker running the task died and its retries ran out: {exc}"
@@ -177,11 +188,27 @@ def _failed(future: Future) -> bool:
 
 
 def _raise_from_future(future: Future) -> None:
+    if future.status in ("error", "cancelled"):
+        # Never the exception object Dask keeps in the future's state: raising it would hang
+        # this frame (and the future) on its traceback, and so keep the key for ever.
+        raise _fresh(_translate(dx.future_exception(future) or TaskCancelledError())) from None
     try:
         value = future.result()
     except BaseException as exc:
-        raise _translate(exc) from None
+        raise _fresh(_translate(exc)) from None
     unwrap(value)
+
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A new copy of ``exc`` to raise (each ``get`` raises its own, as Ray's does)."""
+    if isinstance(exc, RayTaskError):
+        return exc.as_instanceof_cause()
+    try:
+        copied = copy.copy(exc)
+    except Exception:
+        return exc
+    copied.__traceback__ = None
+    return copied
 
 
 def _wait_refs(
@@ -197,8 +224,7 @@ def _wait_refs(
         return None
     if timeout == 0:
         raise GetTimeoutError(f"Get timed out: {len(pending)} of {len(refs)} not ready.")
-    result = client.sync(_await_refs, pending, timeout, stop_on_error)
-    return result
+    return interruptible_sync(client, _await_refs, pending, timeout, stop_on_error)
 
 
 async def _await_refs(
@@ -347,7 +373,7 @@ def _wait_ready(client: Client, items: list[Any], need: int, timeout: float | No
             for w in waiters:
                 w.cancel()
 
-    client.sync(_all)
+    interruptible_sync(client, _all)
 
 
 def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
@@ -362,7 +388,7 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     from ._generators import ObjectRefGenerator
 
     if isinstance(ref, ObjectRefGenerator):
-        ref._cancel()
+        ref._state.cancel_task(force, recursive)
         return
     if not isinstance(ref, ObjectRef):
         raise TypeError(
@@ -371,8 +397,8 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
         )
     if ref._future.status == "finished":
         return
-    owner = ref._owner
-    if owner is not None and hasattr(owner, "cancel_task"):
-        owner.cancel_task()  # a yield of a generator: cancel the generator task itself
+    state = getattr(ref._owner, "state", None)
+    if state is not None:
+        state.cancel_task(force, recursive)  # a yield of a generator: cancel the generator
         return
-    get_client().cancel([ref._future], force=force, reason="cancelled by daskgen.cancel()")
+    cancel_keys(get_client(), [ref.key], force=force, recursive=recursive)

@@ -139,13 +139,14 @@ def client_send(client: Client, msg: dict[str, Any]) -> None:
     client._send_to_scheduler(msg)
 
 
-def client_desires(client: Client, keys: list[Key]) -> None:
-    """Tell the scheduler this client holds ``keys`` (a ref unpickled in another process).
+def client_desires(client: Client, keys: list[Key], op: str) -> None:
+    """Tell the scheduler this client holds ``keys`` (a ref unpickled in another process), by
+    a message ``op`` on the client's stream with Dask's ``client-desires-keys`` arguments.
 
     Dask no longer registers futures that travel inside task data (dask/distributed #8827);
     without this the receiver's future would never be told the key is in memory.
     """
-    client._send_to_scheduler({"op": "client-desires-keys", "keys": keys, "client": client.id})
+    client._send_to_scheduler({"op": op, "keys": keys, "client": client.id})
 
 
 def client_release(client: Client, keys: list[Key]) -> None:
@@ -379,6 +380,50 @@ def worker_lend_resources(worker: Worker, key: Key, sign: int) -> None:
         return
     for name, amount in ts.resource_restrictions.items():
         worker.state.available_resources[name] += sign * amount
+
+
+def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:
+    """Take thread ``ident``, which runs task ``key``, out of the worker's pool now, as
+    ``secede()`` does from inside: a new thread takes its place, the task stops counting
+    against the worker's threads, and its resources are lent back (``worker_lend_resources``;
+    the thread gives them back as it ends). False if the thread had seceded already (it waits
+    in a ``get``: its slot is free).
+    """
+    from distributed.threadpoolexecutor import threads_lock
+    from distributed.worker_state_machine import SecedeEvent
+
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    executor = worker.executors.get("default")
+    if thread is None or executor is None:
+        return False
+    with threads_lock:
+        if thread not in executor._threads:
+            return False
+        executor._threads.remove(thread)
+        executor._adjust_thread_count()
+    ts = worker.state.tasks.get(key)
+    if ts is not None and (
+        ts.state == "executing" or (ts.state == "cancelled" and ts.previous == "executing")
+    ):
+        worker.handle_stimulus(
+            SecedeEvent(key=key, compute_duration=0.0, stimulus_id=f"daskgen-cancel-{time()}")
+        )
+    worker_lend_resources(worker, key, +1)
+    return True
+
+
+def worker_thread_leaves_pool() -> None:
+    """In a thread :func:`worker_detach_thread` took out of the pool: end once this task
+    returns (a seceded thread would otherwise go on taking work)."""
+    from distributed.threadpoolexecutor import thread_state
+
+    if hasattr(thread_state, "proceed"):
+        thread_state.proceed = False
+
+
+def worker_client(worker: Worker) -> Client:
+    """The worker's own client, from any thread of the worker process."""
+    return worker._get_client()
 
 
 def worker_current_resources(worker: Worker, key: Key) -> dict[str, float]:
@@ -627,6 +672,44 @@ def scheduler_allow_worker_failures(scheduler: Scheduler, key: Key, max_retries:
     if ts is not None:
         allowed = scheduler.allowed_failures
         ts.suspicious = allowed - max_retries if max_retries >= 0 else -(10**9)
+
+
+def scheduler_cancel(scheduler: Scheduler, keys: list[Key], client: str, reason: str) -> None:
+    """Dask's cancel with ``force`` (whoever holds the keys), for the keys someone wants
+    (Dask's ``stimulus_cancel`` asserts that)."""
+    wanted = [k for k in keys if (ts := scheduler.tasks.get(k)) is not None and ts.who_wants]
+    if wanted:
+        scheduler.stimulus_cancel(wanted, client, force=True, reason=reason, msg="")
+
+
+def scheduler_desire(scheduler: Scheduler, keys: list[Key], client: str) -> None:
+    """Dask's ``client-desires-keys``: ``client`` wants the known ``keys`` (and is told at once
+    about those already in memory or erred)."""
+    scheduler.client_desires_keys(keys=keys, client=client)
+
+
+def scheduler_report(scheduler: Scheduler, client: str, msg: dict[str, Any]) -> None:
+    """Queue ``msg`` to one client (no-op if it is gone)."""
+    scheduler.client_send(client, msg)
+
+
+def scheduler_fire_and_forget(scheduler: Scheduler, keys: list[Key]) -> None:
+    """What ``distributed.fire_and_forget`` asks for, done on the scheduler: Dask's own
+    ``fire-and-forget`` client wants ``keys`` until each has run (Dask then releases it)."""
+    scheduler.client_desires_keys(keys=keys, client="fire-and-forget")
+
+
+def scheduler_release_fire_and_forget_soon(scheduler: Scheduler, key: Key) -> None:
+    """After the transition under way (never from inside one): Dask's fire-and-forget client
+    stops wanting ``key`` if it still does, as Dask does when such a task finishes."""
+
+    def release() -> None:
+        ts = scheduler.tasks.get(key)
+        cs = scheduler.clients.get("fire-and-forget")
+        if ts is not None and cs is not None and ts in cs.wants_what:
+            scheduler.client_releases_keys(keys=[key], client="fire-and-forget")
+
+    scheduler.loop.add_callback(release)
 
 
 def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[Key]) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import cloudpickle
 from distributed import Worker, get_worker
+from distributed.comm import get_address_host
 
 from ._fastlane import send_soon
+from ._interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from ._logs import label_for, task_origin
 from ._protocol import RESULT_OP, ErrorValue
 from ._publish import Producer, inline_bytes
-from .exceptions import RayTaskError
+from .exceptions import RayTaskError, TaskCancelledError
 
 logger = logging.getLogger("daskgen")
 
@@ -75,7 +77,7 @@ class Retry:
 def wrap_error(exc: BaseException, name: str) -> RayTaskError:
     """``RayTaskError(Cause)`` with the remote traceback; picklable whatever the cause."""
     worker = _worker_or_none()
-    where = f"pid={os.getpid()}" + (f", worker={worker.address}" if worker is not None else "")
+    where = f"pid={os.getpid()}" + (f", ip={get_address_host(worker.address)}" if worker else "")
     err = RayTaskError.from_exception(exc, name, where)
     try:
         cloudpickle.dumps(err)
@@ -85,7 +87,21 @@ def wrap_error(exc: BaseException, name: str) -> RayTaskError:
         )
         err = RayTaskError.from_exception(stand_in, name, where)
         err.traceback_str = RayTaskError.from_exception(exc, name, where).traceback_str
+    _drop_frames(exc)
     return err
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    """Forget the tracebacks of ``exc`` and its chain, now written into the error's text.
+
+    The error may stay in the worker's memory as the task's value; its frames would keep the
+    task's locals alive with it: values, and refs that keep keys in the cluster.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def _send_inline_result(caller: str, result: Any) -> Any:
@@ -137,17 +153,47 @@ class TaskSpec:
 
     def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
         worker = get_worker()
+        key = worker.get_current_task()
         token = task_origin.set((caller, label_for(self.name, worker.address)))
         try:
             try:
                 args, kwargs = unpack_args(packed, deps)
             except RayTaskError as upstream:  # an argument was an error: pass it down as is
                 return self._fail_all(upstream, caller)
-            if self.mode == "plain":
-                return _send_inline_result(caller, self._call(args, kwargs))
-            return Producer(self, worker, worker.get_current_task(), caller).run(args, kwargs)
+            return self._run_interruptibly(worker, key, caller, args, kwargs)
         finally:
             task_origin.reset(token)
+
+    def _run_interruptibly(
+        self, worker: Worker, key: Any, caller: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run the call, which ``cancel()`` may interrupt (see ``_interrupt``)."""
+        entry = None
+        try:
+            if self.mode == "plain":
+                with running(key) as entry:
+                    result = self._call(args, kwargs)
+                return _send_inline_result(caller, result)
+            # A generator: only its own steps are interruptible, not the publishing between.
+            with running(key, interruptible=False) as entry:
+                return Producer(self, worker, key, caller).run(args, kwargs)
+        except BaseException as exc:
+            if isinstance(exc, TaskCancelledError):  # cancelled before it started
+                return ErrorValue(exc) if self.mode == "plain" else None
+            if was_cancelled(key) and isinstance(exc, (KeyboardInterrupt, ForceCancelled)):
+                # Interrupted by cancel(): fails where it was, as Ray's task does.
+                cancelled = TaskCancelledError(str(key)).with_traceback(exc.__traceback__)
+                if self.mode != "plain":
+                    return None  # its caller ended the stream already (GenState.cancel_task)
+                return ErrorValue(wrap_error(cancelled, self.name))
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # Raised by the user's code: never let it reach Dask, which passes these two
+                # up to the worker's event loop.
+                raise wrap_error(exc, self.name) from None
+            raise
+        finally:
+            if entry is not None:
+                finish_detached(worker, key, entry)
 
     def wrap(self, exc: BaseException) -> RayTaskError:
         return wrap_error(exc, self.name)

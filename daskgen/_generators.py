@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import _dask_internals as dx
-from ._genstate import GenState, _registry
-from ._protocol import GenOutcome
+from ._genstate import GenClaim, GenState, _registry
+from ._interrupt import wakes
+from ._protocol import GenOutcome, key_name
 from ._refs import ObjectRef, bind_ref
-from .exceptions import TaskCancelledError
+from .exceptions import RayTaskError, TaskCancelledError
 
 
 class ObjectRefGenerator:
@@ -21,11 +22,13 @@ class ObjectRefGenerator:
     Refs come in yield order as soon as each yield is stored in the cluster. After the last one,
     ``StopIteration`` (again on every later call). An exception in the generator after k yields
     gives k refs, then one ref that raises it. Dropping the generator releases every ref it has
-    not handed out and stops the producer at its next yield.
+    not handed out; the task runs on to its end, as in Ray, and what it yields meanwhile is
+    freed as it comes (a paused producer is let go). ``cancel(gen)`` stops it.
     """
 
     def __init__(self, state: GenState) -> None:
         self._state = state
+        self._claim = GenClaim(state)  # dropping the generator abandons the call's yields
         self._index = 0
         self._ended = False
 
@@ -46,7 +49,7 @@ class ObjectRefGenerator:
         with st.cond:
             ready = self._is_ready()
         if not ready:
-            with blocking(), st.cond:
+            with blocking(), wakes(st.wake), st.cond:
                 if not st.cond.wait_for(self._is_ready, timeout=timeout_s):
                     from .exceptions import GetTimeoutError
 
@@ -60,7 +63,7 @@ class ObjectRefGenerator:
         if st.cancelled:
             # As in Ray: after cancel(), yields not taken yet are skipped; one ref raises.
             self._ended = True
-            return _error_ref(st, TaskCancelledError(st.task_key))
+            return _error_ref(st, cancelled_error(st.task_key))
         index = self._index
         if st.is_published(index):
             ref = st.take(index)
@@ -89,17 +92,27 @@ class ObjectRefGenerator:
     def completed(self) -> ObjectRef:
         """A ref that resolves (to None) when the task ends; raises only if the task failed as a
         whole (cancelled, worker died)."""
-        return ObjectRef(self._state.task, owner=self._state)
+        return ObjectRef(self._state.task)
 
     def next_ready(self) -> bool:
-        """True when the next yield's ref exists (``next()`` would return it at once)."""
+        """True when ``next()`` would return a ref at once: the next yield's, or the one that
+        raises why the stream ended early (after ``cancel()``, or a failed task)."""
         st = self._state
-        return not self._ended and not st.cancelled and self._index in st.published
+        if self._ended:
+            return False
+        if st.cancelled or self._index in st.published:
+            return True
+        return st.done and st.failure() is not None
 
     def is_finished(self) -> bool:
-        """True when the task has ended and every ref has been taken."""
+        """True when the task has ended and every ref has been taken (after ``cancel()`` or a
+        failed task, the ref that raises why included)."""
         st = self._state
-        return self._ended or (st.done and self._index not in st.published)
+        if self._ended:
+            return True
+        if st.cancelled or not st.done or self._index in st.published:
+            return False
+        return st.failure() is None
 
     def _is_ready(self) -> bool:
         st = self._state
@@ -107,9 +120,6 @@ class ObjectRefGenerator:
 
     async def _wait_ready(self) -> None:
         await asyncio.wrap_future(self._state.ready_future(self._index))
-
-    def _cancel(self) -> None:
-        self._state.cancel_task()
 
     def send(self, value: Any) -> None:
         """Not supported, as in Ray: raises ``NotImplementedError``."""
@@ -144,6 +154,11 @@ class ObjectRefGenerator:
             "A streaming ObjectRefGenerator cannot be passed to another task; pass its refs, or "
             "use num_returns='dynamic' to get a generator object that can travel."
         )
+
+
+def cancelled_error(task_key: str) -> RayTaskError:
+    """What the ref after a cancelled stream raises: Ray's ``RayTaskError(TaskCancelledError)``."""
+    return RayTaskError.from_exception(TaskCancelledError(task_key), key_name(task_key))
 
 
 def _error_ref(state: GenState, failure: BaseException) -> ObjectRef:

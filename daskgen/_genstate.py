@@ -3,9 +3,11 @@ stream handlers that feed it (``_publish`` documents the protocol; ``_generators
 user-facing generators on this).
 
 One :class:`GenState` per generator call lives in the caller's process. It holds the generator
-task's future (dropping the last thing that holds the state releases the task, and the producer
-stops at its next yield) and receives a ``daskgen-yield`` message per published yield, in order,
-before the task's own completion.
+task's future until the task ends, whatever the caller does (Ray runs a dropped generator to its
+end), and receives a ``daskgen-yield`` message per published yield, in order, before the task's
+own completion. What the caller got back (refs, generator) holds a :class:`GenClaim`; when the
+last of those is gone the state is *abandoned*: yields not handed out, and those still to come,
+are released at once.
 
 Who holds each yield key:
 * streaming and dynamic: the state wraps every published key in a ``Future`` at once, so the key
@@ -32,6 +34,12 @@ from ._refs import InlineValue, ObjectRef, bind_ref
 from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
+# Generator calls still running: held here until their task ends, as Ray runs a generator to
+# its end even when the caller drops it (what it yields then is freed at once). A caller
+# process that exits still stops them: its client leaves, and the scheduler releases the task.
+_running: set[GenState] = set()
+# Backpressure index that lets a producer run on unpaused (its consumer is gone).
+NO_CONSUMER = 2**62
 
 
 def on_yield_message(client: Client) -> Callable[..., None]:
@@ -122,6 +130,7 @@ class GenState:
         # Static refs' get waits for the task: an in-task retry may turn a yield into an error.
         self.settle_at_end = settle_at_end
         self.cancelled = False
+        self.abandoned = False  # nobody in this process will take the yields any more
         self.lost: set[int] = set()  # yields lost with a worker, not published again yet
         self.done = False
         self.cond = threading.Condition()
@@ -131,9 +140,33 @@ class GenState:
         _registry[self.task_key] = self
 
     def attach(self, task: Future) -> None:
-        """Hold the task's future (keeps the task running) and watch for its end."""
+        """Hold the task's future (keeps the task running until it ends) and watch for its end."""
         self.task = task
+        _running.add(self)
         dx.on_future_done(self.client, task, _notify_done, weakref.ref(self))
+
+    def abandon(self) -> None:
+        """The caller dropped everything it got from this call (from any thread, e.g. a
+        finaliser): the task runs on, and its yields are freed as they come."""
+        try:
+            dx.on_client_loop(self.client, self._abandon)
+        except Exception:  # the client or its loop is closed: nothing is left to free
+            pass
+
+    def _abandon(self) -> None:
+        with self.cond:
+            self.abandoned = True
+            if self.mode != "static":
+                # The futures held for refs never handed out: dropped, so Dask frees the keys.
+                for index, future in self.published.items():
+                    if future is not None:
+                        self.published[index] = None
+                self._held_cells.clear()
+        if self.backpressure and not self.done:
+            # A paused producer would wait forever for a consumer that is gone.
+            dx.client_send(
+                self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": NO_CONSUMER}
+            )
 
     # -- events, on the client's loop ---------------------------------------------------------
 
@@ -153,6 +186,10 @@ class GenState:
                         cell.blob = inline
                 dx.key_finish(self.client, key)
                 return
+            if self.abandoned and self.mode != "static":
+                self.published[index] = None
+                dx.client_release(self.client, [key])  # nobody here will take it
+                return
             if cell is None:
                 cell = self.cells[index] = InlineValue()
             cell.blob = inline
@@ -170,6 +207,8 @@ class GenState:
             cb()
 
     def on_done(self) -> None:
+        if self.task.status in ("finished", "error", "cancelled"):
+            _running.discard(self)  # (a lost task is re-run: still held)
         with self.cond:
             self.done = True
             callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]
@@ -196,6 +235,7 @@ class GenState:
         if self.task.status in ("lost", "pending"):
             if self.done:  # its result died too, so Dask runs it again: watch the new run
                 self.done = False
+                _running.add(self)
                 dx.on_future_done(self.client, self.task, _notify_done, weakref.ref(self))
             return
         if self.done:
@@ -262,7 +302,7 @@ class GenState:
         cause = dx.future_exception(self.task)
         if cause is None:
             return (
-                TaskCancelledError(self.task_key)
+                TaskCancelledError()
                 if status == "cancelled"
                 else (WorkerCrashedError(f"The task {self.task_key} failed."))
             )
@@ -307,14 +347,21 @@ class GenState:
             return bind_ref(key, self.client, inline=self.cells.get(index))
         return ObjectRef(fut, inline=self.cells.get(index))
 
-    def cancel_task(self) -> None:
+    def cancel_task(self, force: bool = False, recursive: bool = True) -> None:
         if self.task.done():
             return  # nothing left to stop, as in Ray
         with self.cond:
             self.cancelled = True
             self._wake()
         if not self.task.done():
-            self.client.cancel([self.task], reason="cancelled by daskgen.cancel()")
+            from ._cancel import cancel_keys
+
+            cancel_keys(self.client, [self.task_key], force=force, recursive=recursive, revoke=True)
+
+    def wake(self) -> None:
+        """Wake whoever waits on this generator (from any thread), to look again."""
+        with self.cond:
+            self.cond.notify_all()
 
 
 def _notify_done(state_ref: weakref.ref[GenState]) -> None:
@@ -323,14 +370,28 @@ def _notify_done(state_ref: weakref.ref[GenState]) -> None:
         state.on_done()
 
 
+class GenClaim:
+    """Held by everything the caller got back from one generator call (its generator, its
+    refs): once the last of them is gone, nobody here will take the call's yields."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: GenState) -> None:
+        self.state = state
+
+    def __del__(self) -> None:
+        self.state.abandon()
+
+
 def static_refs(state: GenState, n: int) -> list[ObjectRef]:
     """The N refs of a ``num_returns=N`` call, usable before their keys exist.
 
-    Each keeps the state (and so the task) alive. If the task dies or is cancelled before
-    publishing a key, that ref fails with the reason instead of waiting forever.
+    Each keeps the state alive. If the task dies or is cancelled before publishing a key,
+    that ref fails with the reason instead of waiting forever.
     """
     state.n_static = n
+    claim = GenClaim(state)
     return [
-        ObjectRef(dx.light_future(yield_key(state.task_key, i), state.client), owner=state)
+        ObjectRef(dx.light_future(yield_key(state.task_key, i), state.client), owner=claim)
         for i in range(n)
     ]

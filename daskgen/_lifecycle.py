@@ -21,8 +21,8 @@ import distributed
 from distributed import Client, SpecCluster
 
 from . import _dask_internals as dx
-from ._protocol import ACTOR_DIED_OP, RESULT_OP, YIELD_OP
-from ._refs import on_result_message
+from ._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from ._refs import on_lost_message, on_result_message
 from ._scheduler_ext import DaskgenSchedulerPlugin
 
 ADDRESS_ENV = "DASKGEN_ADDRESS"
@@ -158,6 +158,7 @@ def setup_client(client: Client) -> None:
 
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
+    dx.client_add_stream_handler(client, LOST_OP, on_lost_message(client))
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:

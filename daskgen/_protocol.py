@@ -26,8 +26,12 @@ PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
 CONSUMED_OP = "daskgen-consumed"
 RESULT_OP = "daskgen-result"
+DESIRE_OP = "daskgen-desire"  # client -> scheduler: this client holds refs to these keys now
+LOST_OP = "daskgen-lost"  # scheduler -> client: keys it desired will never exist
 # Task annotation: how many times a task may be re-run after its worker died (Ray's max_retries).
 MAX_RETRIES_ANNOTATION = "daskgen_max_retries"
+# Task annotation: run the task even if every ref to it is dropped (Ray's rule for calls).
+FIRE_AND_FORGET_ANNOTATION = "daskgen_fire_and_forget"
 ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or killed here
 ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
 PLUGIN_NAME = "daskgen"
@@ -43,6 +47,11 @@ def new_token() -> str:
     """A 32-hex token: this process's random prefix and a counter (``uuid4`` reads the OS's
     random source each time, which costs more than a whole task submission here)."""
     return f"{_PROCESS_TOKEN}{next(_counter):016x}"
+
+
+def as_key(key: Any) -> Key:
+    """A key as Dask knows it: a tuple key arrives as a list after msgpack."""
+    return tuple(key) if isinstance(key, list) else key
 
 
 def task_key(name: str) -> str:

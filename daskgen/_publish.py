@@ -77,6 +77,7 @@ from distributed import Worker
 
 from . import _dask_internals as dx
 from ._fastlane import Sender
+from ._interrupt import user_code
 from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, dumps, yield_key
 from .exceptions import RayTaskError
 
@@ -234,9 +235,10 @@ class Producer:
         spec = self.spec
         limit = spec.num_returns if spec.mode == "static" else None
         self.yielded = index = 0
-        it = _iterate(spec.fn(*args, **kwargs), spec, self.loop)
+        made = next(user_code(_call_once(spec.fn, args, kwargs)))  # a plain function runs here
+        it = _iterate(made, spec, self.loop)
         try:
-            for value in it:
+            for value in user_code(it):  # cancel() may interrupt each step (_interrupt)
                 if not dx.worker_task_alive(self.worker, self.task):
                     raise _Cancelled
                 if limit is not None and index >= limit:
@@ -343,6 +345,10 @@ class Producer:
 class _Surplus(Exception):
     def __init__(self, total: int) -> None:
         self.total = total
+
+
+def _call_once(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Iterator[Any]:
+    yield fn(*args, **kwargs)
 
 
 def _iterate(result: Any, spec: TaskSpec, loop: Any = None) -> Iterator[Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from distributed import Client, Future
 
 from . import _dask_internals as dx
-from ._protocol import Key, key_name
+from ._protocol import DESIRE_OP, Key, as_key, key_name
 
 _capture = threading.local()
 
@@ -61,8 +61,8 @@ class ObjectRef:
         self, future: Future, owner: Any = None, inline: InlineValue | None = None
     ) -> None:
         self._future = future
-        # Something that must live as long as this ref: the generator state that keeps the
-        # producing task running, or the refs lent to the task that computes this one.
+        # Something that must live as long as this ref: the claim on the generator call that
+        # produces it (``_genstate.GenClaim``).
         self._owner = owner
         self._inline = inline
 
@@ -91,10 +91,10 @@ class ObjectRef:
     def _static_generator_task(self) -> Future | None:
         """The task of the retrying ``num_returns=N`` generator this ref is a yield of (None
         otherwise; also None before the task is submitted, when nothing can be waited for)."""
-        owner = self._owner
-        if not getattr(owner, "settle_at_end", False):
+        state = getattr(self._owner, "state", None)  # a generator call's GenClaim
+        if not getattr(state, "settle_at_end", False):
             return None
-        return getattr(owner, "task", None)
+        return getattr(state, "task", None)
 
     async def _wait_done(self) -> None:
         """On the client's loop: return once :meth:`_is_done` (inline value or Dask's report)."""
@@ -190,17 +190,37 @@ class capture_refs:
 _result_cells: weakref.WeakValueDictionary[Key, InlineValue] = weakref.WeakValueDictionary()
 
 
-def result_ref(future: Future, owner: Any = None) -> ObjectRef:
+def result_ref(future: Future) -> ObjectRef:
     """The ref of a plain task's result, ready to receive the result inline if it is small."""
     cell = _result_cells[future.key] = InlineValue()
-    return ObjectRef(future, owner=owner, inline=cell)
+    return ObjectRef(future, inline=cell)
 
 
 def on_result_message(key: Key, blob: bytes, **_: Any) -> None:
     """The client's handler for ``daskgen-result`` (on its event loop)."""
-    cell = _result_cells.get(tuple(key) if isinstance(key, list) else key)
+    cell = _result_cells.get(as_key(key))
     if cell is not None:
         cell.arrive(blob)
+
+
+def on_lost_message(client: Client) -> Any:
+    """The client's handler for ``daskgen-lost``: refs this process took to keys that will
+    never exist fail, instead of waiting for ever (on the client's loop)."""
+    from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
+
+    kinds = {"lost": ObjectLostError, "failed": WorkerCrashedError}
+
+    def handler(keys: list[Key], kind: str, why: str, **_: Any) -> None:
+        for key in map(as_key, keys):
+            if kind == "cancelled":
+                error: BaseException = TaskCancelledError(
+                    None, f"The value {key!r} will never exist: {why}."
+                )
+            else:
+                error = kinds.get(kind, ObjectLostError)(f"The value {key!r} is gone: {why}.")
+            dx.key_set_error(client, key, error)
+
+    return handler
 
 
 def bind_ref(
@@ -218,7 +238,9 @@ def bind_ref(
     fresh = dx.client_refcount(client, key) == 0
     future = dx.light_future(key, client)
     if fresh:
-        dx.client_desires(client, [key])
+        # Through daskgen's scheduler extension, not Dask's own message: the key may be a
+        # yield that its generator has not published yet (Dask would drop the want).
+        dx.client_desires(client, [key], DESIRE_OP)
     return ObjectRef(future, inline=inline)
 
 

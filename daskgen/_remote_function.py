@@ -13,15 +13,16 @@ from typing import Any
 
 import cloudpickle
 import dask
-from distributed import Client, Future, fire_and_forget
+from distributed import Client, Future
 
 from . import _dask_internals as dx
 from ._executor import Dep, Retry, TaskSpec
 from ._generators import ObjectRefGenerator
-from ._genstate import GenState, static_refs
+from ._genstate import GenClaim, GenState, static_refs
+from ._interrupt import record_child
 from ._lifecycle import get_client, in_worker_task, worker_resources
 from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
-from ._protocol import MAX_RETRIES_ANNOTATION, task_key
+from ._protocol import FIRE_AND_FORGET_ANNOTATION, MAX_RETRIES_ANNOTATION, task_key
 from ._refs import ObjectRef, capture_refs, result_ref
 
 _INFINITE_RETRIES = 1_000_000_000
@@ -199,6 +200,11 @@ def submit_task(
     client = get_client()
     packed, deps, lent = pack_args(spec.name, args, kwargs)
     key = task_key(spec.name)
+    worker = in_worker_task()
+    if worker is not None:
+        parent = dx.worker_current_key(worker)
+        if parent is not None:
+            record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
     futures = (*(r._future for r in deps), *extra_deps)
     call = _Call(client, fn, key, (client.id, packed, *futures), resources, retries, workers)
     call.max_retries = max_retries
@@ -212,21 +218,33 @@ def submit_task(
         state.lent = lent
         if spec.mode == "static":
             refs = static_refs(state, spec.num_returns)
+    # Ray's rule: a call runs whether or not its ref is kept. A plain call (task or actor
+    # method) is Dask's fire-and-forget: the scheduler keeps it until it has run, then frees
+    # its result once no ref remains (see _Call._annotations). A generator call is held by its
+    # GenState until it ends.
+    call.fire_and_forget = spec.mode == "plain"
     future = call.submit(deps)
     if state is not None:
         state.attach(future)
 
     if spec.mode == "plain":
+        if lent:
+            # The refs inside the arguments stay alive until the task has run, even if the
+            # caller drops the call's own ref at once (the task may still read them).
+            dx.on_future_done(client, future, _hold, lent)
         if spec.num_returns == 0:
-            fire_and_forget(future)
             return None
-        return result_ref(future, owner=lent or None)
+        return result_ref(future)
     assert state is not None
     if refs is not None:
         return refs[0] if spec.num_returns == 1 else refs
     if spec.mode == "dynamic":
-        return ObjectRef(future, owner=state)
+        return ObjectRef(future, owner=GenClaim(state))
     return ObjectRefGenerator(state)
+
+
+def _hold(*_: Any) -> None:
+    """A done-callback whose only job is to keep its arguments alive until then."""
 
 
 class _Call:
@@ -250,6 +268,7 @@ class _Call:
         self.retries = retries
         self.workers = workers
         self.max_retries: int | None = None  # re-runs allowed after the worker dies
+        self.fire_and_forget = False  # keep the task running even if every ref is dropped
 
     def submit(self, deps: list[ObjectRef]) -> Future:
         """Submit now and return the task's future, or return a future for it and submit later.
@@ -258,12 +277,13 @@ class _Call:
         soon as yield i exists. Dask cannot depend on a key that does not exist yet, so such a
         submission waits (on the client's loop) for the yield instead of for the generator.
         """
+        states = [(getattr(r._owner, "state", None), r) for r in deps]
         waiting = [
-            (r._owner, int(r.key[1]))
-            for r in deps
-            if isinstance(r._owner, GenState)
-            and r._owner.mode == "static"
-            and not r._owner.is_published(int(r.key[1]))
+            (state, int(r.key[1]))
+            for state, r in states
+            if isinstance(state, GenState)
+            and state.mode == "static"
+            and not state.is_published(int(r.key[1]))
         ]
         if not waiting:
             with self._annotations():
@@ -309,10 +329,19 @@ class _Call:
             )
 
     def _annotations(self) -> Any:
-        """Ray's max_retries for worker deaths, read by the scheduler extension."""
-        if self.max_retries is None:
-            return contextlib.nullcontext()
-        return dask.annotate(**{MAX_RETRIES_ANNOTATION: self.max_retries})
+        """What the scheduler extension reads off the task: Ray's max_retries for worker
+        deaths, and whether the task runs even if every ref to it is dropped.
+
+        The latter is Dask's fire-and-forget, applied by the extension as the graph arrives:
+        ``distributed.fire_and_forget`` is a second message, which can reach the scheduler
+        after a quick task has finished, and then holds its result for ever.
+        """
+        annotations: dict[str, Any] = {}
+        if self.max_retries is not None:
+            annotations[MAX_RETRIES_ANNOTATION] = self.max_retries
+        if self.fire_and_forget:
+            annotations[FIRE_AND_FORGET_ANNOTATION] = True
+        return dask.annotate(**annotations) if annotations else contextlib.nullcontext()
 
 
 def remote(*args: Any, **options: Any) -> Any:

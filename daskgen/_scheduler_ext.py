@@ -8,12 +8,17 @@ Routes it adds to the scheduler's batched-stream handlers (see ``_protocol`` for
   (backpressure).
 * ``daskgen-result`` (from workers): forward a small task result, sent ahead of the task's
   completion, to the caller (so its ``get`` needs no further round trip).
+* ``daskgen-desire`` (from clients): Dask's ``client-desires-keys`` for refs a client took
+  from task data, which also remembers yields not published yet; a key that will never exist
+  is answered with ``daskgen-lost`` {keys, kind, why}.
 * ``daskgen-actor`` (from workers): an actor was created on (or killed from) that worker. When
   a worker holding actors leaves, or an actor is killed, every client gets
   ``daskgen-actor-died`` {actor, reason}.
 
-And two request handlers for named actors: ``daskgen_actor_register`` {name, state} (False if
-the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None).
+And request handlers: for named actors ``daskgen_actor_register`` {name, state} (False if
+the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None); and
+``daskgen_cancel`` {keys, client, reason, processing_too}: Dask's cancel, forced, answering
+which worker was processing each key (the caller then interrupts it there, see ``_cancel``).
 
 A handler that raised would close the sender's whole connection, so both catch everything and log.
 """
@@ -30,11 +35,15 @@ from ._protocol import (
     ACTOR_DIED_OP,
     ACTOR_OP,
     CONSUMED_OP,
+    DESIRE_OP,
+    FIRE_AND_FORGET_ANNOTATION,
+    LOST_OP,
     MAX_RETRIES_ANNOTATION,
     PLUGIN_NAME,
     PUBLISH_OP,
     RESULT_OP,
     YIELD_OP,
+    task_of_yield,
 )
 
 logger = logging.getLogger("daskgen")
@@ -52,6 +61,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Any = None
+        # Yields wanted by clients before their generator published them: key -> clients,
+        # and generator task -> those keys (see on_desire).
+        self.early_wants: dict[Any, set[str]] = {}
+        self.early_by_task: dict[str, set[Any]] = {}
+        # daskgen's fire-and-forget calls that have not run yet (see transition).
+        self.fire_and_forget: set[Any] = set()
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
@@ -61,9 +76,11 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_stream_handler(scheduler, ACTOR_OP, self.on_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
+        dx.scheduler_add_handler(scheduler, "daskgen_cancel", self.cancel)
         dx.scheduler_add_stream_handler(scheduler, PUBLISH_OP, self.on_publish)
         dx.scheduler_add_stream_handler(scheduler, CONSUMED_OP, self.on_consumed)
         dx.scheduler_add_stream_handler(scheduler, RESULT_OP, self.on_result)
+        dx.scheduler_add_stream_handler(scheduler, DESIRE_OP, self.on_desire)
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
@@ -98,6 +115,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_free_on_worker(s, worker, duplicates)
         if fresh:
             dx.scheduler_register_data(s, fresh, worker, caller)
+            if self.early_wants:
+                self._grant_early_wants(task, fresh)
         if announce:
             # Only keys new to the cluster may skip the queue to a caller in this process: no
             # earlier message can concern them (a republished or replaced yield may have one).
@@ -105,6 +124,94 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_send_to_client(
                 s, caller, {"op": YIELD_OP, "task": task, "items": announce}, direct=direct
             )
+
+    # -- refs bound in other processes ---------------------------------------------------------
+
+    def on_desire(self, client: str, keys: list, **_: Any) -> None:
+        """A client took refs to ``keys`` (unpickled them): Dask's ``client-desires-keys``,
+        plus what Dask drops with a warning. A yield its generator has not published yet (a
+        static ref passed on while the generator runs, or a yield being re-published after a
+        worker died) is remembered and granted when it is published; a key that can never
+        come back fails at once for that client, instead of leaving its ``get`` waiting."""
+        try:
+            s = self.scheduler
+            known, lost = [], []
+            for key in map(_as_key, keys):
+                if dx.scheduler_key_state(s, key) is not None:
+                    known.append(key)
+                    continue
+                task = task_of_yield(key)
+                if task is not None and dx.scheduler_key_state(s, task) not in (None, "memory"):
+                    self.early_wants.setdefault(key, set()).add(client)
+                    self.early_by_task.setdefault(task, set()).add(key)
+                else:
+                    lost.append(key)
+            if known:
+                dx.scheduler_desire(s, known, client)
+            if lost:
+                self._tell_lost(client, lost, "lost", "it was freed before this process took it")
+        except Exception:
+            logger.exception("daskgen: failed to register refs of %s", client)
+
+    def _grant_early_wants(self, task: str, fresh: dict[Any, int]) -> None:
+        waiting = self.early_by_task.get(task)
+        for key in fresh:
+            clients = self.early_wants.pop(key, None)
+            if not clients:
+                continue
+            if waiting is not None:
+                waiting.discard(key)
+            for client in clients:
+                if dx.scheduler_has_client(self.scheduler, client):
+                    dx.scheduler_desire(self.scheduler, [key], client)  # reports it in memory
+        if waiting is not None and not waiting:
+            del self.early_by_task[task]
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        """A call ended: Dask's fire-and-forget client lets go of it, even when it erred
+        without running; and a generator with early wants ended, so the yields it did not
+        publish never will be."""
+        if finish not in ("memory", "erred", "forgotten"):
+            return
+        if key in self.fire_and_forget:
+            self.fire_and_forget.discard(key)
+            if finish == "erred":
+                # Dask releases it only on processing -> erred; a task that errs while it
+                # waits (an argument failed) would stay wanted, and its arguments with it.
+                dx.scheduler_release_fire_and_forget_soon(self.scheduler, key)
+        if key in self.early_by_task:
+            self._settle_early_wants(key, finish)
+
+    def _settle_early_wants(self, key: Any, finish: str) -> None:
+        try:
+            why = {
+                "memory": ("lost", "its generator ended without it"),
+                "erred": ("failed", "its generator task failed"),
+                "forgotten": ("cancelled", "its generator task was cancelled"),
+            }[finish]
+            by_client: dict[str, list[Any]] = {}
+            for yield_key in self.early_by_task.pop(key):
+                for client in self.early_wants.pop(yield_key, ()):
+                    by_client.setdefault(client, []).append(yield_key)
+            for client, keys in by_client.items():
+                self._tell_lost(client, keys, *why)
+        except Exception:
+            logger.exception("daskgen: failed to settle the early wants of %s", key)
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        for key in [k for k, clients in self.early_wants.items() if client in clients]:
+            clients = self.early_wants[key]
+            clients.discard(client)
+            if not clients:
+                del self.early_wants[key]
+                waiting = self.early_by_task.get(task_of_yield(key) or "")
+                if waiting is not None:
+                    waiting.discard(key)
+
+    def _tell_lost(self, client: str, keys: list[Any], kind: str, why: str) -> None:
+        if dx.scheduler_has_client(self.scheduler, client):
+            msg = {"op": LOST_OP, "keys": keys, "kind": kind, "why": why}
+            dx.scheduler_report(self.scheduler, client, msg)
 
     def on_result(self, worker: str, caller: str, key: Any, blob: bytes, **_: Any) -> None:
         """A small task result sent ahead of the task's completion: pass it to the caller."""
@@ -115,20 +222,46 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
 
+    def cancel(self, keys: list, client: str, reason: str, processing_too: bool) -> dict[str, list]:
+        """Cancel ``keys`` in Dask (forced), but leave those processing on a worker alone
+        unless ``processing_too``; answer which worker was processing which key."""
+        keys = [_as_key(k) for k in keys]
+        where: dict[str, list] = {}
+        now = []
+        for key in keys:
+            worker = dx.scheduler_processing_on(self.scheduler, key)
+            if worker is not None:
+                where.setdefault(worker, []).append(key)
+            if worker is None or processing_too:
+                now.append(key)
+        dx.scheduler_cancel(self.scheduler, now, client, reason)
+        return where
+
     # -- retries after a worker death -----------------------------------------------------------
 
     def update_graph(self, scheduler: Any, *, annotations: Any = None, **kwargs: Any) -> None:
-        """Give each task Ray's ``max_retries`` for worker deaths, through Dask's own counter.
+        """Give each task Ray's ``max_retries`` for worker deaths, through Dask's own counter,
+        and make calls fire-and-forget (Dask's own mechanism) as their graph arrives.
 
         Dask re-runs a task whose worker died until it has lost ``allowed-failures`` workers
         (then ``KilledWorker``, which ``get`` raises as ``WorkerCrashedError``); starting the
         task's count higher or lower makes that limit the task's own.
         """
+        annotations = annotations or {}
         try:
-            for key, max_retries in ((annotations or {}).get(MAX_RETRIES_ANNOTATION) or {}).items():
+            for key, max_retries in (annotations.get(MAX_RETRIES_ANNOTATION) or {}).items():
                 dx.scheduler_allow_worker_failures(scheduler, _as_key(key), max_retries)
         except Exception:
             logger.exception("daskgen: failed to apply max_retries")
+        try:
+            keep = annotations.get(FIRE_AND_FORGET_ANNOTATION)
+            if keep:
+                # Before the graph's transitions run: the task cannot have finished yet.
+                keys = [_as_key(k) for k in keep]
+                dx.scheduler_fire_and_forget(scheduler, keys)
+                self.fire_and_forget.update(keys)
+        except Exception:
+            logger.exception("daskgen: failed to keep calls running")
 
     # -- actors ---------------------------------------------------------------------------------
 

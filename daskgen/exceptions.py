@@ -16,6 +16,8 @@ Code written for Ray catches ``ray.exceptions.X``; after ``import daskgen as ray
 
 from __future__ import annotations
 
+import os
+import sys
 import traceback
 from typing import Any
 
@@ -57,11 +59,12 @@ class RayTaskError(RayError):
         self.cause = cause
         self.proctitle = proctitle
         # Exception.__init__ is bypassed on purpose: the cause's class may take other arguments.
-        self.args = (function_name, traceback_str, cause, proctitle)
+        self.args = (cause,)  # as Ray's
 
     def __str__(self) -> str:
+        # Ray's shape: "ray::f() (pid=..., ip=...)", then the remote traceback.
         where = f" ({self.proctitle})" if self.proctitle else ""
-        return f"{self.function_name}(){where} failed:\n{self.traceback_str.rstrip()}"
+        return f"ray::{self.function_name}(){where}\n{self.traceback_str.rstrip()}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_task_error, (
@@ -71,6 +74,13 @@ class RayTaskError(RayError):
             self.proctitle,
         )
 
+    def as_instanceof_cause(self) -> RayTaskError:
+        """A new copy of this error that is an instance of ``RayTaskError(CauseClass)`` too
+        (what ``get`` raises already is one; Ray code calls this on the errors it catches)."""
+        return as_instanceof_cause(
+            self.function_name, self.traceback_str, self.cause, self.proctitle
+        )
+
     @classmethod
     def from_exception(
         cls, exc: BaseException, function_name: str, proctitle: str = ""
@@ -78,8 +88,35 @@ class RayTaskError(RayError):
         """Wrap ``exc`` raised by ``function_name``, unless it already is a task error."""
         if isinstance(exc, RayTaskError):
             return exc  # a nested failure keeps its original cause: never wrapped twice
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return as_instanceof_cause(function_name, tb, exc, proctitle)
+        return as_instanceof_cause(function_name, user_traceback(exc), exc, proctitle)
+
+
+# Frames of these packages are the machinery around the user's code: not shown (as Ray shows
+# only the user's frames under its "ray::f()" line).
+_MACHINERY = tuple(
+    os.path.dirname(module.__file__ or "") + os.sep for module in (sys.modules[__package__],)
+)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Ray shows it: the user's frames, then the exception line."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(_MACHINERY + _dask_dirs())
+    ]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _dask_dirs() -> tuple[str, ...]:
+    out = []
+    for name in ("distributed", "dask"):
+        module = sys.modules.get(name)
+        if module is not None and module.__file__:
+            out.append(os.path.dirname(module.__file__) + os.sep)
+    return tuple(out)
 
 
 _dual_classes: dict[type, type[RayTaskError]] = {}
@@ -127,14 +164,24 @@ class GetTimeoutError(RayError, TimeoutError):
 
 
 class TaskCancelledError(RayError):
-    """The task was cancelled with ``cancel()`` before it produced this value."""
+    """The task was cancelled with ``cancel()`` before it produced this value.
 
-    def __init__(self, task_id: str | None = None, message: str | None = None) -> None:
+    As Ray's: a pending (or force-cancelled) task's error says nothing more; a running task
+    that ``cancel()`` interrupted fails with ``RayTaskError(TaskCancelledError)``, whose cause
+    reads ``Task: <key> was cancelled.``.
+    """
+
+    def __init__(self, task_id: str | None = None, error_message: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(message or f"Task {task_id} was cancelled.")
+        self.error_message = error_message
+        super().__init__(*(a for a in (task_id, error_message) if a is not None))
+
+    def __str__(self) -> str:
+        msg = f"Task: {self.task_id} was cancelled. " if self.task_id else ""
+        return msg + (self.error_message or "")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.task_id, str(self))
+        return type(self), (self.task_id, self.error_message)
 
 
 class WorkerCrashedError(RayError):

@@ -130,11 +130,12 @@ def get_on_a_list_holding_an_int(ray):
     ray.get([ray.put(1), 42], timeout=HANG)
 
 
-def get_on_a_streaming_generator(ray):
+def get_on_a_list_holding_a_streaming_generator(ray):
+    # (get of the generator itself returns it, as in Ray: tests/parity/test_call_semantics.py)
     def gen():
         yield 1
 
-    ray.get(ray.remote(gen).remote(), timeout=HANG)
+    ray.get([ray.remote(gen).remote()], timeout=HANG)
 
 
 def get_with_a_negative_timeout(ray):
@@ -229,7 +230,7 @@ CASES = [
     (calling_a_remote_function_directly, Raises(TypeError, r"cannot be called directly.*remote")),
     (get_on_an_int, Raises(NOT_A_REF, r"ObjectRef")),
     (get_on_a_list_holding_an_int, Raises(NOT_A_REF, r"\b42\b.*not an ObjectRef")),
-    (get_on_a_streaming_generator, Raises(NOT_A_REF, r"ObjectRefGenerator")),
+    (get_on_a_list_holding_a_streaming_generator, Raises(NOT_A_REF, r"ObjectRefGenerator")),
     (get_with_a_negative_timeout, Raises(ValueError, r"timeout.*-1")),
     (get_with_a_nan_timeout, Raises(ValueError, r"timeout.*nan")),
     (get_with_a_string_timeout, Raises(TypeError, r"timeout.*'1'")),

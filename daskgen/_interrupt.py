@@ -1,0 +1,273 @@
+"""Stopping a running task, as Ray's ``cancel()`` does: the worker half (runs in worker processes).
+
+Dask's ``cancel`` forgets a task but cannot stop a thread that runs it: the thread goes on, and
+holds its worker slot until it returns (later tasks starve). Ray raises ``KeyboardInterrupt``
+inside the task instead, and with ``force=True`` ends the worker process. daskgen does:
+
+* While a daskgen task runs the user's code, its thread is registered here (:func:`running`).
+* ``cancel(ref)`` first cancels the task in Dask (a pending task then never runs), then runs
+  :func:`interrupt` on the worker that was running it (``Client.run``), which raises
+  ``KeyboardInterrupt`` in that thread (``PyThreadState_SetAsyncExc``: at its next Python
+  bytecode, so its ``finally`` blocks run). The task then ends as cancelled and its thread is
+  free. A task the interrupt reaches before it started is remembered, and stops as it starts.
+* ``force=True`` also takes the thread out of the worker's pool at once (as ``secede`` does),
+  so its slot and CPU serve the next task, and raises :class:`ForceCancelled` in it again every
+  ``FORCE_REPEAT_S`` until it ends: catching ``KeyboardInterrupt`` or ``Exception`` does not
+  keep it alive. A thread blocked in C code (``time.sleep``, a socket) stops when that call
+  returns. The worker process is never killed, so no other task's data is lost; Ray's way
+  (ending the process) would lose every value that worker holds.
+* ``recursive=True``: the tasks a cancelled task submitted are cancelled the same way.
+
+Only the user's code is interruptible: the exception never lands in daskgen's or Dask's own
+bookkeeping around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from . import _dask_internals as dx
+from ._protocol import Key
+
+logger = logging.getLogger("daskgen")
+
+FORCE_REPEAT_S = 0.05  # how often a force-cancelled thread gets the exception again
+STUCK_WARNING_S = 10.0  # warn once if a force-cancelled thread is still alive after this
+_TOMBSTONES = 10_000  # cancelled keys remembered, for tasks the interrupt reached too early
+
+
+class ForceCancelled(BaseException):
+    """Raised, repeatedly, in a task cancelled with ``force=True`` (not a ``KeyboardInterrupt``
+    or an ``Exception``, so the usual ``except`` clauses do not swallow it)."""
+
+
+class _Running:
+    __slots__ = ("ident", "interruptible", "cancelled", "forced", "detached", "since", "wakers")
+
+    def __init__(self, ident: int, interruptible: bool) -> None:
+        self.ident = ident
+        self.interruptible = interruptible  # in the user's code now (see user_code)
+        self.cancelled = False
+        self.forced = False
+        self.detached = False
+        self.since = 0.0
+        # How to wake the thread from a daskgen wait (a get, a next) so that the exception
+        # lands now, not when the wait would have ended.
+        self.wakers: list[Callable[[], None]] = []
+
+
+_lock = threading.Lock()
+_current = threading.local()  # .entry: the _Running of the task this thread runs
+_running: dict[Key, _Running] = {}
+_tombstones: collections.OrderedDict[Key, None] = collections.OrderedDict()
+_children: dict[Key, list[Key]] = {}  # task -> tasks it submitted (for recursive=True)
+
+
+def was_cancelled(key: Key) -> bool:
+    """Whether an interrupt for ``key`` reached this process (before or while it ran)."""
+    with _lock:
+        return key in _tombstones
+
+
+@contextlib.contextmanager
+def running(key: Key, interruptible: bool = True) -> Iterator[_Running]:
+    """Around a task in its thread: the exception lands only while ``entry.interruptible``
+    (the whole block by default; a generator task marks its steps with :func:`user_code`).
+
+    Raises ``TaskCancelledError`` at once if the task was cancelled before it started.
+    """
+    from .exceptions import TaskCancelledError
+
+    entry = _Running(threading.get_ident(), interruptible)
+    with _lock:
+        if key in _tombstones:
+            raise TaskCancelledError()  # cancelled before it started: it never runs
+        _running[key] = entry
+    outer = getattr(_current, "entry", None)
+    _current.entry = entry
+    try:
+        yield entry
+    finally:
+        _current.entry = outer
+        with _lock:
+            if _running.get(key) is entry:
+                del _running[key]
+            if entry.cancelled:
+                _set_async_exc(entry.ident, None)  # one sent just now must not land later
+            _children.pop(key, None)
+
+
+def user_code(steps: Iterator[Any]) -> Iterator[Any]:
+    """``steps`` (a generator's values), each step interruptible, the code between not.
+
+    Without a running task in this thread, ``steps`` as they are. A cancel that comes while
+    daskgen publishes a value stops the generator as it takes its next step.
+    """
+    entry = getattr(_current, "entry", None)
+    if entry is None:
+        yield from steps
+        return
+    while True:
+        entry.interruptible = True
+        try:
+            if entry.cancelled:
+                raise KeyboardInterrupt
+            box = [next(steps)]
+        except StopIteration:
+            _leave_user_code(entry)
+            return
+        except BaseException:
+            _leave_user_code(entry)
+            raise
+        _leave_user_code(entry)
+        # Emptied as it is handed over: this frame, paused here, must not keep the value
+        # alive (the generator never holds past values).
+        yield box.pop()
+
+
+def _leave_user_code(entry: _Running) -> None:
+    with _lock:
+        entry.interruptible = False
+        if not entry.cancelled:
+            return
+        _set_async_exc(entry.ident, None)  # not in daskgen's code: raised here instead
+    raise ForceCancelled if entry.forced else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def wakes(waker: Callable[[], None]) -> Iterator[None]:
+    """Around a blocking daskgen wait in a task's thread: an interrupt calls ``waker`` (from
+    another thread) so that the wait returns and the exception lands at once."""
+    entry = getattr(_current, "entry", None)
+    if entry is None:
+        yield
+        return
+    entry.wakers.append(waker)
+    try:
+        if entry.cancelled:
+            waker()  # the interrupt came before the waker was there
+        yield
+    finally:
+        entry.wakers.remove(waker)
+
+
+def sync(client: Any, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``client.sync(fn, *args)``, cut short by an interrupt of the task this thread runs
+    (Dask's ``sync`` checks only every 10 s whether its waiting thread should go on)."""
+    if getattr(_current, "entry", None) is None:
+        return client.sync(fn, *args)
+    loop = client.loop
+    started: list[asyncio.Task[Any]] = []
+
+    async def run() -> Any:
+        started.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await fn(*args)
+
+    def wake() -> None:
+        loop.add_callback(lambda: [task.cancel() for task in started])
+
+    with wakes(wake):
+        return client.sync(run)
+
+
+def current_task_cancelled() -> bool:
+    """Whether the task this thread runs was interrupted by ``cancel()``."""
+    entry = getattr(_current, "entry", None)
+    return entry is not None and entry.cancelled
+
+
+def record_child(parent: Key, child: Key) -> None:
+    """``child`` was submitted from task ``parent`` (cancelled with it when recursive)."""
+    with _lock:
+        if parent in _running:
+            _children.setdefault(parent, []).append(child)
+
+
+def interrupt_all(
+    keys: list[Key], force: bool, recursive: bool, dask_worker: Any = None
+) -> list[bool]:
+    """Run by ``Client.run`` on the worker's loop: :func:`interrupt` each key."""
+    return [interrupt(key, force, recursive, dask_worker) for key in keys]
+
+
+def interrupt(key: Key, force: bool, recursive: bool, dask_worker: Any = None) -> bool:
+    """On the worker's loop: stop task ``key`` if it runs here; remember it if not (yet).
+
+    Returns whether it was running here.
+    """
+    with _lock:
+        _tombstones[key] = None
+        if len(_tombstones) > _TOMBSTONES:
+            _tombstones.popitem(last=False)
+        entry = _running.get(key)
+        children = _children.pop(key, []) if recursive else []
+        if entry is not None:
+            entry.cancelled = True
+            entry.forced = entry.forced or force
+            if entry.interruptible:
+                _set_async_exc(entry.ident, ForceCancelled if force else KeyboardInterrupt)
+            wakers = list(entry.wakers)
+    if entry is not None:
+        for waker in wakers:
+            waker()
+    if children and dask_worker is not None:
+        # Not on this loop: cancelling waits for the scheduler, which this loop also serves.
+        threading.Thread(
+            target=_cancel_children, args=(dask_worker, children, force), daemon=True
+        ).start()
+    if entry is None or not force or dask_worker is None:
+        return entry is not None
+    if not entry.detached:
+        entry.detached = dx.worker_detach_thread(dask_worker, key, entry.ident)
+    entry.since = dask_worker.loop.time()
+    dask_worker.loop.call_later(FORCE_REPEAT_S, _repeat, dask_worker, key, entry)
+    return True
+
+
+def _repeat(worker: Any, key: Key, entry: _Running) -> None:
+    with _lock:
+        if _running.get(key) is not entry:
+            return  # it ended
+        if entry.interruptible:
+            _set_async_exc(entry.ident, ForceCancelled)
+    if entry.since and worker.loop.time() - entry.since > STUCK_WARNING_S:
+        entry.since = 0.0  # warn once
+        logger.warning(
+            "daskgen: task %s was cancelled with force=True %.0f s ago and its thread still "
+            "runs (blocked in C code, or catching every exception). Its worker slot is free; "
+            "the thread stops at its next Python instruction.",
+            key,
+            STUCK_WARNING_S,
+        )
+    worker.loop.call_later(FORCE_REPEAT_S, _repeat, worker, key, entry)
+
+
+def finish_detached(worker: Any, key: Key, entry: _Running) -> None:
+    """In a force-cancelled task's thread, as it ends: leave the pool for good and give the
+    task's resources back to Dask's own accounting (see ``dx.worker_detach_thread``)."""
+    if entry.detached:
+        dx.worker_thread_leaves_pool()
+        worker.loop.add_callback(dx.worker_lend_resources, worker, key, -1)
+
+
+def _cancel_children(worker: Any, children: list[Key], force: bool) -> None:
+    from ._cancel import cancel_keys
+
+    try:
+        cancel_keys(dx.worker_client(worker), children, force=force, recursive=True)
+    except Exception:
+        logger.warning("daskgen: could not cancel the tasks %s submitted", children, exc_info=True)
+
+
+def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in thread ``ident`` at its next bytecode (None: withdraw a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
