@@ -1,55 +1,312 @@
-"""The worker half of actors: the live instance, its executor, and what runs for each call.
+"""The worker half of actors: live instances, their executors, and the connections callers send
+calls on. Runs in the worker process that hosts the actors (``_actor_channel`` is the caller's
+half; ``_actors`` the API).
 
-See ``_actors`` for how actors are placed and why. Here: an :class:`ActorHost` holds one actor's
-instance in this worker process with its own executor (``max_concurrency`` threads, or an event
-loop for async actors); :class:`ActorCall` is the Dask task of one method call, which leaves the
-worker's thread pool while the host runs the method in call order.
+How a call travels
+------------------
+* Each caller process opens one connection to each worker hosting its actors, to the
+  ``daskgen_actor_stream`` handler :func:`install` registers on the worker (Dask's comm layer),
+  and sends batches of messages on it (``BatchedSend``):
+
+  - ``call`` {actor, key, method, packed, deps, mode, n, backpressure}: run a method;
+  - ``cancel`` {key}; ``release`` {keys}: results the caller dropped before passing them on;
+    ``promote`` {keys}: results the caller passes on (see below); ``consumed`` {key, index}:
+    backpressure of a generator method.
+
+* Calls of one actor start in the order they arrived (a FIFO per actor; a call whose arguments
+  are not ready holds back the calls after it, as in Ray). No timed wait is involved: a call that
+  is cancelled or whose arguments failed simply leaves the FIFO.
+* A plain call's result (or error) is stored in this worker's memory under the call's key, the
+  very object (no copy), and:
+
+  - if it pickles to at most 64 KiB, sent back inline on the connection (``result`` {key,
+    blob}); the scheduler does not know the key. When the caller passes the ref on (to a task,
+    or out of its process) it asks for it to be **promoted**: the value is then published as
+    generators publish their yields (``_publish``), a real key held by the caller. When the
+    caller drops it unpromoted, ``release`` frees it here;
+  - larger, it is published at once (the caller fetches it through Dask, from this worker).
+
+* A generator method publishes its yields as a generator task does, then its own outcome under
+  the call's key, on the same ordered path: the caller sees the end after every yield.
+* A caller whose connection closes frees the results it never promoted; a worker that leaves
+  takes its actors with it (the scheduler extension tells every client, see ``_actors``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 import inspect
+import logging
+import pickle
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+from dask.sizeof import sizeof
 from distributed import get_worker
+from distributed.batched import BatchedSend
+from distributed.comm import CommClosedError
 
 from . import _dask_internals as dx
-from ._api import blocking
 from ._context import current_actor, current_call
-from ._executor import Retry, TaskSpec, _send_inline_result, unpack_args
+from ._executor import Retry, TaskSpec, unpack_args, wrap_error
+from ._fastlane import Sender
 from ._logs import label_for, task_origin
-from ._protocol import ACTOR_OP, Key
-from ._publish import Producer
-from .exceptions import ActorDiedError, RayTaskError
+from ._protocol import (
+    ACTOR_OP,
+    ACTOR_STREAM_OP,
+    OUTCOME_INDEX,
+    PUBLISH_OP,
+    ErrorValue,
+    Key,
+    as_key,
+)
+from ._publish import Producer, _producers, inline_bytes
+from .exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
 
-CREATION_WAIT_S = 60.0  # how long a call waits on the worker for its actor to be created
+logger = logging.getLogger("daskgen")
+
+REPLY_INTERVAL = 0.001  # s: batching of replies to a caller (daskgen's own connection)
 
 _hosts: dict[str, ActorHost] = {}
-_killed: set[str] = set()
-_hosts_cond = threading.Condition()
+_dead: dict[str, str] = {}  # actor id -> why it is gone (killed, its constructor failed)
+_waiting: dict[str, list[HostedCall]] = {}  # calls that came before their actor was created
+_calls: dict[Key, HostedCall] = {}  # calls not finished yet, for cancel
+
+
+# ----------------------------------------------------------------------------- the connection
+
+
+def install(dask_worker: Any) -> bool:
+    """Register the actor-stream handler on the worker (on its loop; idempotent). Run by the
+    creation task, and by ``Client.run`` from a caller before it connects."""
+    if not dx.worker_has_handler(dask_worker, ACTOR_STREAM_OP):
+        dx.worker_add_handler(dask_worker, ACTOR_STREAM_OP, _Server(dask_worker).serve)
+    return True
+
+
+class _Server:
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    async def serve(self, comm: Any, client: str, **_: Any) -> None:
+        """One caller process's connection: read its batches until it closes."""
+        stream = CallerStream(comm, client, self.worker)
+        try:
+            while True:
+                batch = await comm.read()
+                for msg in batch:
+                    stream.handle(msg)
+        except (CommClosedError, OSError):
+            pass
+        finally:
+            stream.closed()
+
+
+class CallerStream:
+    """One caller process, as this worker sees it (on the worker's loop)."""
+
+    def __init__(self, comm: Any, client: str, worker: Any) -> None:
+        self.client = client
+        self.worker = worker
+        self.replies = BatchedSend(interval=REPLY_INTERVAL)
+        self.replies.start(comm)
+        self.held: set[Key] = set()  # results stored here, not promoted, not released
+        self.open = True
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        try:
+            if op == "call":
+                self._call(msg)
+            elif op == "cancel":
+                call = _calls.get(as_key(msg["key"]))
+                if call is not None:
+                    call.host.cancel(call)
+            elif op == "release":
+                self._release([as_key(k) for k in msg["keys"]])
+            elif op == "promote":
+                self._promote([as_key(k) for k in msg["keys"]])
+            elif op == "ready":
+                call = _calls.get(as_key(msg["key"]))
+                if call is not None:
+                    call.host.ready(call, pickle.loads(msg["error"]) if msg["error"] else None)
+            elif op == "consumed":
+                producer = _producers.get(as_key(msg["key"]))
+                if producer is not None:
+                    producer.on_consumed(msg["index"])
+            else:
+                logger.warning("daskgen: unknown actor message %r from %s", op, self.client)
+        except Exception:  # one bad message must not close the caller's connection
+            logger.exception("daskgen: failed to handle actor message %r", op)
+
+    def _call(self, msg: dict[str, Any]) -> None:
+        call = HostedCall(self, msg)
+        host = _hosts.get(call.actor)
+        if host is not None:
+            _calls[call.key] = call
+            host.enqueue(call)
+        elif call.actor in _dead:
+            self.reply_error(call, ActorDiedError(died_message(call.actor, _dead[call.actor])))
+        else:  # its creation task has not run here yet
+            _calls[call.key] = call
+            _waiting.setdefault(call.actor, []).append(call)
+
+    def _release(self, keys: list[Key]) -> None:
+        stored = []
+        for key in keys:
+            if key in self.held:
+                self.held.discard(key)
+                stored.append(key)
+            else:
+                call = _calls.get(key)
+                if call is not None:
+                    call.wanted = False  # not finished yet: its result is not kept
+        if stored:
+            dx.worker_forget(self.worker, stored)
+
+    def _promote(self, keys: list[Key]) -> None:
+        for key in keys:
+            if key in self.held:
+                self.held.discard(key)
+                publish_value(self.worker, self.client, key, dx.worker_value(self.worker, key))
+            else:
+                call = _calls.get(key)
+                if call is not None:
+                    call.promote = True  # published as it finishes
+                else:
+                    logger.warning("daskgen: cannot promote %r: not held here", key)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.open:
+            try:
+                self.replies.send(msg)
+            except CommClosedError:
+                self.open = False
+
+    def reply_error(self, call: HostedCall, error: BaseException) -> None:
+        """Fail a call without storing anything (the caller's ref raises ``error``)."""
+        _calls.pop(call.key, None)
+        call.state = "done"
+        call.finished.set()
+        if call.mode == "plain":
+            self.send({"op": "result", "key": call.key, "blob": inline_bytes(ErrorValue(error))})
+        else:
+            self.send({"op": "failed", "key": call.key, "blob": inline_bytes(error)})
+
+    def closed(self) -> None:
+        """The caller is gone: free the results it never promoted."""
+        self.open = False
+        if self.held:
+            dx.worker_forget(self.worker, list(self.held))
+            self.held.clear()
+        for call in [c for c in _calls.values() if c.stream is self]:
+            call.wanted = False
+            if call.held_back is not None:  # "ready" will never come
+                call.error = ErrorValue(ActorDiedError("its caller left"))
+                call.held_back.set()
+        for calls in _waiting.values():
+            calls[:] = [c for c in calls if c.stream is not self]
+        self.replies.abort()
+
+
+def publish_value(
+    worker: Any, caller: str, key: Key, value: Any, blob: bytes | None = None
+) -> None:
+    """Make ``key`` (stored here) a real cluster key held by ``caller``, as yields are: the
+    scheduler registers it and tells the caller (with the value inline if ``blob``)."""
+    item = (key, OUTCOME_INDEX, sizeof(value), blob, False)
+    Sender(worker).send({"op": PUBLISH_OP, "task": key, "caller": caller, "items": [item]})
+
+
+class HostedCall:
+    """One method call on its way through the host."""
+
+    __slots__ = (
+        "stream",
+        "host",
+        "actor",
+        "key",
+        "method",
+        "name",
+        "packed",
+        "deps",
+        "values",
+        "mode",
+        "num_returns",
+        "backpressure",
+        "state",
+        "future",
+        "cancelled",
+        "wanted",
+        "promote",
+        "producer",
+        "held_back",
+        "error",
+        "finished",
+    )
+
+    def __init__(self, stream: CallerStream, msg: dict[str, Any]) -> None:
+        self.stream = stream
+        self.host: ActorHost = None  # type: ignore[assignment]  # set by ActorHost.enqueue
+        self.actor: str = msg["actor"]
+        self.key: Key = as_key(msg["key"])
+        self.method: str = msg["method"]
+        self.name: str = msg["name"]
+        self.packed: bytes | None = msg["packed"]
+        self.deps: list[Key] = [as_key(k) for k in msg.get("deps") or ()]
+        self.values: tuple[Any, ...] = ()
+        self.mode: str = msg["mode"]
+        self.num_returns: int = msg["n"]
+        self.backpressure: int | None = msg.get("backpressure")
+        self.state = "queued"  # -> "submitted" -> "running" -> "done"
+        self.future: Any = None  # the executor's future, or the asyncio task's
+        self.cancelled = False
+        self.wanted = True  # the caller still holds the ref
+        self.promote = False  # publish the result as it finishes
+        self.producer: Producer | None = None
+        # Set while the caller makes the refs passed to it real keys ("ready" then releases
+        # it, and the calls behind it).
+        self.held_back: asyncio.Event | None = asyncio.Event() if msg.get("wait") else None
+        self.error: ErrorValue | None = None
+        self.finished = asyncio.Event()  # set once its result is stored here
+
+    def alive(self) -> bool:
+        return not self.cancelled and self.stream.open
+
+
+# ------------------------------------------------------------------------------------ the host
 
 
 class ActorHost:
-    """The live instance of one actor in this worker, and the executor that runs its calls."""
+    """The live instance of one actor in this worker, and what runs its calls."""
 
     def __init__(
-        self, instance: Any, max_concurrency: int, is_async: bool, ctx: contextvars.Context
+        self,
+        actor_id: str,
+        instance: Any,
+        max_concurrency: int,
+        is_async: bool,
+        ctx: contextvars.Context,
+        worker: Any,
     ) -> None:
+        self.actor_id = actor_id
         self.instance = instance
         self.is_async = is_async
-        self.cond = threading.Condition()
-        self.next_seq: dict[str, int] = {}
+        self.worker = worker
+        self.queue: collections.deque[HostedCall] = collections.deque()
+        self._dispatching = False
+        self._done: list[tuple[HostedCall, Any, bytes | None]] = []
+        self._done_lock = threading.Lock()
         # ``ctx`` (the worker's context, plus the actor id) makes get_worker() and
         # get_runtime_context() work in the actor's own threads.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.generators: concurrent.futures.ThreadPoolExecutor | None = None
         if is_async:
             self.loop = asyncio.new_event_loop()
             self.semaphore = asyncio.Semaphore(max_concurrency)
@@ -57,66 +314,285 @@ class ActorHost:
                 target=ctx.run, args=(self.loop.run_forever,), daemon=True, name="daskgen-actor"
             )
             self.thread.start()
+            # Threads that drive async generator methods (each step runs on the loop).
+            self.generators = concurrent.futures.ThreadPoolExecutor(
+                max_concurrency, "daskgen-actor-gen", _enter_context, (ctx,)
+            )
         else:
             self.executor = concurrent.futures.ThreadPoolExecutor(
-                max_concurrency,
-                thread_name_prefix="daskgen-actor",
-                initializer=_enter_context,
-                initargs=(ctx,),
+                max_concurrency, "daskgen-actor", _enter_context, (ctx,)
             )
 
-    def call(self, handle_id: str, seq: int, fn: Callable[[], Any], key: Key = None) -> Any:
-        """Run ``fn`` on the actor's executor, after every earlier call of the same handle."""
-        fn = _as_call(fn, str(key) if key is not None else None, task_origin.get())
-        with self.cond:
-            # Dask may deliver call tasks out of order; start them in call order. (Bounded: a
-            # call cancelled before reaching the worker must not stall the ones after it.)
-            self.cond.wait_for(lambda: self.next_seq.get(handle_id, 0) >= seq, timeout=30)
-            self.next_seq[handle_id] = max(self.next_seq.get(handle_id, 0), seq + 1)
-            if self.loop is not None:
-                fut = asyncio.run_coroutine_threadsafe(self._run_async(fn), self.loop)
+    # -- order (on the worker's loop) --------------------------------------------------------
+
+    def enqueue(self, call: HostedCall) -> None:
+        call.host = self
+        if not self.queue and not call.deps and call.held_back is None:
+            self._start(call)  # the common case: nothing ahead, nothing to fetch
+            return
+        self.queue.append(call)
+        if not self._dispatching:
+            self._dispatching = True
+            asyncio.ensure_future(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        """Start queued calls in order, each once its arguments are here."""
+        try:
+            while self.queue:
+                call = self.queue[0]
+                if call.held_back is not None:
+                    await call.held_back.wait()  # the caller sends "ready" (or its stream closes)
+                    call.held_back = None
+                    if call.error is not None:
+                        self.queue.popleft()
+                        call.stream.reply_error(call, call.error.error)
+                        continue
+                if call.deps and not call.cancelled and not call.values:
+                    await self._own_results(call.deps)
+                    values, missing = await dx.worker_fetch(self.worker, call.deps)
+                    if missing:
+                        self.queue.popleft()
+                        lost = ObjectLostError(
+                            f"The arguments {missing} of {call.name} are gone from the cluster."
+                        )
+                        call.stream.reply_error(call, wrap_error(lost, call.name))
+                        continue
+                    call.values = tuple(values[k] for k in call.deps)
+                self.queue.popleft()
+                self._start(call)
+        except Exception:
+            logger.exception("daskgen: actor %s failed to start a call", self.actor_id)
+        finally:
+            self._dispatching = False
+
+    def ready(self, call: HostedCall, error: ErrorValue | None) -> None:
+        """The refs passed to a held-back call are real keys now (or ``error``)."""
+        call.error = error
+        if call.held_back is not None:
+            call.held_back.set()
+
+    async def _own_results(self, keys: list[Key]) -> None:
+        """Wait for the arguments that are results of calls still running on this worker."""
+        for key in keys:
+            call = _calls.get(key)
+            if call is not None and call.stream.open:
+                await call.finished.wait()
+
+    def _start(self, call: HostedCall) -> None:
+        if call.cancelled:
+            call.stream.reply_error(call, self._cancelled_before(call))
+            return
+        call.state = "submitted"
+        if call.mode != "plain":
+            pool = self.generators if self.is_async else self.executor
+            assert pool is not None
+            call.future = pool.submit(self._run_generator, call)
+        elif self.is_async:
+            assert self.loop is not None
+            call.future = asyncio.run_coroutine_threadsafe(self._run_async(call), self.loop)
+        else:
+            assert self.executor is not None
+            call.future = self.executor.submit(self._run_sync, call)
+
+    # -- running (in the actor's threads or loop) --------------------------------------------
+
+    def _run_sync(self, call: HostedCall) -> None:
+        if call.cancelled:  # cancelled after it was submitted, before it started
+            self._finished(call, ErrorValue(self._cancelled_before(call)))
+            return
+        call.state = "running"
+        value = self._in_call(call, lambda: self._invoke(call))
+        if call.cancelled:
+            # As Ray: a running method of a threaded actor is not interrupted; its get raises.
+            value = ErrorValue(TaskCancelledError(None, f"Task: {call.key} was cancelled."))
+        self._finished(call, value)
+
+    async def _run_async(self, call: HostedCall) -> None:
+        try:
+            async with self.semaphore:
+                if call.cancelled:
+                    self._finished(call, ErrorValue(self._cancelled_before(call)))
+                    return
+                call.state = "running"
+                call.future = asyncio.current_task()
+                value = self._in_call(call, lambda: self._invoke(call))
+                if inspect.isawaitable(value):
+                    try:
+                        value = await value
+                    except asyncio.CancelledError as cancel:
+                        cancelled = TaskCancelledError(str(call.key))
+                        cancelled.__context__ = cancel
+                        value = ErrorValue(self._wrap(cancelled.with_traceback(None), call))
+                    except Exception as exc:
+                        value = ErrorValue(self._wrap(exc, call))
+        except asyncio.CancelledError:  # cancelled while it waited for its turn
+            value = ErrorValue(self._cancelled_before(call))
+        self._finished(call, value)
+
+    def _invoke(self, call: HostedCall) -> Any:
+        """The method's result, or its error as a value (a coroutine for ``async def``)."""
+        try:
+            args, kwargs = unpack_args(call.packed, call.values)
+            return _method(self.instance, call.method)(*args, **kwargs)
+        except Exception as exc:
+            return ErrorValue(self._wrap(exc, call))
+
+    def _wrap(self, exc: BaseException, call: HostedCall) -> RayTaskError:
+        return wrap_error(
+            exc, call.name, f"actor_id={self.actor_id}, repr={object.__repr__(self.instance)}"
+        )
+
+    def _run_generator(self, call: HostedCall) -> None:
+        """A generator method: publish its yields, then its outcome, as a generator task."""
+        spec = TaskSpec(
+            _method(self.instance, call.method),
+            call.name,
+            call.mode,
+            call.num_returns,
+            Retry(False, 0),
+            call.backpressure,
+        )
+        producer = Producer(
+            spec, self.worker, call.key, call.stream.client, loop=self.loop, alive=call.alive
+        )
+        call.producer = producer
+        call.state = "running"
+
+        def run() -> Any:
+            try:
+                args, kwargs = unpack_args(call.packed, call.values)
+            except RayTaskError as upstream:
+                return producer.fail_before_start(upstream)
+            return producer.run(args, kwargs)
+
+        try:
+            outcome = self._in_call(call, run)
+            if outcome is not None:
+                producer.announce_outcome(outcome)
+            else:  # stopped early (cancel, or the caller left): the caller ends the stream
+                call.stream.send({"op": "failed", "key": call.key, "blob": None})
+        except Exception as exc:
+            error = self._wrap(exc, call)
+            call.stream.send({"op": "failed", "key": call.key, "blob": inline_bytes(error)})
+        finally:
+            call.state = "done"
+            _calls.pop(call.key, None)
+
+    def _in_call(self, call: HostedCall, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with ``get_runtime_context().get_task_id()`` answering the call's key and
+        its output forwarded to the caller."""
+        token = current_call.set(str(call.key))
+        origin = task_origin.set((call.stream.client, label_for(call.name, self.worker.address)))
+        try:
+            return fn()
+        finally:
+            task_origin.reset(origin)
+            current_call.reset(token)
+
+    # -- results (back on the worker's loop, in batches) -------------------------------------
+
+    def _finished(self, call: HostedCall, value: Any) -> None:
+        """From the actor's thread or loop: hand the result to the worker's loop."""
+        blob = inline_bytes(value)  # pickled here, off the worker's loop
+        with self._done_lock:
+            self._done.append((call, value, blob))
+            first = len(self._done) == 1
+        if first:
+            self.worker.loop.add_callback(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+        stored = dx.worker_store(
+            self.worker, {c.key: value for c, value, _ in done if c.wanted and c.stream.open}
+        )
+        for call, value, blob in done:
+            call.state = "done"
+            call.finished.set()
+            _calls.pop(call.key, None)
+            if call.key not in stored:
+                continue  # the caller dropped it, or left
+            if blob is not None and not call.promote:
+                call.stream.held.add(call.key)
+                call.stream.send({"op": "result", "key": call.key, "blob": blob})
             else:
-                assert self.executor is not None
-                fut = self.executor.submit(fn)
-            self.cond.notify_all()
-        return fut.result()
+                publish_value(self.worker, call.stream.client, call.key, value, blob)
 
-    async def _run_async(self, fn: Callable[[], Any]) -> Any:
-        async with self.semaphore:
-            result = fn()
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+    # -- cancel and stop -----------------------------------------------------------------------
 
-    def stop(self) -> None:
+    def cancel(self, call: HostedCall) -> None:
+        """On the worker's loop: as Ray's cancel of an actor call (see ``_actors.cancel``)."""
+        if call.cancelled or call.state == "done":
+            return
+        call.cancelled = True
+        if call in self.queue:
+            self.queue.remove(call)
+            call.stream.reply_error(call, self._cancelled_before(call))
+        elif self.is_async and call.mode == "plain" and self.loop is not None:
+            # An async method: CancelledError in its coroutine, as Ray does (or, still waiting
+            # for its turn, it never runs); _run_async replies.
+            self.loop.call_soon_threadsafe(call.future.cancel)
+        elif call.state == "submitted" and call.future.cancel():  # in the pool, not started
+            call.stream.reply_error(call, self._cancelled_before(call))
+        # Otherwise it runs on: a threaded method to its end (its get then raises), a
+        # generator to its next yield.
+        if call.producer is not None:
+            with call.producer.cond:
+                call.producer.cond.notify_all()  # a paused producer sees it at once
+
+    def _cancelled_before(self, call: HostedCall) -> TaskCancelledError:
+        if self.is_async:
+            return TaskCancelledError(
+                None,
+                f"The task {call.key} is canceled from an actor {self.actor_id} before it "
+                "executes.",
+            )
+        return TaskCancelledError(None, f"Task: {call.key} was cancelled.")
+
+    def stop(self, reason: str) -> None:
+        """Killed: no call starts any more; queued ones fail (running ones cannot be stopped:
+        their results are discarded, the callers' refs fail with ``ActorDiedError``)."""
+        error = ActorDiedError(died_message(self.actor_id, reason))
+        while self.queue:
+            call = self.queue.popleft()
+            call.stream.reply_error(call, error)
+        for call in [c for c in _calls.values() if c.host is self]:
+            call.cancelled = True
+            call.wanted = False
+            call.finished.set()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.generators is not None:
+            self.generators.shutdown(wait=False, cancel_futures=True)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _as_call(
-    fn: Callable[[], Any], key: str | None, origin: tuple[str, str] | None
-) -> Callable[[], Any]:
-    """``fn``, run with ``get_runtime_context().get_task_id()`` answering ``key`` and its
-    output forwarded to the caller."""
-
-    def call() -> Any:
-        token = current_call.set(key)
-        origin_token = task_origin.set(origin)
-        try:
-            return fn()
-        finally:
-            task_origin.reset(origin_token)
-            current_call.reset(token)
-
-    return call
+def _method(instance: Any, name: str) -> Callable[..., Any]:
+    """``instance.name`` looked up on its class, as Ray does: an instance attribute of the same
+    name never shadows a method."""
+    attr = inspect.getattr_static(type(instance), name)
+    if hasattr(attr, "__get__"):
+        return attr.__get__(instance, type(instance))  # type: ignore[no-any-return]
+    return attr  # type: ignore[no-any-return]
 
 
 def _enter_context(ctx: contextvars.Context) -> None:
     # ThreadPoolExecutor threads start empty; give them the worker's context variables.
     for var, value in ctx.items():
         var.set(value)
+
+
+def died_message(actor_id: str, reason: str) -> str:
+    """Ray's wording for a call to a dead actor."""
+    return (
+        "The actor died unexpectedly before finishing this task.\n"
+        f"\tactor_id: {actor_id}\n"
+        f"The actor is dead because {reason}."
+    )
+
+
+# --------------------------------------------------------------------- creation and killing
 
 
 def create_actor(
@@ -127,129 +603,50 @@ def create_actor(
     packed: bytes | None,
     *deps: Any,
 ) -> str:
+    """The Dask task that creates an actor on this worker; returns the worker's address."""
     worker = get_worker()
     cls = cloudpickle.loads(cls_blob)
-    args, kwargs = unpack_args(packed, deps)
     ctx = contextvars.copy_context()
     ctx.run(current_actor.set, actor_id)
     try:
+        args, kwargs = unpack_args(packed, deps)
         instance = ctx.run(cls, *args, **kwargs)
     except Exception as exc:
-        raise RayTaskError.from_exception(exc, f"{cls.__name__}.__init__") from None
-    host = ActorHost(instance, max_concurrency, is_async, ctx)
-    with _hosts_cond:
-        _hosts[actor_id] = host
-        _hosts_cond.notify_all()
-    worker.loop.add_callback(
-        dx.worker_send, worker, {"op": ACTOR_OP, "actor": actor_id, "alive": True}
-    )
+        error = RayTaskError.from_exception(exc, f"{cls.__name__}.__init__")
+        worker.loop.add_callback(
+            _creation_failed, actor_id, f"an error was raised in its creation task: {exc!r}"
+        )
+        raise error from None
+    host = ActorHost(actor_id, instance, max_concurrency, is_async, ctx, worker)
+    worker.loop.add_callback(_created, worker, actor_id, host)
     return worker.address
 
 
-def kill_actor(actor_id: str, dask_worker: Any = None) -> None:
-    with _hosts_cond:
-        _killed.add(actor_id)
-        host = _hosts.pop(actor_id, None)
-        _hosts_cond.notify_all()
+def _created(worker: Any, actor_id: str, host: ActorHost) -> None:
+    install(worker)
+    if actor_id in _dead:  # killed before it was created
+        host.stop(_dead[actor_id])
+        return
+    _hosts[actor_id] = host
+    dx.worker_send(worker, {"op": ACTOR_OP, "actor": actor_id, "alive": True})
+    for call in _waiting.pop(actor_id, []):
+        if call.stream.open:
+            host.enqueue(call)
+
+
+def _creation_failed(actor_id: str, reason: str) -> None:
+    _dead[actor_id] = reason
+    error = ActorDiedError(died_message(actor_id, reason))
+    for call in _waiting.pop(actor_id, []):
+        call.stream.reply_error(call, error)
+
+
+def kill_actor(actor_id: str, reason: str, dask_worker: Any = None) -> None:
+    """Run by ``Client.run`` on the actor's worker (on its loop)."""
+    _dead[actor_id] = reason
+    host = _hosts.pop(actor_id, None)
     if host is not None:
-        host.stop()
+        host.stop(reason)
+    _creation_failed(actor_id, reason)
     if dask_worker is not None:
-        dask_worker.loop.add_callback(
-            dx.worker_send, dask_worker, {"op": ACTOR_OP, "actor": actor_id, "alive": False}
-        )
-
-
-def _find_host(actor_id: str) -> ActorHost:
-    deadline = time.monotonic() + CREATION_WAIT_S
-    with _hosts_cond:
-        while True:
-            if actor_id in _killed:
-                raise ActorDiedError(f"The actor {actor_id} is dead: it was killed.")
-            host = _hosts.get(actor_id)
-            if host is not None:
-                return host
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ActorDiedError(
-                    f"The actor {actor_id} does not exist on this worker (its worker restarted, "
-                    "or it was never created)."
-                )
-            _hosts_cond.wait(remaining)
-
-
-class ActorCall:
-    """What Dask runs for one method call, on the actor's worker."""
-
-    def __init__(
-        self,
-        actor_id: str,
-        method: str,
-        name: str,
-        mode: str,
-        num_returns: int,
-        backpressure: int | None,
-        handle_id: str,
-        seq: int,
-        after_creation: bool,
-    ) -> None:
-        self.actor_id = actor_id
-        self.method = method
-        self.name = name
-        self.mode = mode
-        self.num_returns = num_returns
-        self.backpressure = backpressure
-        self.handle_id = handle_id
-        self.seq = seq
-        # The creation task's result rides as the last dependency, only to order the call.
-        self.after_creation = after_creation
-        self.__name__ = name
-
-    def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
-        if self.after_creation:
-            deps = deps[:-1]
-        token = task_origin.set((caller, label_for(self.name, get_worker().address)))
-        try:
-            with blocking():  # out of the worker's pool while waiting for the actor
-                return self._run(caller, packed, deps)
-        finally:
-            task_origin.reset(token)
-
-    def _run(self, caller: str, packed: bytes | None, deps: tuple[Any, ...]) -> Any:
-        host = _find_host(self.actor_id)
-        fn = getattr(host.instance, self.method)
-        spec = TaskSpec(
-            fn, self.name, self.mode, self.num_returns, Retry(False, 0), self.backpressure
-        )
-        try:
-            args, kwargs = unpack_args(packed, deps)
-        except RayTaskError as upstream:
-            return spec._fail_all(upstream, caller)
-        worker = get_worker()
-        if self.mode == "plain":
-            if host.is_async:
-                thunk = _async_thunk(spec, fn, args, kwargs)
-            else:
-                thunk = lambda: spec._call(args, kwargs)  # noqa: E731
-            key = worker.get_current_task()
-            return _send_inline_result(caller, host.call(self.handle_id, self.seq, thunk, key))
-        key = worker.get_current_task()
-        producer = Producer(spec, worker, key, caller, loop=host.loop)
-        if host.is_async:
-            # An async generator runs item by item on the actor's loop, driven from here.
-            return producer.run(args, kwargs)
-        return host.call(self.handle_id, self.seq, lambda: producer.run(args, kwargs), key)
-
-
-def _async_thunk(
-    spec: TaskSpec, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
-) -> Callable[[], Any]:
-    async def run() -> Any:
-        try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-        except Exception as exc:
-            raise spec.wrap(exc) from None
-
-    return run
+        dx.worker_send(dask_worker, {"op": ACTOR_OP, "actor": actor_id, "alive": False})

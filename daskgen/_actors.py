@@ -8,38 +8,45 @@ one blocks every other), and an ``ActorFuture`` cannot be a task dependency (das
 
 * ``Cls.remote()`` picks a worker that has the requested resources (fewest daskgen actors first)
   and runs a creation task pinned to it. The instance then lives in that worker process, in an
-  :class:`ActorHost` with its own executor: ``max_concurrency`` threads (1 by default, so calls
-  run one at a time, in order), or, for a class with ``async def`` methods, its own event loop.
-* Each ``handle.method.remote()`` is an ordinary Dask task pinned to that worker, so its result
-  is a real key: other tasks can take it as an argument, and generator methods publish their
-  yields exactly as generator tasks do. The call task leaves the worker's thread pool
-  (``secede``) while the actor's executor runs the method, so a long method of one actor never
-  holds a worker thread another actor needs.
-* Calls from one handle carry a sequence number; the host starts them in that order even when
-  Dask delivers the tasks in another.
+  ``_actor_host.ActorHost`` with its own executor: ``max_concurrency`` threads (1 by default),
+  or, for a class with ``async def`` methods, its own event loop.
+* ``handle.method.remote()`` sends the call straight to that worker (``_actor_channel``: one
+  connection per caller process and worker, over Dask's comm layer) instead of submitting a
+  task; the worker starts each actor's calls in arrival order. The ref it returns is an
+  ordinary ``ObjectRef`` on the call's key, which becomes a real cluster key when it must.
 * The scheduler extension records where each actor lives. When that worker leaves, or the actor
   is killed, every client is told, and pending and later calls raise ``ActorDiedError``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import itertools
+import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import dask
 from distributed import Client, Future
 
 from . import _dask_internals as dx
-from ._actor_host import ActorCall, create_actor, kill_actor
-from ._executor import Retry, TaskSpec
+from ._actor_channel import _channels, _unpromoted, channel, is_unpromoted, promote
+from ._actor_host import create_actor, died_message, kill_actor
 from ._lifecycle import get_client
 from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
-from ._protocol import Key, new_token
-from .exceptions import ActorDiedError
+from ._protocol import (
+    EXPECT_OP,
+    FIRE_AND_FORGET_ANNOTATION,
+    ErrorValue,
+    Key,
+    new_token,
+    task_key,
+)
+from ._remote_function import pack_args
+from .exceptions import ActorDiedError, TaskCancelledError
 
 _METHOD_OPTIONS = "__daskgen_method_options__"
 
@@ -124,33 +131,30 @@ class ActorClass:
                 if opts.get("get_if_exists"):
                     return existing
                 raise ValueError(f"The name {name} is already taken by another actor.")
-        workers = {
-            addr: dict(w.get("resources") or {})
-            for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()
-        }
+        workers = _workers(client)
         declared = {name for res in workers.values() for name in res}
         resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
         worker = _choose_worker(workers, resources or {})
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         handle = ActorHandle(actor_id, self._cls.__name__, self._methods, worker, self._is_async)
-        from ._remote_function import pack_args
-
         packed, deps, lent = pack_args(f"{self._cls.__name__}.remote", args, kwargs)
-        creation = client.submit(
-            create_actor,
-            actor_id,
-            cloudpickle.dumps(self._cls),
-            max_concurrency,
-            self._is_async,
-            packed,
-            *(r._future for r in deps),
-            key=f"{self._cls.__name__}-{actor_id}",
-            workers=[worker],
-            allow_other_workers=False,
-            resources=resources,
-            pure=False,
-        )
+        # Fire-and-forget, as calls are: created even if the handle is dropped at once.
+        with dask.annotate(**{FIRE_AND_FORGET_ANNOTATION: True}):
+            creation = client.submit(
+                create_actor,
+                actor_id,
+                cloudpickle.dumps(self._cls),
+                max_concurrency,
+                self._is_async,
+                packed,
+                *(r._future for r in deps),
+                key=f"{self._cls.__name__}-{actor_id}",
+                workers=[worker],
+                allow_other_workers=False,
+                resources=resources,
+                pure=False,
+            )
         handle._creation = creation
         handle._lent = lent
         if name is not None:
@@ -165,6 +169,21 @@ class ActorClass:
 
 
 _placed: dict[str, int] = {}  # worker address -> actors this process placed there
+# How long creating an actor waits for the cluster to have any worker at all (right after a
+# worker died, its nanny restarts it within a few seconds).
+NO_WORKER_WAIT_S = 30.0
+
+
+def _workers(client: Client) -> dict[str, dict[str, float]]:
+    """What each worker declares, by address; waits (bounded) while there is no worker."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=NO_WORKER_WAIT_S)
+        except TimeoutError:
+            pass  # the caller reports that no worker can host the actor
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: dict(w.get("resources") or {}) for addr, w in workers.items()}
 
 
 def _choose_worker(workers: dict[str, dict[str, float]], resources: dict[str, float]) -> str:
@@ -173,7 +192,7 @@ def _choose_worker(workers: dict[str, dict[str, float]], resources: dict[str, fl
     if not able:
         raise ValueError(
             f"No worker can host this actor: it needs {resources}, and the workers declare "
-            f"{list(workers.values())}."
+            f"{list(workers.values()) or f'nothing (none joined within {NO_WORKER_WAIT_S} s)'}."
         )
     choice = min(able, key=lambda a: (_placed.get(a, 0), a))
     _placed[choice] = _placed.get(choice, 0) + 1
@@ -181,18 +200,15 @@ def _choose_worker(workers: dict[str, dict[str, float]], resources: dict[str, fl
 
 
 _dead: dict[str, str] = {}  # actor id -> why it died (this process's view)
-_pending: dict[str, dict[Key, Client]] = {}  # actor id -> keys of calls maybe still running
 
 
 def on_actor_died(actor: str, reason: str, **_: Any) -> None:
-    """The clients' handler for ``daskgen-actor-died`` (on the client's event loop)."""
+    """The clients' handler for ``daskgen-actor-died`` (on the client's event loop): the
+    calls to that actor still waiting for their results fail."""
     _dead.setdefault(actor, reason)
-    for key, client in _pending.pop(actor, {}).items():
-        dx.key_set_error(client, key, ActorDiedError(_died_message(actor)))
-
-
-def _died_message(actor_id: str) -> str:
-    return f"The actor {actor_id} is dead: {_dead.get(actor_id, 'it was killed')}."
+    error = ActorDiedError(died_message(actor, _dead[actor]))
+    for ch in list(_channels.values()):
+        ch.fail_actor(actor, error)
 
 
 class ActorHandle:
@@ -211,9 +227,6 @@ class ActorHandle:
         self._methods = methods
         self._worker = worker
         self._is_async = is_async
-        self._handle_id = new_token()  # calls are ordered per handle
-        self._seq = itertools.count()
-        self._seq_lock = threading.Lock()
         self._creation: Future | None = None
         self._lent: list[Any] = []
 
@@ -222,10 +235,6 @@ class ActorHandle:
         if name in methods:
             return ActorMethod(self, name, methods[name], {})
         raise AttributeError(f"'{self.__dict__.get('_class_name')}' actor has no method {name!r}")
-
-    def _next_seq(self) -> int:
-        with self._seq_lock:
-            return next(self._seq)
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -272,83 +281,171 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method on the actor; returns what a remote function with the same
-        ``num_returns`` returns (a ref, N refs, a generator...)."""
-        from ._remote_function import submit_task
-
+        ``num_returns`` returns (a ref, N refs, a generator...). The call goes straight to the
+        actor's worker (see ``_actor_host``) and runs whether or not its ref is kept."""
         h = self._handle
         mode, n = self._mode()
         name = f"{h._class_name}.{self._name}"
-        spec = TaskSpec(  # describes the call's shape; the method itself runs on the worker
-            _no_function,
-            name,
-            mode,
-            n,
-            Retry(False, 0),
-            self._options.get("_generator_backpressure_num_objects"),
-        )
+        backpressure = self._options.get("_generator_backpressure_num_objects")
         if h._actor_id in _dead:
-            return _dead_result(spec, h._actor_id)
-        extra = (h._creation,) if h._creation is not None else ()
-        call = ActorCall(
-            h._actor_id,
-            self._name,
-            name,
-            mode,
-            n,
-            spec.backpressure,
-            h._handle_id,
-            h._next_seq(),
-            bool(extra),
-        )
-        out = submit_task(
-            call, spec, args, kwargs, resources=None, workers=[h._worker], extra_deps=extra
-        )
-        _track(h._actor_id, out)
+            return _dead_result(mode, n, h._actor_id)
+        client = get_client()
+        key = task_key(name)
+        packed, deps, lent = pack_args(name, args, kwargs)
+        msg = {
+            "op": "call",
+            "actor": h._actor_id,
+            "key": key,
+            "method": self._name,
+            "name": name,
+            "packed": packed,
+            "deps": [r.key for r in deps],
+            "mode": mode,
+            "n": n,
+            "backpressure": backpressure,
+        }
+        ch = channel(client, h._worker)
+        waits = _arguments_to_wait_for(client, deps, lent, h._worker)
+        msg["wait"] = bool(waits)
+        out, on_failed = _call_result(client, key, mode, n, backpressure, lent, ch)
+        ch.call(key, msg, on_failed, h._actor_id)
+        if waits:
+            _send_when_ready(ch, key, waits)
         return out
 
 
-def _no_function(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("an actor call's client-side spec is never run")
+_Wait = Callable[[Callable[[BaseException | None], None]], None]
 
 
-def _dead_result(spec: TaskSpec, actor_id: str) -> Any:
+def _arguments_to_wait_for(
+    client: Client, deps: list[Any], lent: list[Any], worker: str
+) -> list[_Wait]:
+    """What must happen before a call's host may start it, as Ray's caller resolves a task's
+    arguments: each top-level argument computed (if it failed, its error becomes the call's),
+    and each ref passed on made a real key, but for results the same worker holds (the host
+    reads those from its own memory, once computed)."""
+    from ._api import _failed
+
+    waits: list[_Wait] = []
+    for ref in deps:
+        if not ref._is_done() or _failed(ref._future):
+            waits.append(functools.partial(_when_computed, client, ref))
+    local = {r.key for r in deps if _home(r.key) == worker}
+    for key in {r.key for r in lent if is_unpromoted(r.key) and r.key not in local}:
+        waits.append(functools.partial(dx.on_client_loop, client, promote, key))
+    return waits
+
+
+def _when_computed(client: Client, ref: Any, done: Callable[[BaseException | None], None]) -> None:
+    """``done(None)`` once ``ref`` has its value; ``done(error)`` if its task failed in Dask
+    (an error held as a value reaches the method as an argument, and raises there)."""
+    from ._api import _fresh, _translate
+
+    def check() -> None:
+        if ref._future.status in ("error", "cancelled"):
+            done(_fresh(_translate(dx.future_exception(ref._future) or TaskCancelledError())))
+        else:
+            done(None)
+
+    if ref._is_done():
+        check()
+    else:
+        dx.on_future_done(client, ref._future, check)
+
+
+def _home(key: Key) -> str | None:
+    ch = _unpromoted.get(key)
+    return ch.address if ch is not None else None
+
+
+def _send_when_ready(ch: Any, key: Key, waits: list[_Wait]) -> None:
+    """Tell the host that call ``key`` may start once every wait is over (it holds the call,
+    and the calls after it, until then), or that the call fails with the first error."""
+    left = [len(waits)]
+    failed: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(error: BaseException | None) -> None:
+        with lock:
+            if error is not None:
+                failed.append(error)
+            left[0] -= 1
+            if left[0]:
+                return
+        blob = pickle.dumps(ErrorValue(failed[0])) if failed else None
+        ch.send({"op": "ready", "key": key, "error": blob})
+
+    for wait in waits:
+        wait(one)
+
+
+def _call_result(
+    client: Client,
+    key: Key,
+    mode: str,
+    n: int,
+    backpressure: int | None,
+    lent: list[Any],
+    ch: Any,
+) -> tuple[Any, Any]:
+    """What the caller gets back for a direct call, shaped as for remote functions, and what
+    to do if the call ends without its outcome (a generator call: its actor died...)."""
+    from ._generators import ObjectRefGenerator
+    from ._genstate import GenClaim, GenState, static_refs
+    from ._refs import ObjectRef, result_ref
+
+    future = dx.light_future(key, client)
+    if mode == "plain":
+        if lent:
+            dx.on_future_done(client, future, _hold, lent)
+        ref = result_ref(future)
+        return (None if n == 0 else ref), None
+    state = GenState(client, key, mode, backpressure)
+    state.lent = lent
+    state.send_consumed = lambda msg: ch.send(
+        {"op": "consumed", "key": msg["task"], "index": msg["index"]}
+    )
+    refs = static_refs(state, n) if mode == "static" else None
+    state.attach(future)
+    if refs is not None:
+        # Its refs exist before their yields: the scheduler must know the call runs, so that a
+        # process they reach early waits for them (``on_desire``).
+        expect = {"op": EXPECT_OP, "task": key, "worker": ch.address}
+        dx.client_send(client, expect)
+
+        def failed(error: BaseException | None) -> None:
+            dx.client_send(client, {**expect, "ended": True})
+            state.fail(error)
+
+        return (refs[0] if n == 1 else refs), failed
+    if mode == "dynamic":
+        from ._protocol import OUTCOME_INDEX
+        from ._refs import InlineValue
+
+        cell = state.cells[OUTCOME_INDEX] = InlineValue()
+        return ObjectRef(future, owner=GenClaim(state), inline=cell), state.fail
+    return ObjectRefGenerator(state), state.fail
+
+
+def _hold(*_: Any) -> None:
+    """A done-callback whose only job is to keep its arguments alive until then."""
+
+
+def _dead_result(mode: str, n: int, actor_id: str) -> Any:
     from ._refs import ObjectRef
 
     client = get_client()
-    err = ActorDiedError(_died_message(actor_id))
+    err = ActorDiedError(died_message(actor_id, _dead[actor_id]))
     refs = [
-        ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err))
-        for _ in range(max(spec.num_returns, 1))
+        ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err)) for _ in range(max(n, 1))
     ]
-    if spec.mode == "static":
-        return refs if spec.num_returns != 1 else refs[0]
-    if spec.mode == "plain" and spec.num_returns == 0:
+    if mode == "static":
+        return refs if n != 1 else refs[0]
+    if mode == "plain" and n == 0:
         return None
-    if spec.mode == "streaming":
+    if mode == "streaming":
         return iter(refs)  # one ref that raises, then the end, like a stream that failed
     return refs[0]
-
-
-def _track(actor_id: str, out: Any) -> None:
-    """Remember the keys of an unfinished call, so that the actor's death can fail them."""
-    from ._generators import ObjectRefGenerator
-    from ._refs import ObjectRef
-
-    if isinstance(out, ObjectRefGenerator):
-        keys = [out._state.task_key]
-    elif isinstance(out, ObjectRef):
-        keys = [out.key]
-    elif isinstance(out, list):
-        keys = [r.key for r in out]
-    else:
-        return
-    client = get_client()
-    pending = _pending.setdefault(actor_id, {})
-    if len(pending) > 1000:  # forget calls that finished or were dropped
-        for key in [k for k in pending if dx.key_status(client, k) in (None, "finished")]:
-            del pending[key]
-    for key in keys:
-        pending[key] = client
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
@@ -362,12 +459,13 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
             f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for tasks)."
         )
     client = get_client()
-    _dead.setdefault(actor._actor_id, "it was killed with kill()")
+    reason = "it was killed by `ray.kill`"
+    _dead.setdefault(actor._actor_id, reason)
     try:
-        client.run(kill_actor, actor._actor_id, workers=[actor._worker], on_error="ignore")
+        client.run(kill_actor, actor._actor_id, reason, workers=[actor._worker], on_error="ignore")
     except Exception:  # the worker is already gone: the actor is dead either way
         pass
-    dx.on_client_loop(client, on_actor_died, actor._actor_id, "it was killed with kill()")
+    dx.on_client_loop(client, on_actor_died, actor._actor_id, reason)
 
 
 def get_actor(name: str) -> ActorHandle:

@@ -17,6 +17,7 @@ from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
 from . import _dask_internals as dx
+from ._actor_channel import cancel_actor_call
 from ._cancel import cancel_keys
 from ._fastlane import fetch_large
 from ._interrupt import current_task_cancelled
@@ -377,18 +378,23 @@ def _wait_ready(client: Client, items: list[Any], need: int, timeout: float | No
 
 
 def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task behind ``ref`` (or a streaming generator's producer).
+    """Cancel the call behind ``ref`` (or a streaming generator's producer), as Ray does.
 
-    ``get`` of a cancelled value raises ``TaskCancelledError``; a value already computed is left
-    alone, as in Ray. A running Python thread cannot be interrupted: a running plain task keeps
-    its thread until it returns, but its result is dropped; a generator stops at its next yield.
-    ``force=True`` cancels even if other clients hold the key (Dask's ``force``); ``recursive``
-    is accepted for Ray compatibility and ignored (tasks the cancelled one submitted go on).
+    A call not started yet never runs (``get`` raises ``TaskCancelledError``). A running task
+    gets ``KeyboardInterrupt`` in its thread and fails with ``RayTaskError(TaskCancelledError)``
+    (if it catches it and returns, its value stands); ``force=True`` stops it even if it sleeps
+    or ignores that, freeing its worker slot at once, without ending the worker process.
+    ``recursive`` also cancels the tasks it submitted. An async actor method gets
+    ``asyncio.CancelledError``; a running threaded actor method is not interrupted, and
+    ``force=True`` on an actor call raises ``ValueError``. A value already computed is left
+    alone. Returns at once (see ``docs/user-guide/call-semantics.md``).
     """
     from ._generators import ObjectRefGenerator
 
     if isinstance(ref, ObjectRefGenerator):
         ref._state.cancel_task(force, recursive)
+        return
+    if isinstance(ref, ObjectRef) and cancel_actor_call(ref.key, force):
         return
     if not isinstance(ref, ObjectRef):
         raise TypeError(

@@ -1,5 +1,6 @@
 """``cancel()`` as Ray does it, the caller's half (in the driver, or in a task that cancels);
-``_interrupt`` is the worker's half.
+the scheduler extension (``DaskgenSchedulerPlugin.on_cancel``) and ``_interrupt`` (on the
+workers) do the rest.
 
 * A task not started yet never runs: Dask cancels it (with Dask's ``force``, whoever else holds
   the key: a call is fire-and-forget, so Dask's fire-and-forget client holds it too, and Ray
@@ -10,19 +11,18 @@
   returns is what ``get`` sees.
 * ``force=True``: Dask cancels it at once (``get`` raises ``TaskCancelledError``) and its thread
   is stopped and detached from the worker's pool (see ``_interrupt``).
+
+The request travels on the client's ordered stream to the scheduler, behind the graph that made
+the task: a cancel right after ``.remote()`` finds the task (an RPC, as Dask's own
+``Client.cancel`` sends, can overtake the graph). ``cancel()`` does not wait, as Ray's does not.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from distributed import Client
 
-from ._interrupt import interrupt_all
-from ._protocol import Key, as_key
-
-logger = logging.getLogger("daskgen")
+from . import _dask_internals as dx
+from ._protocol import CANCEL_OP, Key
 
 REASON = "cancelled by daskgen.cancel()"
 
@@ -30,33 +30,8 @@ REASON = "cancelled by daskgen.cancel()"
 def cancel_keys(
     client: Client, keys: list[Key], *, force: bool, recursive: bool, revoke: bool = False
 ) -> None:
-    """Cancel the tasks ``keys`` (see the module's docstring); returns without waiting for
-    them to stop. ``revoke``: Dask cancels running tasks too (a generator's caller ends its
-    stream at once, whatever the producer does after)."""
-    where = _dask_cancel(client, keys, processing_too=force or revoke)
-    not_started = []
-    for worker, assigned in where.items():
-        assigned = [as_key(k) for k in assigned]
-        try:
-            answers = client.run(
-                interrupt_all, assigned, force, recursive, workers=[worker], on_error="ignore"
-            )
-        except Exception:  # that worker is gone: so is the task's thread
-            logger.debug("daskgen: could not interrupt %s on %s", assigned, worker, exc_info=True)
-            answers = {}
-        running = answers.get(worker) or [False] * len(assigned)
-        not_started += [key for key, was in zip(assigned, running, strict=True) if not was]
-    if not_started and not (force or revoke):
-        # Assigned to a worker but not started there: they never run (if one starts meanwhile,
-        # it stops at once, see _interrupt.running).
-        _dask_cancel(client, not_started, processing_too=True)
-
-
-def _dask_cancel(client: Client, keys: list[Key], processing_too: bool) -> dict[str, list[Any]]:
-    return client.sync(
-        client.scheduler.daskgen_cancel,
-        keys=list(keys),
-        client=client.id,
-        reason=REASON,
-        processing_too=processing_too,
-    )
+    """Cancel the tasks ``keys`` (see the module's docstring). ``revoke``: Dask cancels
+    running tasks too (a generator's caller ends its stream at once, whatever the producer
+    does after)."""
+    msg = {"op": CANCEL_OP, "keys": list(keys), "force": force, "recursive": recursive}
+    dx.client_send(client, {**msg, "revoke": revoke, "reason": REASON})

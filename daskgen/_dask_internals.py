@@ -18,9 +18,10 @@ from typing import Any
 
 from dask.sizeof import sizeof
 from distributed import Client, Future, Worker
+from distributed.protocol.serialize import Serialize, Serialized, deserialize
 from distributed.scheduler import Scheduler
 from distributed.spill import SpillBuffer
-from distributed.worker_state_machine import TaskState
+from distributed.worker_state_machine import FreeKeysEvent, TaskState
 
 Key = Any
 
@@ -87,10 +88,23 @@ def _release_queued(client_id: int) -> None:
         state = futures.pop(key, None)
         if state is not None:
             state.cancel()  # as Client._release_key does
+    if released and _release_elsewhere is not None:
+        released = _release_elsewhere(client, released)
     if released and client.status != "closed":
         client._send_to_scheduler(
             {"op": "client-releases-keys", "keys": released, "client": client.id}
         )
+
+
+# Keys the scheduler does not know (results of direct actor calls) are released to where they
+# live instead: given the released keys, this returns those for the scheduler.
+_release_elsewhere: Callable[[Client, list[Key]], list[Key]] | None = None
+
+
+def release_elsewhere(route: Callable[[Client, list[Key]], list[Key]]) -> None:
+    """Route released keys through ``route`` first (see ``_actor_channel``)."""
+    global _release_elsewhere
+    _release_elsewhere = route
 
 
 def light_future(key: Key, client: Client) -> Future:
@@ -198,6 +212,15 @@ def submit_prebound(
 def on_client_loop(client: Client, fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` on the client's event loop (where future states may be changed)."""
     _loop(client).add_callback(fn, *args)
+
+
+def on_loop_thread(client: Client) -> bool:
+    """Whether this thread runs the client's event loop (where waiting for it deadlocks)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return getattr(client.loop, "asyncio_loop", None) is running
 
 
 def key_token(key: Key) -> str:
@@ -393,7 +416,7 @@ def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:
     from distributed.worker_state_machine import SecedeEvent
 
     thread = threading._active.get(ident)  # type: ignore[attr-defined]
-    executor = worker.executors.get("default")
+    executor: Any = worker.executors.get("default")
     if thread is None or executor is None:
         return False
     with threads_lock:
@@ -401,6 +424,8 @@ def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:
             return False
         executor._threads.remove(thread)
         executor._adjust_thread_count()
+    # Its resources first: the stimulus makes the worker look for the next task at once.
+    worker_lend_resources(worker, key, +1)
     ts = worker.state.tasks.get(key)
     if ts is not None and (
         ts.state == "executing" or (ts.state == "cancelled" and ts.previous == "executing")
@@ -408,7 +433,6 @@ def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:
         worker.handle_stimulus(
             SecedeEvent(key=key, compute_duration=0.0, stimulus_id=f"daskgen-cancel-{time()}")
         )
-    worker_lend_resources(worker, key, +1)
     return True
 
 
@@ -478,42 +502,98 @@ def worker_forget_directly(worker: Worker) -> None:
     original = worker.stream_handlers["free-keys"]
     if getattr(original, "daskgen_original", None) is not None:
         return
-    state = worker.state
 
     def free_keys(keys: Iterable[Key] = (), stimulus_id: str = "", **kwargs: Any) -> None:
-        rest = []
-        forgotten: dict[Any, Any] = {}
-        notify = any(hasattr(p, "transition") for p in state.plugins.values())
-        now = time()
-        for key in keys:
-            key = tuple(key) if isinstance(key, list) else key
-            ts = state.tasks.get(key)
-            if (
-                ts is None
-                or ts.state != "memory"
-                or ts.dependents
-                or ts.dependencies
-                or ts.who_has
-                or key in state.actors
-            ):
-                rest.append(key)
-                continue
-            state.nbytes -= ts.nbytes or 0
-            state._purge_state(ts)
-            ts.state = "forgotten"
-            del state.tasks[key]
-            forgotten[ts] = "memory"
-            state.log.append((key, "memory", "forgotten", "forgotten", {}, stimulus_id, now))
-            if notify:
-                state._notify_plugins("transition", key, "memory", "released")
-                state._notify_plugins("transition", key, "released", "forgotten")
-        if forgotten:
-            state.task_counter.transitions(forgotten)
+        rest = _forget_plain(worker, keys, stimulus_id)
         if rest:
             original(keys=rest, stimulus_id=stimulus_id, **kwargs)
 
     free_keys.daskgen_original = original  # type: ignore[attr-defined]
     worker.stream_handlers["free-keys"] = free_keys
+
+
+def worker_forget(worker: Worker, keys: Iterable[Key]) -> None:
+    """Drop values this worker holds that the scheduler never knew of (results of direct
+    actor calls nobody promoted), as the scheduler's ``free-keys`` would."""
+    rest = _forget_plain(worker, keys, f"daskgen-forget-{time()}")
+    if rest:
+        worker.handle_stimulus(
+            FreeKeysEvent(
+                keys=[k for k in rest if k in worker.state.tasks],
+                stimulus_id=f"daskgen-forget-{time()}",
+            )
+        )
+
+
+def _forget_plain(worker: Worker, keys: Iterable[Key], stimulus_id: str) -> list[Key]:
+    """Forget the plain in-memory ``keys`` as ``_transition_released_forgotten`` does; return
+    the others (for Dask's own path)."""
+    state = worker.state
+    rest = []
+    forgotten: dict[Any, Any] = {}
+    notify = any(hasattr(p, "transition") for p in state.plugins.values())
+    now = time()
+    for key in keys:
+        key = tuple(key) if isinstance(key, list) else key
+        ts = state.tasks.get(key)
+        if (
+            ts is None
+            or ts.state != "memory"
+            or ts.dependents
+            or ts.dependencies
+            or ts.who_has
+            or key in state.actors
+        ):
+            rest.append(key)
+            continue
+        state.nbytes -= ts.nbytes or 0
+        state._purge_state(ts)
+        ts.state = "forgotten"
+        del state.tasks[key]
+        forgotten[ts] = "memory"
+        state.log.append((key, "memory", "forgotten", "forgotten", {}, stimulus_id, now))
+        if notify:
+            state._notify_plugins("transition", key, "memory", "released")
+            state._notify_plugins("transition", key, "released", "forgotten")
+    if forgotten:
+        state.task_counter.transitions(forgotten)
+    return rest
+
+
+def worker_add_handler(worker: Worker, op: str, handler: Callable[..., Any]) -> None:
+    """Answer connections that open with ``op`` (a handler whose first argument is ``comm``
+    keeps the connection, as the scheduler's ``add_client`` does)."""
+    worker.handlers[op] = handler
+
+
+def worker_has_handler(worker: Worker, op: str) -> bool:
+    return op in worker.handlers
+
+
+async def worker_fetch(worker: Worker, keys: list[Key]) -> tuple[dict[Key, object], list[Key]]:
+    """The values of ``keys``: from this worker's memory (the very objects, no copy) or
+    fetched from the workers holding them (``who_has`` from the scheduler, then
+    ``gather_from_workers``, as the client's direct gather does). Returns (values, missing)."""
+    from distributed.utils_comm import gather_from_workers
+
+    out: dict[Key, object] = {}
+    remote = []
+    for key in keys:
+        ts = worker.state.tasks.get(key)
+        if ts is not None and ts.state == "memory" and key in worker.data:
+            out[key] = worker.data[key]
+        else:
+            remote.append(key)
+    if not remote:
+        return out, []
+    who_has = await worker.scheduler.who_has(keys=remote)
+    located = {k: v for k, v in who_has.items() if v}
+    missing = [k for k in remote if not who_has.get(k)]
+    if located:
+        data, lost, _, _ = await gather_from_workers(located, rpc=worker.rpc, who=worker.address)
+        out.update(data)
+        missing += list(lost)
+    return out, missing
 
 
 def scheduler_send_to_client(
@@ -672,6 +752,28 @@ def scheduler_allow_worker_failures(scheduler: Scheduler, key: Key, max_retries:
     if ts is not None:
         allowed = scheduler.allowed_failures
         ts.suspicious = allowed - max_retries if max_retries >= 0 else -(10**9)
+
+
+async def scheduler_run_on_worker(
+    scheduler: Scheduler, worker: str, fn: Callable[..., Any], *args: Any
+) -> Any:
+    """``fn(*args, dask_worker=...)`` on ``worker``'s loop, as ``Client.run`` does (Dask's
+    ``run`` message, through the scheduler's ``broadcast``); returns what it returned."""
+    import cloudpickle
+
+    msg = {"op": "run", "function": cloudpickle.dumps(fn), "args": cloudpickle.dumps(args)}
+    replies = await scheduler.broadcast(msg=msg, workers=[worker])
+    reply = replies[worker]
+    if reply.get("status") != "OK":
+        raise RuntimeError(f"running {fn.__name__} on {worker} failed: {reply}")
+    result = reply["result"]
+    # The worker wraps it (to_serialize); the scheduler does not unwrap it: still wrapped over
+    # inproc, serialised over TCP.
+    if isinstance(result, Serialize):
+        result = result.data
+    elif isinstance(result, Serialized):
+        result = deserialize(result.header, result.frames)
+    return result
 
 
 def scheduler_cancel(scheduler: Scheduler, keys: list[Key], client: str, reason: str) -> None:

@@ -74,10 +74,13 @@ class Retry:
         return self.max_retries < 0 or attempt < self.max_retries
 
 
-def wrap_error(exc: BaseException, name: str) -> RayTaskError:
-    """``RayTaskError(Cause)`` with the remote traceback; picklable whatever the cause."""
+def wrap_error(exc: BaseException, name: str, more: str = "") -> RayTaskError:
+    """``RayTaskError(Cause)`` with the remote traceback; picklable whatever the cause.
+
+    Its first line is Ray's: ``ray::name() (pid=..., ip=...[, more])``."""
     worker = _worker_or_none()
     where = f"pid={os.getpid()}" + (f", ip={get_address_host(worker.address)}" if worker else "")
+    where += f", {more}" if more else ""
     err = RayTaskError.from_exception(exc, name, where)
     try:
         cloudpickle.dumps(err)

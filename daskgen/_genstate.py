@@ -29,8 +29,16 @@ from typing import Any
 from distributed import Client, Future
 
 from . import _dask_internals as dx
-from ._protocol import CONSUMED_OP, ErrorValue, Key, task_of_yield, yield_key
-from ._refs import InlineValue, ObjectRef, bind_ref
+from ._protocol import (
+    CONSUMED_OP,
+    OUTCOME_INDEX,
+    ErrorValue,
+    Key,
+    as_key,
+    task_of_yield,
+    yield_key,
+)
+from ._refs import InlineValue, ObjectRef, bind_ref, deliver_result
 from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
@@ -49,8 +57,19 @@ def on_yield_message(client: Client) -> Callable[..., None]:
         state = _registry.get(task)
         orphans = []
         for key, index, inline, replace in items:
-            key = tuple(key) if isinstance(key, list) else key
-            if state is not None:
+            key = as_key(key)
+            if index == OUTCOME_INDEX:  # a direct actor call's own result (_actor_host)
+                from ._actor_channel import on_published
+
+                on_published(client, key)
+                if state is not None:
+                    state.on_outcome(inline)
+                    continue
+                if dx.client_refcount(client, key) == 0:
+                    orphans.append(key)
+                else:
+                    deliver_result(client, key, inline)
+            elif state is not None:
                 state.on_yield(index, key, inline, replace)
             elif not replace and dx.client_refcount(client, key) == 0:
                 orphans.append(key)  # the generator was dropped: nobody will take it
@@ -136,6 +155,10 @@ class GenState:
         self.cond = threading.Condition()
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []
         self._on_publish: dict[int, list[Callable[[], None]]] = {}
+        # Where backpressure progress goes: the scheduler (a task), or an actor's host.
+        self.send_consumed: Callable[[dict[str, Any]], None] = lambda msg: dx.client_send(
+            client, msg
+        )
         # Registered before the task is submitted: no yield message can arrive unclaimed.
         _registry[self.task_key] = self
 
@@ -164,9 +187,7 @@ class GenState:
                 self._held_cells.clear()
         if self.backpressure and not self.done:
             # A paused producer would wait forever for a consumer that is gone.
-            dx.client_send(
-                self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": NO_CONSUMER}
-            )
+            self.send_consumed({"op": CONSUMED_OP, "task": self.task_key, "index": NO_CONSUMER})
 
     # -- events, on the client's loop ---------------------------------------------------------
 
@@ -205,6 +226,19 @@ class GenState:
             self._wake()
         for cb in callbacks:
             cb()
+
+    def on_outcome(self, inline: bytes | None) -> None:
+        """A direct actor call's outcome was published: the call has ended (on the loop)."""
+        cell = self.cells.get(OUTCOME_INDEX)
+        if cell is not None and inline is not None:
+            cell.arrive(inline)
+        dx.key_finish(self.client, self.task_key)
+
+    def fail(self, error: BaseException | None) -> None:
+        """The call ended without its outcome (on the loop): its actor died, or it stopped."""
+        from .exceptions import TaskCancelledError
+
+        dx.key_set_error(self.client, self.task_key, error or TaskCancelledError())
 
     def on_done(self) -> None:
         if self.task.status in ("finished", "error", "cancelled"):
@@ -337,7 +371,7 @@ class GenState:
             cell = self._held_cells.pop(index, None)
         assert fut is not None
         if self.backpressure:
-            dx.client_send(self.client, {"op": CONSUMED_OP, "task": self.task_key, "index": index})
+            self.send_consumed({"op": CONSUMED_OP, "task": self.task_key, "index": index})
         return ObjectRef(fut, inline=cell)
 
     def ref(self, index: int, key: Key) -> ObjectRef:
@@ -350,6 +384,13 @@ class GenState:
     def cancel_task(self, force: bool = False, recursive: bool = True) -> None:
         if self.task.done():
             return  # nothing left to stop, as in Ray
+        from ._actor_channel import cancel_actor_call
+
+        if cancel_actor_call(self.task_key, force):  # a generator method of an actor
+            with self.cond:
+                self.cancelled = True
+                self._wake()
+            return
         with self.cond:
             self.cancelled = True
             self._wake()

@@ -28,6 +28,10 @@ CONSUMED_OP = "daskgen-consumed"
 RESULT_OP = "daskgen-result"
 DESIRE_OP = "daskgen-desire"  # client -> scheduler: this client holds refs to these keys now
 LOST_OP = "daskgen-lost"  # scheduler -> client: keys it desired will never exist
+# client -> scheduler: cancel tasks as Ray's cancel() does (see _cancel)
+CANCEL_OP = "daskgen-cancel"
+# client -> scheduler: a direct actor call that publishes yields runs on a worker (or ended)
+EXPECT_OP = "daskgen-expect"
 # Task annotation: how many times a task may be re-run after its worker died (Ray's max_retries).
 MAX_RETRIES_ANNOTATION = "daskgen_max_retries"
 # Task annotation: run the task even if every ref to it is dropped (Ray's rule for calls).
@@ -35,6 +39,10 @@ FIRE_AND_FORGET_ANNOTATION = "daskgen_fire_and_forget"
 ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or killed here
 ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
 PLUGIN_NAME = "daskgen"
+# A direct actor call's own result, announced like a yield at this index (see _actor_host).
+OUTCOME_INDEX = -1
+# client -> worker: the connection on which a process sends actor calls (see _actor_host)
+ACTOR_STREAM_OP = "daskgen_actor_stream"
 
 Key = Any  # a Dask key: str or tuple
 

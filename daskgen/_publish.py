@@ -66,6 +66,7 @@ whether the scheduler still wants the task (cancel, caller gone) and closes the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import threading
@@ -78,7 +79,16 @@ from distributed import Worker
 from . import _dask_internals as dx
 from ._fastlane import Sender
 from ._interrupt import user_code
-from ._protocol import CONSUMED_OP, PUBLISH_OP, ErrorValue, GenOutcome, Key, dumps, yield_key
+from ._protocol import (
+    CONSUMED_OP,
+    OUTCOME_INDEX,
+    PUBLISH_OP,
+    ErrorValue,
+    GenOutcome,
+    Key,
+    dumps,
+    yield_key,
+)
 from .exceptions import RayTaskError
 
 if TYPE_CHECKING:
@@ -105,9 +115,18 @@ class Producer:
     """Drives one generator inside its task and publishes each yield."""
 
     def __init__(
-        self, spec: TaskSpec, worker: Worker, task: Key, caller: str, loop: Any = None
+        self,
+        spec: TaskSpec,
+        worker: Worker,
+        task: Key,
+        caller: str,
+        loop: Any = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.spec = spec
+        # Whether the caller still wants this run: its Dask task still runs here, or (a direct
+        # actor call, which has no Dask task) whatever the actor host says.
+        self._is_alive = alive or (lambda: dx.worker_task_alive(worker, task))
         self.loop = loop  # an async actor's event loop, where async generators must run
         self.worker = worker
         self.task = task
@@ -136,10 +155,20 @@ class Producer:
         for i in indices:
             self._send(i, value, replace=True)
 
+    def announce_outcome(self, outcome: GenOutcome) -> None:
+        """Publish the call's own result under its key, behind its yields, and wait until it is
+        announced (a direct actor call: no Dask task reports its end)."""
+        self._send(OUTCOME_INDEX, outcome, replace=False)
+        self._wait_unless_closing(self._drained.wait)
+        if self._drain_error is not None:
+            raise self._drain_error
+        self._wait_unless_closing(self._sender.settle)
+
     def _send(self, index: int, value: Any, replace: bool) -> None:
         # Small values also travel inline, so the caller's get() needs no round trip (as Ray
         # keeps small objects in the owner's memory). Pickled here, in the producer's thread.
-        item = (yield_key(self.task, index), index, value, inline_bytes(value), replace)
+        key = self.task if index == OUTCOME_INDEX else yield_key(self.task, index)
+        item = (key, index, value, inline_bytes(value), replace)
         with self._outbox_lock:
             self._outbox.append(item)
             schedule = not self._drain_scheduled
@@ -239,7 +268,7 @@ class Producer:
         it = _iterate(made, spec, self.loop)
         try:
             for value in user_code(it):  # cancel() may interrupt each step (_interrupt)
-                if not dx.worker_task_alive(self.worker, self.task):
+                if not self._is_alive():
                     raise _Cancelled
                 if limit is not None and index >= limit:
                     del value
@@ -257,7 +286,7 @@ class Producer:
 
     def _alive(self, it: Iterator[Any]) -> Iterator[Any]:
         for _ in it:
-            if not dx.worker_task_alive(self.worker, self.task):
+            if not self._is_alive():
                 raise _Cancelled
             yield None
 
@@ -274,7 +303,7 @@ class Producer:
             while self.count - self.consumed >= limit:
                 # Woken by the consumer; the timeout only re-checks for cancellation.
                 self.cond.wait(timeout=0.5)
-                if not dx.worker_task_alive(self.worker, self.task):
+                if not self._is_alive():
                     raise _Cancelled
 
     def on_consumed(self, index: int) -> None:
@@ -368,15 +397,36 @@ def _iterate(result: Any, spec: TaskSpec, loop: Any = None) -> Iterator[Any]:
 
 
 def _drain_async_on(agen: Any, loop: Any) -> Iterator[Any]:
-    """Iterate an async generator that must run on ``loop`` (an async actor's), from here."""
+    """Iterate an async generator that must run on ``loop`` (an async actor's), from here.
+
+    Every step runs in one asyncio task, as Ray runs an async generator method: the task and
+    its context variables stay the same between yields. This thread asks for each value.
+    """
+    requests: asyncio.Queue[concurrent.futures.Future[Any] | None] = asyncio.Queue()
+
+    async def drive() -> None:
+        try:
+            while (reply := await requests.get()) is not None:
+                try:
+                    reply.set_result(await agen.__anext__())
+                except BaseException as exc:  # StopAsyncIteration, its error, a cancel
+                    reply.set_exception(exc)
+                    return  # the generator is over
+        finally:
+            await agen.aclose()
+
+    driver = asyncio.run_coroutine_threadsafe(drive(), loop)
     try:
         while True:
+            reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            loop.call_soon_threadsafe(requests.put_nowait, reply)
             try:
-                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+                yield reply.result()
             except StopAsyncIteration:
                 return
     finally:
-        asyncio.run_coroutine_threadsafe(agen.aclose(), loop).result()
+        loop.call_soon_threadsafe(requests.put_nowait, None)
+        driver.result()
 
 
 def _drain_async(agen: Any) -> Iterator[Any]:

@@ -170,7 +170,13 @@ class ObjectRef:
     def __reduce__(self) -> tuple[Any, ...]:
         refs = getattr(_capture, "refs", None)
         if refs is not None:
-            refs.append(self)
+            refs.append(self)  # .remote() promotes what it captured before it submits
+        else:
+            # Leaving this process some other way (put, a pickled object): a direct actor
+            # call's result must be a real key before anyone else can take it.
+            from ._actor_channel import promote_now
+
+            promote_now(self.key, self._future.client)
         return _rebuild_ref, (self.key,)
 
 
@@ -201,6 +207,15 @@ def on_result_message(key: Key, blob: bytes, **_: Any) -> None:
     cell = _result_cells.get(as_key(key))
     if cell is not None:
         cell.arrive(blob)
+
+
+def deliver_result(client: Client, key: Key, blob: bytes | None) -> None:
+    """A result that came on its own (a direct actor call's): the value, if it came inline,
+    and the ref's future marked finished (on the client's loop)."""
+    cell = _result_cells.get(key)
+    if cell is not None and blob is not None:
+        cell.arrive(blob)
+    dx.key_finish(client, key)
 
 
 def on_lost_message(client: Client) -> Any:

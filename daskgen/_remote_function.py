@@ -16,6 +16,7 @@ import dask
 from distributed import Client, Future
 
 from . import _dask_internals as dx
+from ._actor_channel import is_unpromoted, promote
 from ._executor import Dep, Retry, TaskSpec
 from ._generators import ObjectRefGenerator
 from ._genstate import GenClaim, GenState, static_refs
@@ -173,7 +174,6 @@ def submit(
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
     return submit_task(
         spec,
-        spec,
         args,
         kwargs,
         resources=_resources(options),
@@ -183,20 +183,17 @@ def submit(
 
 
 def submit_task(
-    fn: Callable[..., Any],
     spec: TaskSpec,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
     resources: dict[str, float] | None,
     retries: int = 0,
-    workers: list[str] | None = None,
-    extra_deps: tuple[Future, ...] = (),
     max_retries: int | None = None,
 ) -> Any:
-    """Submit ``fn(caller, packed_args, *deps)`` as a Dask task and shape what the caller gets
-    by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming generator.
-    """
+    """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
+    gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
+    generator."""
     client = get_client()
     packed, deps, lent = pack_args(spec.name, args, kwargs)
     key = task_key(spec.name)
@@ -205,8 +202,8 @@ def submit_task(
         parent = dx.worker_current_key(worker)
         if parent is not None:
             record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
-    futures = (*(r._future for r in deps), *extra_deps)
-    call = _Call(client, fn, key, (client.id, packed, *futures), resources, retries, workers)
+    futures = tuple(r._future for r in deps)
+    call = _Call(client, spec, key, (client.id, packed, *futures), resources, retries)
     call.max_retries = max_retries
 
     state = refs = None
@@ -223,7 +220,7 @@ def submit_task(
     # its result once no ref remains (see _Call._annotations). A generator call is held by its
     # GenState until it ends.
     call.fire_and_forget = spec.mode == "plain"
-    future = call.submit(deps)
+    future = call.submit(deps, lent)
     if state is not None:
         state.attach(future)
 
@@ -243,6 +240,17 @@ def submit_task(
     return ObjectRefGenerator(state)
 
 
+def _when_published(
+    state: GenState, index: int, done: Callable[[BaseException | None], None]
+) -> None:
+    """``done(None)`` once yield ``index`` exists; ``done(why)`` if the task ended without it."""
+
+    def check() -> None:
+        done(None if state.is_published(index) else state.failure())
+
+    state.when_published(index, check)
+
+
 def _hold(*_: Any) -> None:
     """A done-callback whose only job is to keep its arguments alive until then."""
 
@@ -258,7 +266,6 @@ class _Call:
         args: tuple[Any, ...],
         resources: dict[str, float] | None,
         retries: int,
-        workers: list[str] | None,
     ) -> None:
         self.client = client
         self.fn = fn
@@ -266,26 +273,29 @@ class _Call:
         self.args = args
         self.resources = resources
         self.retries = retries
-        self.workers = workers
         self.max_retries: int | None = None  # re-runs allowed after the worker dies
         self.fire_and_forget = False  # keep the task running even if every ref is dropped
 
-    def submit(self, deps: list[ObjectRef]) -> Future:
-        """Submit now and return the task's future, or return a future for it and submit later.
+    def submit(self, deps: list[ObjectRef], lent: list[ObjectRef]) -> Future:
+        """Submit now and return the task's future, or return a future for it and submit
+        once the keys it needs exist.
 
         Beyond Ray: a task that takes yield i of a running ``num_returns=N`` generator starts as
         soon as yield i exists. Dask cannot depend on a key that does not exist yet, so such a
         submission waits (on the client's loop) for the yield instead of for the generator.
+        The same holds for the result of a direct actor call passed on (``lent``): it becomes a
+        real key first (``_actor_channel.promote``).
         """
-        states = [(getattr(r._owner, "state", None), r) for r in deps]
-        waiting = [
-            (state, int(r.key[1]))
-            for state, r in states
-            if isinstance(state, GenState)
-            and state.mode == "static"
-            and not state.is_published(int(r.key[1]))
-        ]
-        if not waiting:
+        waits: list[Callable[[Callable[[BaseException | None], None]], None]] = []
+        for ref in deps:
+            state = getattr(ref._owner, "state", None)
+            index = int(ref.key[1]) if isinstance(ref.key, tuple) else -1
+            if isinstance(state, GenState) and state.mode == "static":
+                if not state.is_published(index):
+                    waits.append(functools.partial(_when_published, state, index))
+        for key in {r.key for r in lent if is_unpromoted(r.key)}:
+            waits.append(functools.partial(dx.on_client_loop, self.client, promote, key))
+        if not waits:
             with self._annotations():
                 future = self.client.submit(
                     self.fn,
@@ -294,38 +304,28 @@ class _Call:
                     pure=False,
                     resources=self.resources,
                     retries=self.retries,
-                    workers=self.workers,
-                    allow_other_workers=False if self.workers else None,
                 )
             return dx.lighten(future)
         future = dx.light_future(self.key, self.client)
-        self._waiting = waiting
-        self._remaining = len(waiting)
+        self._remaining = len(waits)
+        self._failure: BaseException | None = None
         self._lock = threading.Lock()
-        for state, i in waiting:
-            state.when_published(i, self._one_ready)
+        for wait in waits:
+            wait(self._one_ready)
         return future
 
-    def _one_ready(self) -> None:
+    def _one_ready(self, failure: BaseException | None) -> None:
         with self._lock:  # called from this thread or the client's loop
+            self._failure = self._failure or failure
             self._remaining -= 1
             if self._remaining:
                 return
-        for state, i in self._waiting:
-            if not state.is_published(i):
-                failure = state.failure()
-                if failure is not None:
-                    dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, failure)
-                    return
+        if self._failure is not None:
+            dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, self._failure)
+            return
         with self._annotations():
             dx.submit_prebound(
-                self.client,
-                self.key,
-                self.fn,
-                self.args,
-                self.resources,
-                self.retries,
-                self.workers,
+                self.client, self.key, self.fn, self.args, self.resources, self.retries
             )
 
     def _annotations(self) -> Any:

@@ -15,27 +15,32 @@ Routes it adds to the scheduler's batched-stream handlers (see ``_protocol`` for
   a worker holding actors leaves, or an actor is killed, every client gets
   ``daskgen-actor-died`` {actor, reason}.
 
-And request handlers: for named actors ``daskgen_actor_register`` {name, state} (False if
-the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None); and
-``daskgen_cancel`` {keys, client, reason, processing_too}: Dask's cancel, forced, answering
-which worker was processing each key (the caller then interrupts it there, see ``_cancel``).
+* ``daskgen-cancel`` (from clients) {keys, force, recursive, revoke, reason}: Ray's cancel
+  (see ``_cancel``), interrupting tasks on the workers that run them.
+
+And request handlers for named actors: ``daskgen_actor_register`` {name, state} (False if
+the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None).
 
 A handler that raised would close the sender's whole connection, so both catch everything and log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from . import _dask_internals as dx
+from ._interrupt import interrupt_all
 from ._protocol import (
     ACTOR_DIED_OP,
     ACTOR_OP,
+    CANCEL_OP,
     CONSUMED_OP,
     DESIRE_OP,
+    EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
@@ -65,6 +70,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         # and generator task -> those keys (see on_desire).
         self.early_wants: dict[Any, set[str]] = {}
         self.early_by_task: dict[str, set[Any]] = {}
+        # Direct actor calls that publish yields, not ended: call key -> worker (on_expect).
+        self.expected: dict[Any, str] = {}
         # daskgen's fire-and-forget calls that have not run yet (see transition).
         self.fire_and_forget: set[Any] = set()
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
@@ -76,11 +83,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_stream_handler(scheduler, ACTOR_OP, self.on_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
-        dx.scheduler_add_handler(scheduler, "daskgen_cancel", self.cancel)
+        dx.scheduler_add_stream_handler(scheduler, CANCEL_OP, self.on_cancel)
         dx.scheduler_add_stream_handler(scheduler, PUBLISH_OP, self.on_publish)
         dx.scheduler_add_stream_handler(scheduler, CONSUMED_OP, self.on_consumed)
         dx.scheduler_add_stream_handler(scheduler, RESULT_OP, self.on_result)
         dx.scheduler_add_stream_handler(scheduler, DESIRE_OP, self.on_desire)
+        dx.scheduler_add_stream_handler(scheduler, EXPECT_OP, self.on_expect)
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
@@ -117,6 +125,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_register_data(s, fresh, worker, caller)
             if self.early_wants:
                 self._grant_early_wants(task, fresh)
+            if task in self.expected and task in fresh:  # a direct call's outcome: it ended
+                del self.expected[task]
+                if task in self.early_by_task:
+                    self._settle_early_wants(task, "memory")
         if announce:
             # Only keys new to the cluster may skip the queue to a caller in this process: no
             # earlier message can concern them (a republished or replaced yield may have one).
@@ -141,7 +153,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                     known.append(key)
                     continue
                 task = task_of_yield(key)
-                if task is not None and dx.scheduler_key_state(s, task) not in (None, "memory"):
+                if task is not None and (
+                    task in self.expected or dx.scheduler_key_state(s, task) not in (None, "memory")
+                ):
                     self.early_wants.setdefault(key, set()).add(client)
                     self.early_by_task.setdefault(task, set()).add(key)
                 else:
@@ -152,6 +166,20 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 self._tell_lost(client, lost, "lost", "it was freed before this process took it")
         except Exception:
             logger.exception("daskgen: failed to register refs of %s", client)
+
+    def on_expect(self, client: str, task: Any, worker: str, ended: bool = False, **_: Any) -> None:
+        """A direct actor call (no Dask task) will publish yields from ``worker``; or it
+        ``ended`` without its outcome. Early wants of its yields wait as for a generator task."""
+        try:
+            task = _as_key(task)
+            if ended:
+                self.expected.pop(task, None)
+                if task in self.early_by_task:
+                    self._settle_early_wants(task, "erred")
+            else:
+                self.expected[task] = worker
+        except Exception:
+            logger.exception("daskgen: failed to record the actor call %s", task)
 
     def _grant_early_wants(self, task: str, fresh: dict[Any, int]) -> None:
         waiting = self.early_by_task.get(task)
@@ -222,20 +250,59 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
 
-    def cancel(self, keys: list, client: str, reason: str, processing_too: bool) -> dict[str, list]:
-        """Cancel ``keys`` in Dask (forced), but leave those processing on a worker alone
-        unless ``processing_too``; answer which worker was processing which key."""
-        keys = [_as_key(k) for k in keys]
-        where: dict[str, list] = {}
-        now = []
-        for key in keys:
-            worker = dx.scheduler_processing_on(self.scheduler, key)
-            if worker is not None:
-                where.setdefault(worker, []).append(key)
-            if worker is None or processing_too:
-                now.append(key)
-        dx.scheduler_cancel(self.scheduler, now, client, reason)
-        return where
+    def on_cancel(
+        self,
+        client: str,
+        keys: list,
+        force: bool,
+        recursive: bool,
+        revoke: bool,
+        reason: str,
+        **_: Any,
+    ) -> None:
+        """Ray's ``cancel()`` (see ``_cancel``): Dask cancels what no worker is processing now
+        (with ``force`` or ``revoke``, everything); the workers processing the rest interrupt
+        the tasks they run, and what turns out not to have started is cancelled in Dask."""
+        try:
+            s = self.scheduler
+            where: dict[str, list[Any]] = {}
+            now = []
+            for key in map(_as_key, keys):
+                worker = dx.scheduler_processing_on(s, key)
+                if worker is not None:
+                    where.setdefault(worker, []).append(key)
+                if worker is None or force or revoke:
+                    now.append(key)
+            dx.scheduler_cancel(s, now, client, reason)
+            for worker, assigned in where.items():
+                asyncio.ensure_future(
+                    self._interrupt(worker, assigned, client, force, recursive, revoke, reason)
+                )
+        except Exception:
+            logger.exception("daskgen: failed to cancel %s", keys)
+
+    async def _interrupt(
+        self,
+        worker: str,
+        keys: list[Any],
+        client: str,
+        force: bool,
+        recursive: bool,
+        revoke: bool,
+        reason: str,
+    ) -> None:
+        try:
+            running = await dx.scheduler_run_on_worker(
+                self.scheduler, worker, interrupt_all, keys, force, recursive
+            )
+        except Exception:  # the worker is gone, and so is the task's thread
+            logger.debug("daskgen: could not interrupt %s on %s", keys, worker, exc_info=True)
+            return
+        if not (force or revoke):
+            # Assigned to the worker but not started there: they never run (one that starts
+            # meanwhile stops at once, see _interrupt.running).
+            idle = [k for k, was in zip(keys, running, strict=True) if not was]
+            dx.scheduler_cancel(self.scheduler, idle, client, reason)
 
     # -- retries after a worker death -----------------------------------------------------------
 
@@ -278,6 +345,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         for actor in self.actors.pop(worker, set()):
             self._died(actor, f"its worker {worker} left the cluster")
+        for task in [t for t, w in self.expected.items() if w == worker]:
+            del self.expected[task]
+            if task in self.early_by_task:
+                self._settle_early_wants(task, "erred")
 
     def _died(self, actor: str, reason: str) -> None:
         name = self.named.pop(actor, None)

@@ -300,3 +300,121 @@ def test_daskgen_publishes_through_these_internals(inproc):
         assert ref.key in worker.data
     finally:
         daskgen.shutdown()
+
+
+# --- call semantics and direct actor calls -------------------------------------------------------
+
+
+# The in-process cluster's tasks run in this process, but are still pickled: module-level
+# helpers, with events looked up by name.
+_EVENTS: dict[str, object] = {}
+
+
+def _event(name):
+    import threading
+
+    return _EVENTS.setdefault(name, threading.Event())
+
+
+def _wait_for(name):
+    return _event(name).wait(30)
+
+
+def _where(dask_worker):
+    return dask_worker.address
+
+
+def _hold_then_leave(name):
+    import threading
+
+    _EVENTS[name + "-ident"] = threading.get_ident()
+    _event(name + "-started").set()
+    _event(name).wait(30)
+    dx.worker_thread_leaves_pool()
+    return "done"
+
+
+def test_the_scheduler_keeps_calls_for_dasks_fire_and_forget_client(inproc):
+    client, scheduler, _ = inproc
+    fut = client.submit(_wait_for, "fnf", key="fnf-" + "b" * 32)
+    realcluster.wait_until(lambda: fut.key in scheduler.tasks, "the task is known")
+    client.sync(_on_scheduler, scheduler, dx.scheduler_fire_and_forget, [fut.key])
+    ts = scheduler.tasks[fut.key]
+    assert scheduler.clients["fire-and-forget"] in ts.who_wants, "Dask renamed fire-and-forget"
+    _event("fnf").set()
+    assert fut.result(timeout=30) is True
+
+
+async def _on_scheduler(scheduler, fn, *args):
+    return fn(scheduler, *args)
+
+
+def test_cancel_desire_and_report_are_scheduler_methods(inproc):
+    _, scheduler, _ = inproc
+    for name in ("stimulus_cancel", "client_desires_keys", "client_releases_keys", "client_send"):
+        assert callable(getattr(scheduler, name, None)), f"Dask moved Scheduler.{name}"
+    params = inspect.signature(scheduler.stimulus_cancel).parameters
+    for name in ("keys", "client", "force", "reason", "msg"):
+        assert name in params, f"Scheduler.stimulus_cancel lost parameter {name!r}"
+
+
+def test_the_scheduler_can_run_a_function_on_a_worker(inproc):
+    client, scheduler, worker = inproc
+    got = client.sync(dx.scheduler_run_on_worker, scheduler, worker.address, _where)
+    assert got == worker.address
+
+
+def test_a_worker_thread_can_be_detached_from_its_pool(inproc):
+    """What force-cancel does: the thread leaves the pool and the task's slot is free."""
+    client, _, worker = inproc
+    from distributed.threadpoolexecutor import thread_state, threads_lock  # noqa: F401
+
+    executor = worker.executors["default"]
+    _has(executor, "_threads", "_adjust_thread_count")
+    fut = client.submit(_hold_then_leave, "detach", key="detach-" + "c" * 32, resources={"CPU": 1})
+    assert _event("detach-started").wait(30)
+    threads_before = len(executor._threads)
+    ident = _EVENTS["detach-ident"]
+    assert client.sync(_on_worker, worker, dx.worker_detach_thread, fut.key, ident)
+    assert len(executor._threads) == threads_before  # a new thread took its place
+    assert worker.state.tasks[fut.key].state == "long-running"
+    _event("detach").set()
+    assert fut.result(timeout=30) == "done"
+
+
+async def _on_worker(worker, fn, *args):
+    return fn(worker, *args)
+
+
+def test_a_worker_keeps_connections_for_handlers_added_at_run_time(inproc):
+    _, _, worker = inproc
+    _has(worker, "handlers", "rpc", "scheduler", "_get_client")
+    assert "daskgen-test" not in worker.handlers
+    dx.worker_add_handler(worker, "daskgen-test", lambda comm: None)
+    assert dx.worker_has_handler(worker, "daskgen-test")
+    del worker.handlers["daskgen-test"]
+
+
+def test_a_worker_fetches_values_from_its_memory_or_its_peers(inproc):
+    client, _, worker = inproc
+    from distributed.utils_comm import gather_from_workers  # noqa: F401
+
+    here = client.submit(lambda: [1, 2], key="fetch-" + "d" * 32)
+    here.result(timeout=30)
+    values, missing = client.sync(dx.worker_fetch, worker, [here.key, "fetch-missing"])
+    assert values[here.key] is worker.data[here.key]  # the very object
+    assert missing == ["fetch-missing"]
+
+
+def test_a_worker_forgets_keys_the_scheduler_never_knew(inproc):
+    client, scheduler, worker = inproc
+    key = ("daskgen-direct-" + "e" * 32, -1)
+
+    async def store_then_forget():
+        dx.worker_store(worker, {key: b"x" * 100})
+        assert worker.state.tasks[key].state == "memory"
+        dx.worker_forget(worker, [key])
+
+    client.sync(store_then_forget)
+    assert key not in worker.state.tasks and key not in worker.data
+    assert key not in scheduler.tasks

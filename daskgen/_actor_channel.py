@@ -1,0 +1,297 @@
+"""The caller's half of direct actor calls: one connection per (client, worker) carrying calls
+to the actors on that worker, and the results coming back. Runs in the caller's process (the
+driver, or a worker whose task calls actors); ``_actor_host`` is the other half and documents
+the messages.
+
+A direct call's ref is an ``ObjectRef`` like any other, on a key the scheduler does not know
+until it must (see ``_actor_host``): its small result comes inline on the connection, dropping
+the ref sends ``release`` to the host instead of the scheduler, and passing the ref on (to a
+task, to another actor, out of this process) first **promotes** it: the host publishes the
+value as a real key held by this client, and what needed it waits for that announcement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from distributed import Client
+from distributed.batched import BatchedSend
+from distributed.comm import CommClosedError, connect
+
+from . import _dask_internals as dx
+from ._protocol import ACTOR_STREAM_OP, Key, as_key
+from .exceptions import ActorDiedError, RayActorError
+
+logger = logging.getLogger("daskgen")
+
+SEND_INTERVAL = 0.001  # s: batching of calls on daskgen's own connection
+
+_channels: dict[tuple[int, str], Channel] = {}
+_channels_lock = threading.Lock()
+# Direct-call keys this process holds that the scheduler does not know (pending or arrived,
+# not promoted): released to their channel.
+_unpromoted: dict[Key, Channel] = {}
+# Promotions under way: key -> callbacks run once the scheduler announced the key.
+_promoting: dict[Key, list[Callable[[BaseException | None], None]]] = {}
+
+
+def channel(client: Client, address: str) -> Channel:
+    """This client's channel to the worker at ``address`` (made on first use)."""
+    with _channels_lock:
+        ch = _channels.get((id(client), address))
+        if ch is None or ch.closed:
+            ch = _channels[(id(client), address)] = Channel(client, address)
+        return ch
+
+
+class Channel:
+    """Calls to the actors of one worker, and their results (see the module's docstring)."""
+
+    def __init__(self, client: Client, address: str) -> None:
+        self.client = client
+        self.address = address
+        # Calls sent without a result yet: key -> (actor, what to tell if it fails).
+        self.pending: dict[Key, tuple[str, Callable[[Any], None] | None]] = {}
+        self.closed = False
+        self.failure: BaseException | None = None
+        self._outbox: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._batched: BatchedSend | None = None
+        self._connecting = False
+
+    # -- sending (any thread) ----------------------------------------------------------------
+
+    def call(
+        self,
+        key: Key,
+        msg: dict[str, Any],
+        on_failed: Callable[[Any], None] | None,
+        actor: str,
+    ) -> None:
+        """Send a call to ``actor``; its result arrives for ``key``. ``on_failed(error)`` is
+        told if the call ends without a result on the scheduler's path (a generator call)."""
+        with self._lock:
+            if self.closed:
+                failure = self.failure
+            else:
+                failure = None
+                self.pending[key] = (actor, on_failed)
+                _unpromoted[key] = self
+        if failure is not None:
+            dx.on_client_loop(self.client, self._fail, key, on_failed, failure)
+            return
+        self.send(msg)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self._outbox.append(msg)
+            first = len(self._outbox) == 1
+        if first:
+            try:
+                dx.on_client_loop(self.client, self._flush)
+            except Exception:  # the client is closing: its calls end with it
+                pass
+
+    def _flush(self) -> None:
+        """On the client's loop: hand the queued messages to the connection, opening it once."""
+        if self._batched is None:
+            if not self._connecting:
+                self._connecting = True
+                asyncio.ensure_future(self._connect())
+            return
+        with self._lock:
+            msgs, self._outbox = self._outbox, []
+        for msg in msgs:
+            self._batched.send(msg)
+
+    async def _connect(self) -> None:
+        from ._actor_host import install
+
+        try:
+            # The handler is registered by the actor's creation task; registering it here too
+            # (idempotent) means a caller never races a creation still under way.
+            await self.client.run(
+                install, workers=[self.address], on_error="raise", asynchronous=True
+            )
+            comm = await connect(self.address, **self.client.connection_args)
+            comm.name = "daskgen->actors"
+            await comm.write({"op": ACTOR_STREAM_OP, "client": self.client.id, "reply": False})
+        except Exception as exc:
+            self._lost(
+                ActorDiedError(
+                    f"The actor's worker {self.address} cannot be reached for actor calls: "
+                    f"{exc!r}. Is daskgen installed there (the same version as here)?"
+                )
+            )
+            return
+        self._batched = BatchedSend(interval=SEND_INTERVAL)
+        self._batched.start(comm)
+        self._connecting = False
+        self._flush()
+        asyncio.ensure_future(self._read(comm))
+
+    # -- receiving (on the client's loop) -----------------------------------------------------
+
+    async def _read(self, comm: Any) -> None:
+        try:
+            while True:
+                for msg in await comm.read():
+                    self._on_reply(msg)
+        except (CommClosedError, OSError):
+            pass
+        except Exception:
+            logger.exception("daskgen: bad reply on the actor connection to %s", self.address)
+        self._lost(
+            ActorDiedError(
+                "The actor died unexpectedly before finishing this task.\n"
+                f"The actor is dead because its worker {self.address} closed the connection "
+                "(it left the cluster, or its process died)."
+            )
+        )
+
+    def _on_reply(self, msg: dict[str, Any]) -> None:
+        key = as_key(msg["key"])
+        if msg["op"] == "result":
+            if self.pending.pop(key, None) is None:
+                return  # it failed already (its actor died), or its ref was dropped
+            from ._refs import deliver_result
+
+            deliver_result(self.client, key, msg["blob"])
+        elif msg["op"] == "failed":  # a generator call that ended without its outcome
+            entry = self.pending.pop(key, None)
+            _unpromoted.pop(key, None)
+            blob = msg.get("blob")
+            if entry is not None:
+                self._fail(key, entry[1], pickle.loads(blob) if blob else None)
+
+    def completed(self, key: Key) -> None:
+        """The scheduler announced ``key`` (published by the host): it is a real key now."""
+        self.pending.pop(key, None)
+        _unpromoted.pop(key, None)
+
+    def _fail(self, key: Key, on_failed: Callable[[Any], None] | None, error: Any) -> None:
+        _unpromoted.pop(key, None)
+        if on_failed is not None:
+            on_failed(error)
+        else:
+            from .exceptions import TaskCancelledError
+
+            dx.key_set_error(self.client, key, error or TaskCancelledError())
+
+    def _lost(self, error: BaseException) -> None:
+        """The connection is gone: every call on it without a result fails with ``error``."""
+        with self._lock:
+            self.closed = True
+            self.failure = error
+            pending, self.pending = self.pending, {}
+            self._outbox.clear()
+        with _channels_lock:
+            if _channels.get((id(self.client), self.address)) is self:
+                del _channels[(id(self.client), self.address)]
+        for key, (_, on_failed) in pending.items():
+            self._fail(key, on_failed, error)
+        for key in [k for k, ch in _unpromoted.items() if ch is self]:
+            _unpromoted.pop(key, None)
+            for callback in _promoting.pop(key, []):
+                callback(error)
+
+    def fail_actor(self, actor: str, error: BaseException) -> None:
+        """The actor died (the scheduler says so, or it was killed): its calls without a
+        result fail (on the client's loop)."""
+        for key in [k for k, (a, _) in self.pending.items() if a == actor]:
+            _, on_failed = self.pending.pop(key)
+            self._fail(key, on_failed, error)
+
+
+# ------------------------------------------------------------------------ releases and promotion
+
+
+def cancel_actor_call(key: Key, force: bool) -> bool:
+    """``cancel()`` of a direct actor call still without its result: ask its host (see
+    ``ActorHost.cancel``). False if ``key`` is no such call."""
+    ch = _unpromoted.get(key)
+    if ch is None or key not in ch.pending:
+        return False
+    if force:
+        raise ValueError("force=True is not supported for actor tasks.")
+    ch.send({"op": "cancel", "key": key})
+    return True
+
+
+def _route_releases(client: Client, keys: list[Key]) -> list[Key]:
+    """Released keys of unpromoted direct calls go to their host; the rest to the scheduler."""
+    if not _unpromoted:
+        return keys
+    rest = []
+    by_channel: dict[Channel, list[Key]] = {}
+    for key in keys:
+        ch = _unpromoted.pop(key, None)
+        if ch is None:
+            rest.append(key)
+        else:
+            ch.pending.pop(key, None)
+            by_channel.setdefault(ch, []).append(key)
+    for ch, released in by_channel.items():
+        ch.send({"op": "release", "keys": released})
+    return rest
+
+
+dx.release_elsewhere(_route_releases)
+
+
+def is_unpromoted(key: Key) -> bool:
+    return key in _unpromoted
+
+
+def promote(key: Key, done: Callable[[BaseException | None], None]) -> None:
+    """Make the direct-call result ``key`` a real cluster key held by this client; call
+    ``done(None)`` once the scheduler announced it, or ``done(error)`` if it cannot be."""
+    ch = _unpromoted.get(key)
+    if ch is None:
+        done(None)  # known to the scheduler already
+        return
+    waiting = _promoting.setdefault(key, [])
+    waiting.append(done)
+    if len(waiting) == 1:
+        ch.send({"op": "promote", "keys": [key]})
+
+
+def on_published(client: Client, key: Key) -> None:
+    """The scheduler announced ``key``, published by an actor's host (on the client's loop)."""
+    ch = _unpromoted.get(key)
+    if ch is not None:
+        ch.completed(key)
+    else:
+        for ch in list(_channels.values()):
+            if ch.client is client and key in ch.pending:
+                ch.completed(key)
+    for callback in _promoting.pop(key, []):
+        callback(None)
+
+
+def promote_now(key: Key, client: Client) -> None:
+    """Promote ``key`` and wait for it (a ref pickled outside ``.remote()``, e.g. into ``put``);
+    on the client's own loop (where waiting would deadlock) the promotion is only started."""
+    if not is_unpromoted(key):
+        return
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def finished(error: BaseException | None) -> None:
+        if error is not None:
+            errors.append(error)
+        done.set()
+
+    dx.on_client_loop(client, promote, key, finished)
+    if dx.on_loop_thread(client):
+        return
+    done.wait()  # the host answers, or its connection closes (then the error is set)
+    if errors:
+        raise RayActorError(f"The actor result {key!r} cannot be passed on: {errors[0]}")
