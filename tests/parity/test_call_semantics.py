@@ -169,9 +169,16 @@ def test_calls_to_a_killed_actor_fail_with_rays_first_line(ray):
     counter = _counter(ray).remote()
     assert ray.get(counter.value.remote(), timeout=HANG) == 0
     ray.kill(counter)
-    with pytest.raises(ray.exceptions.ActorDiedError) as info:
-        ray.get(counter.value.remote(), timeout=HANG)
-    assert _first_line(info.value) == "The actor died unexpectedly before finishing this task."
+
+    def died():  # Ray's kill is asynchronous: a call right after it may still run
+        try:
+            ray.get(counter.value.remote(), timeout=HANG)
+        except ray.exceptions.ActorDiedError as error:
+            return error
+        return None
+
+    error = wait_until(died, "a call to the killed actor failed", HANG)
+    assert _first_line(error) == "The actor died unexpectedly before finishing this task."
 
 
 # --- generators whose caller drops them --------------------------------------------------------
