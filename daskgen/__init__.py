@@ -2,18 +2,22 @@
 
 ``import daskgen as ray`` and Ray code runs on a Dask cluster: each remote call is a Dask task,
 and each value a remote generator yields becomes its own key in the cluster when it is yielded.
+
+This module is the whole public face; everything else is private. ``docs/architecture.md``
+shows the layers (``_protocol`` and the other bottom modules, then ``_cluster``/``_scheduler``,
+``_objects``, ``_worker`` and ``_client``) and which process each runs in.
 """
 
 from __future__ import annotations
 
 from . import exceptions
-from ._actors import ActorClass, ActorHandle, get_actor, kill, method
-from ._api import cancel, get, put, wait
-from ._context import get_runtime_context, progress
-from ._generators import DynamicObjectRefGenerator, ObjectRefGenerator
-from ._lifecycle import get_client, init, is_initialized, shutdown
-from ._refs import ObjectRef
-from ._remote_function import RemoteFunction, remote
+from ._client.actors import ActorClass, ActorHandle, get_actor, kill, method
+from ._client.api import cancel, get, put, wait
+from ._client.context import get_runtime_context, progress
+from ._client.remote_function import RemoteFunction, remote
+from ._client.session import get_client, init, is_initialized, shutdown
+from ._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
+from ._objects.refs import ObjectRef
 
 __version__ = "0.1.0"
 
@@ -40,3 +44,11 @@ __all__ = [
     "RemoteFunction",
     "exceptions",
 ]
+
+# The public names say they are daskgen's (reprs, docs, pickles by reference), wherever they
+# are defined inside the package.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("daskgen."):
+        _obj.__module__ = "daskgen"
+del _name, _obj

@@ -11,17 +11,24 @@ installed Dask and fails loudly when one is gone.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
 
+import dask
 from dask.sizeof import sizeof
 from distributed import Client, Future, Worker
+from distributed.deploy.subprocess import SubprocessWorker
 from distributed.protocol.serialize import Serialize, Serialized, deserialize
 from distributed.scheduler import Scheduler
 from distributed.spill import SpillBuffer
 from distributed.worker_state_machine import FreeKeysEvent, TaskState
+
+from ._protocol import as_key
 
 Key = Any
 
@@ -102,7 +109,7 @@ _release_elsewhere: Callable[[Client, list[Key]], list[Key]] | None = None
 
 
 def release_elsewhere(route: Callable[[Client, list[Key]], list[Key]]) -> None:
-    """Route released keys through ``route`` first (see ``_actor_channel``)."""
+    """Route released keys through ``route`` first (see ``_client.actor_channel``)."""
     global _release_elsewhere
     _release_elsewhere = route
 
@@ -186,7 +193,7 @@ def submit_prebound(
     """``client.submit`` for a key this client already holds a ``Future`` of.
 
     ``Client.submit`` returns the existing future instead of submitting when the key is known,
-    but a task that waited for a yield (see ``_remote_function``) had to hand out its ref first.
+    but a task that waited for a yield (``_client.remote_function``) had to hand out its ref first.
     This is the body of ``Client.submit`` without that check.
     """
     from dask._expr import LLGExpr
@@ -450,6 +457,16 @@ def worker_client(worker: Worker) -> Client:
     return worker._get_client()
 
 
+def worker_total_resources(worker: Worker) -> dict[str, float]:
+    """What this worker declares (``--resources``)."""
+    return dict(worker.state.total_resources)
+
+
+def worker_is_closing(worker: Worker) -> bool:
+    """Whether the worker is shutting down (it will not drain its queues any more)."""
+    return worker.status.name in ("closing", "closing_gracefully", "closed", "failed")
+
+
 def worker_current_resources(worker: Worker, key: Key) -> dict[str, float]:
     ts = worker.state.tasks.get(key)
     return dict(ts.resource_restrictions or {}) if ts is not None else {}
@@ -534,7 +551,7 @@ def _forget_plain(worker: Worker, keys: Iterable[Key], stimulus_id: str) -> list
     notify = any(hasattr(p, "transition") for p in state.plugins.values())
     now = time()
     for key in keys:
-        key = tuple(key) if isinstance(key, list) else key
+        key = as_key(key)
         ts = state.tasks.get(key)
         if (
             ts is None
@@ -833,3 +850,79 @@ def set_batching_interval(stream: Any, seconds: float) -> None:
 def client_batched_comm(client: Client) -> Any:
     """The client's batched stream to the scheduler."""
     return client.scheduler_comm
+
+
+# ------------------------------------------------------------------- the embedded cluster's parts
+
+
+def spawned_worker_class(
+    environ: Callable[[], dict[str, str]], nanny_environ: dict[str, Any]
+) -> type[SubprocessWorker]:
+    """A ``SubprocessWorker`` whose ``python -m dask spec`` process starts with ``environ()``
+    (read as it starts) on top of this process's environment, and whose nanny gives its
+    worker ``nanny_environ``
+    (Dask's ``distributed.nanny.pre-spawn-environ``, passed through the config Dask hands to
+    the processes it starts). ``SubprocessWorker._start`` has no hook for either."""
+
+    class SpawnedWorker(SubprocessWorker):
+        async def _start(self) -> None:
+            spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
+            env = dict(os.environ)
+            inherited = env.get("DASK_INTERNAL_INHERIT_CONFIG")
+            config = dask.config.deserialize(inherited) if inherited else {}
+            dask.config.update(
+                config, {"distributed": {"nanny": {"pre-spawn-environ": nanny_environ}}}
+            )
+            env["DASK_INTERNAL_INHERIT_CONFIG"] = dask.config.serialize(config)
+            env.update(environ())
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, env=env
+            )
+
+    return SpawnedWorker
+
+
+def memory_limit(value: Any, n_workers: int) -> int | None:
+    """Dask's reading of a worker ``memory_limit`` ("auto", "4GB", a fraction...)."""
+    import logging
+
+    from distributed.worker_memory import parse_memory_limit
+
+    return parse_memory_limit(value, 1, n_workers, logger=logging.getLogger("daskgen"))
+
+
+def scheduler_inproc_address(scheduler: Scheduler) -> str | None:
+    """The scheduler's ``inproc://`` address, if it listens on one."""
+    for listener in getattr(scheduler, "listeners", ()):
+        if listener.contact_address.startswith("inproc://"):
+            return str(listener.contact_address)
+    return None
+
+
+def scheduler_batched_streams(scheduler: Scheduler) -> dict[str, Any]:
+    """The scheduler's batched stream to each worker and client, by address or client id."""
+    return {**scheduler.stream_comms, **scheduler.client_comms}
+
+
+def scheduler_stream_to(scheduler: Scheduler, worker_or_client: str) -> Any:
+    streams = scheduler.stream_comms
+    return streams.get(worker_or_client) or scheduler.client_comms.get(worker_or_client)
+
+
+def worker_batched_stream(worker: Worker) -> Any:
+    """The worker's batched stream to the scheduler."""
+    return worker.batched_stream
+
+
+def scheduler_plugin(scheduler: Scheduler, name: str) -> Any:
+    return scheduler.plugins.get(name)
+
+
+def batched_send(comm: Any, interval: float) -> Any:
+    """Dask's ``BatchedSend`` on ``comm``, started, batching every ``interval`` seconds: how
+    daskgen's own connections (actor calls and their replies) send, as Dask's streams do."""
+    from distributed.batched import BatchedSend
+
+    stream = BatchedSend(interval=interval)
+    stream.start(comm)
+    return stream

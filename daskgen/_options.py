@@ -1,11 +1,13 @@
-"""Validation of ``@remote(...)`` and ``.options(...)`` keywords.
+"""Every check of what a caller passes: ``@remote(...)``, ``.options(...)`` and actor method
+keywords, and the timeouts of ``get``/``wait``/``next``.
 
-Every bad value is rejected when the decorator or ``.options()`` runs, naming the option, so a
-mistake never surfaces later as a hang or a failure on a worker.
+Every bad value is rejected when the decorator, ``.options()`` or the call runs, naming the
+option, so a mistake never surfaces later as a hang or a failure on a worker.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -186,3 +188,35 @@ def worker_fits(wanted: dict[str, float], declared: dict[str, float]) -> bool:
     """Whether one worker declaring ``declared`` can run a task that needs ``wanted`` (Dask
     places a task on one worker: totals across workers do not help)."""
     return all(declared.get(r, 0) >= amount for r, amount in wanted.items())
+
+
+# Keywords of ``@method(...)``, and of ``handle.method.options(...)`` (which also takes a name).
+METHOD_DECORATOR_OPTIONS = ("num_returns", "_generator_backpressure_num_objects")
+METHOD_CALL_OPTIONS = (*METHOD_DECORATOR_OPTIONS, "name")
+
+
+def validate_method(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """Check an actor method's options (only ``allowed`` keywords)."""
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ValueError(
+            f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
+            f"Valid ones are {sorted(allowed)}."
+        )
+    return validate(options)
+
+
+def check_max_concurrency(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_concurrency must be an int >= 1, not {value!r}")
+
+
+def check_timeout(timeout: Any, name: str = "timeout") -> float | None:
+    """``None`` or a number of seconds >= 0; anything else is the caller's mistake."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be None or a number of seconds, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{name} must be >= 0, not {timeout!r}")
+    return float(timeout)

@@ -1,7 +1,39 @@
-"""Names and small value types shared by daskgen's client, scheduler and worker halves.
+"""Keys, message names and shapes, and small value types: shared by every process daskgen
+runs in (the driver, the scheduler, the workers). Imports nothing of daskgen but its errors.
 
-The protocol itself (messages, ordering, who holds each key when) is documented at the top of
-``_publish.py``, the worker half that drives it.
+Who sends what to whom::
+
+    driver / task's client            scheduler (+ daskgen plugin)            worker
+    ----------------------            ---------------------------             ------
+    update-graph (Dask) ───────────>  daskgen_fire_and_forget,
+                                      daskgen_max_retries annotations
+                                                      compute-task (Dask) ──> TaskSpec runs
+                                                                              the function
+                                      daskgen-publish  <───────────────────── each yield, stored
+                                      (register the keys,                     in worker memory
+                                       held by the caller)                    (fast lane on the
+    <─── daskgen-yield                                                        embedded cluster)
+    <─── daskgen-result  <─────────── daskgen-result   <───────────────────── a small result
+    daskgen-consumed ──────────────>  (forwarded)      ─────────────────────> backpressure
+    daskgen-desire ────────────────>  a ref took in task data; early yields
+    <─── daskgen-lost                 a desired key that will never exist
+    daskgen-cancel ────────────────>  Dask cancel; interrupt (run) ─────────> _worker.interrupt
+    daskgen-expect ────────────────>  a direct actor call publishing yields
+                                      daskgen-actor    <───────────────────── actor made/killed
+    <─── daskgen-actor-died           (worker left, actor killed)
+
+    actor calls, straight to the actor's worker (no scheduler hop):
+    daskgen_actor_stream ────────────────────────────────────────────────────> call, cancel,
+    <──────────────────────────────────────────────────────────────────────── result, failed
+                                                                               release, promote,
+                                                                               ready, consumed
+
+Every arrow on the scheduler's side is a handler of ``_scheduler.plugin`` (ordered batched
+streams, except the fast lane, see ``_cluster.fastlane``); the generator protocol (ordering,
+who holds each key when) is documented in ``_worker.publish``, the actor calls in
+``_worker.actor_host``.
+
+Keys:
 
 * A remote call is one Dask task, key ``"<name>-<32 hex>"`` (``name`` is the function's name, so
   the dashboard shows ``split-...``). The hex part makes keys unguessable: Dask substitutes a
@@ -60,6 +92,71 @@ def new_token() -> str:
 def as_key(key: Any) -> Key:
     """A key as Dask knows it: a tuple key arrives as a list after msgpack."""
     return tuple(key) if isinstance(key, list) else key
+
+
+def cancel_message(
+    keys: list[Key], *, force: bool, recursive: bool, revoke: bool, reason: str
+) -> dict[str, Any]:
+    """``daskgen-cancel``, which a client (the driver's, or a task's) sends to the scheduler."""
+    return {
+        "op": CANCEL_OP,
+        "keys": list(keys),
+        "force": force,
+        "recursive": recursive,
+        "revoke": revoke,
+        "reason": reason,
+    }
+
+
+class WorkerFunction:
+    """A function of daskgen's worker side, named rather than imported (so that the scheduler's
+    side can send it in Dask's ``run`` message without importing the worker's code)."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __call__(self, *args: Any, dask_worker: Any = None) -> Any:
+        import importlib
+
+        fn = getattr(importlib.import_module(self.module), self.name)
+        return fn(*args, dask_worker=dask_worker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WorkerFunction, (self.module, self.name)
+
+    @property
+    def __name__(self) -> str:  # what Dask logs
+        return self.name
+
+
+INTERRUPT = WorkerFunction("daskgen._worker.interrupt", "interrupt_all")
+
+
+class Dep:
+    """Placeholder, in pickled arguments, for the value of the i-th dependency future."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Dep, (self.index,)
+
+
+class Put:
+    """Box for ``put`` values: since dask 2026.7, scatter unpacks bare builtin containers."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Put, (self.value,)
 
 
 def task_key(name: str) -> str:

@@ -1,7 +1,9 @@
 """Exceptions raised by daskgen, under Ray's names.
 
 Code written for Ray catches ``ray.exceptions.X``; after ``import daskgen as ray`` the same
-``except`` clauses keep working because every class here carries Ray's name and place in the tree::
+``except`` clauses keep working because every class here carries Ray's name and place in the tree.
+:func:`translate` is the one place where Dask's errors become these (as httpx maps foreign
+errors at its one transport boundary)::
 
     RayError
     +-- RayTaskError            a remote function raised; also an instance of the cause's class
@@ -16,6 +18,8 @@ Code written for Ray catches ``ray.exceptions.X``; after ``import daskgen as ray
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import os
 import sys
 import traceback
@@ -202,3 +206,46 @@ class RayActorError(RayError):
 
 class ActorDiedError(RayActorError):
     """The actor was killed, or the worker hosting it died."""
+
+
+# --------------------------------------------------------------------- Dask's errors, as Ray's
+
+# Dask's reason for cancelling every future when its client loses the scheduler.
+SCHEDULER_LOST = "scheduler-connection-lost"
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The error daskgen raises for what Dask reported (``exc`` itself if it is Ray's already)."""
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, RayTaskError):
+        return exc
+    if isinstance(exc, FutureCancelledError) and exc.reason == SCHEDULER_LOST:
+        return RaySystemError(
+            f"Lost the connection to the Dask scheduler, so the value of {exc.key} cannot be "
+            f"had: {exc.msg or exc.reason}"
+        )
+    if isinstance(exc, (FutureCancelledError, asyncio.CancelledError)):
+        return TaskCancelledError()  # as Ray says of a task cancelled before it ran
+    if isinstance(exc, KilledWorker):
+        return WorkerCrashedError(
+            f"The worker running the task died and its retries ran out: {exc}"
+        )
+    return exc
+
+
+def fresh(exc: BaseException) -> BaseException:
+    """A new copy of ``exc`` to raise (each ``get`` raises its own, as Ray's does).
+
+    Never raise the exception object Dask keeps in a future's state: raising it hangs the
+    raising frames (and the future) on its traceback, and so keeps the key for ever.
+    """
+    if isinstance(exc, RayTaskError):
+        return exc.as_instanceof_cause()
+    try:
+        copied = copy.copy(exc)
+    except Exception:
+        return exc
+    copied.__traceback__ = None
+    return copied

@@ -418,3 +418,58 @@ def test_a_worker_forgets_keys_the_scheduler_never_knew(inproc):
     client.sync(store_then_forget)
     assert key not in worker.state.tasks and key not in worker.data
     assert key not in scheduler.tasks
+
+
+# --- the embedded cluster's parts -------------------------------------------------------------
+
+
+def test_subprocess_worker_starts_through_the_attributes_daskgen_overrides():
+    from distributed.deploy.subprocess import SubprocessWorker
+
+    params = inspect.signature(SubprocessWorker.__init__).parameters
+    for name in ("scheduler", "worker_class", "worker_kwargs"):
+        assert name in params, f"SubprocessWorker lost parameter {name!r}"
+    assert inspect.iscoroutinefunction(SubprocessWorker._start), "SubprocessWorker._start moved"
+    cls = dx.spawned_worker_class(lambda: {}, {})
+    assert issubclass(cls, SubprocessWorker) and cls._start is not SubprocessWorker._start
+
+
+def test_memory_limits_parse_as_dask_reads_them():
+    assert dx.memory_limit("2GB", 2) == 2_000_000_000
+    assert dx.memory_limit("auto", 2) > 0
+
+
+def test_the_scheduler_and_worker_streams_are_found(inproc):
+    client, scheduler, worker = inproc
+    streams = dx.scheduler_batched_streams(scheduler)
+    assert worker.address in streams and client.id in streams
+    assert dx.scheduler_stream_to(scheduler, worker.address) is streams[worker.address]
+    assert hasattr(dx.worker_batched_stream(worker), "interval")
+    assert dx.scheduler_inproc_address(scheduler) == scheduler.address  # an inproc cluster
+    assert dx.worker_total_resources(worker) == {"CPU": 2}
+    assert not dx.worker_is_closing(worker)
+
+
+def test_scheduler_plugins_are_found_by_name(inproc):
+    client, scheduler, _ = inproc
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Named(SchedulerPlugin):
+        name = "daskgen-test-plugin"
+
+    client.register_plugin(Named())
+    assert isinstance(dx.scheduler_plugin(scheduler, "daskgen-test-plugin"), Named)
+
+
+def test_a_batched_send_runs_on_a_comm_daskgen_opens(inproc):
+    client, _, worker = inproc
+    from distributed.comm import connect
+
+    async def open_and_send() -> bool:
+        comm = await connect(worker.address)
+        stream = dx.batched_send(comm, 0.001)
+        stream.send({"op": "daskgen-no-such-op"})  # the worker logs and drops it
+        await stream.close()
+        return stream.comm is comm
+
+    assert client.sync(open_and_send)

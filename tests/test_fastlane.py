@@ -1,4 +1,4 @@
-"""The embedded cluster's fast lane from workers to the scheduler (``daskgen._fastlane``).
+"""The embedded cluster's fast lane from workers to the scheduler (``daskgen._cluster.fastlane``).
 
 Yield announcements and small results travel on it, and the driver fetches large values over
 it; these tests check that they do, that the lane refuses strangers before unpickling anything,
@@ -46,7 +46,7 @@ def _on_scheduler_loop(dg, fn):
 
 
 def _lane_counts(dask_worker):
-    from daskgen import _fastlane
+    from daskgen._cluster import fastlane as _fastlane
 
     lane = _fastlane._lanes.get(dask_worker)
     return None if lane is None else (lane.sent, lane.acked)
@@ -171,7 +171,7 @@ def test_a_lane_closed_with_everything_confirmed_falls_back_to_dasks_stream(dg):
     )
 
     def close_lane(dask_worker):
-        from daskgen import _fastlane
+        from daskgen._cluster import fastlane as _fastlane
 
         _fastlane.disconnect(dask_worker)
 
@@ -243,7 +243,7 @@ def test_large_values_come_by_dask_when_the_lane_is_gone(dg):
     client = dg.get_client()
 
     def close_lane(dask_worker):
-        from daskgen import _fastlane
+        from daskgen._cluster import fastlane as _fastlane
 
         _fastlane.disconnect(dask_worker)
 
@@ -286,7 +286,7 @@ def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
     dg.wait([ref], timeout=HANG)
 
     async def stop_reading(dask_worker):
-        from daskgen import _fastlane
+        from daskgen._cluster import fastlane as _fastlane
 
         _fastlane._lanes[dask_worker].transport.pause_reading()
 
@@ -300,7 +300,7 @@ def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
         )
 
         def close_lane(dask_worker):
-            from daskgen import _fastlane
+            from daskgen._cluster import fastlane as _fastlane
 
             _fastlane.disconnect(dask_worker)
 
@@ -311,7 +311,7 @@ def test_a_fetch_cut_off_by_a_closing_lane_is_served_by_dask(dg):
 def test_announcements_larger_than_a_small_frame_cross_the_lane_intact(dg, monkeypatch):
     # 500 yields of 2 KiB each travel inline in one announcement of ~1 MB: written in pieces by
     # the worker, received as a large frame by the scheduler's end.
-    from daskgen import _fastlane
+    from daskgen._cluster import fastlane as _fastlane
 
     large_frames = []
     allocate = _fastlane._allocate

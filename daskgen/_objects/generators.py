@@ -1,5 +1,5 @@
 """The generators a caller gets: ``ObjectRefGenerator`` (streaming) and
-``DynamicObjectRefGenerator``, both reading the caller's ``_genstate.GenState`` of their task."""
+``DynamicObjectRefGenerator``, both reading the caller's ``genstate.GenState`` of their task."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import collections
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from . import _dask_internals as dx
-from ._genstate import GenClaim, GenState, _registry
-from ._interrupt import wakes
-from ._protocol import GenOutcome, key_name
-from ._refs import ObjectRef, bind_ref
-from .exceptions import RayTaskError, TaskCancelledError
+from .. import _dask_internals as dx
+from .._options import check_timeout
+from .._protocol import GenOutcome, key_name
+from .._waiting import blocking, wakes
+from ..exceptions import GetTimeoutError, RayTaskError, TaskCancelledError
+from .genstate import GenClaim, GenState, _registry
+from .refs import ObjectRef, bind_ref
 
 
 class ObjectRefGenerator:
@@ -42,8 +43,6 @@ class ObjectRefGenerator:
 
     def _next_sync(self, timeout_s: float | None = None) -> ObjectRef:
         """The next ref, waiting up to ``timeout_s`` seconds (None: forever)."""
-        from ._api import blocking, check_timeout
-
         timeout_s = check_timeout(timeout_s, "timeout_s")
         st = self._state
         with st.cond:
@@ -51,8 +50,6 @@ class ObjectRefGenerator:
         if not ready:
             with blocking(), wakes(st.wake), st.cond:
                 if not st.cond.wait_for(self._is_ready, timeout=timeout_s):
-                    from .exceptions import GetTimeoutError
-
                     raise GetTimeoutError(f"No new ref within {timeout_s} s.")
         return self._advance()
 

@@ -1,6 +1,7 @@
-"""What runs inside a Dask task: argument unpacking, the user's function and its errors.
+"""What Dask runs inside a task (in the worker process): argument unpacking, the user's
+function and its errors; :class:`TaskSpec` is the callable of every daskgen task.
 
-Generator tasks hand over to ``_publish.Producer``, which publishes every yield as its own key.
+Generator tasks hand over to ``publish.Producer``, which publishes every yield as its own key.
 """
 
 from __future__ import annotations
@@ -16,32 +17,19 @@ import cloudpickle
 from distributed import Worker, get_worker
 from distributed.comm import get_address_host
 
-from ._fastlane import send_soon
-from ._interrupt import ForceCancelled, finish_detached, running, was_cancelled
-from ._logs import label_for, task_origin
-from ._protocol import RESULT_OP, ErrorValue
-from ._publish import Producer, inline_bytes
-from .exceptions import RayTaskError, TaskCancelledError
+from .._cluster.fastlane import send_soon
+from .._objects.resolve import unwrap
+from .._protocol import RESULT_OP, Dep, ErrorValue
+from ..exceptions import RayTaskError, TaskCancelledError
+from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
+from .output import label_for, task_origin
+from .publish import Producer, inline_bytes
 
 logger = logging.getLogger("daskgen")
 
 
-class Dep:
-    """Placeholder, in pickled arguments, for the value of the i-th dependency future."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return Dep, (self.index,)
-
-
 def arg_value(value: Any) -> Any:
     """What a task sees for a top-level ref argument: the value, or the upstream error raised."""
-    from ._api import unwrap
-
     return unwrap(value)
 
 
@@ -170,7 +158,7 @@ class TaskSpec:
     def _run_interruptibly(
         self, worker: Worker, key: Any, caller: str, args: list[Any], kwargs: dict[str, Any]
     ) -> Any:
-        """Run the call, which ``cancel()`` may interrupt (see ``_interrupt``)."""
+        """Run the call, which ``cancel()`` may interrupt (see ``_worker.interrupt``)."""
         entry = None
         try:
             if self.mode == "plain":

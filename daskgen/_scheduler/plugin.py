@@ -1,27 +1,40 @@
-"""The scheduler half of yield publishing: a small ``SchedulerPlugin`` with two stream handlers.
+"""daskgen's scheduler extension: a ``SchedulerPlugin`` (runs in the scheduler's process) that
+registers yields, forwards results and backpressure, keeps calls running, cancels them as Ray
+does, and tracks actors. Every route it adds is in :attr:`DaskgenSchedulerPlugin.routes`
+(``_protocol`` shows who sends what to whom):
 
-Routes it adds to the scheduler's batched-stream handlers (see ``_protocol`` for the messages):
+Batched-stream messages from workers:
 
-* ``daskgen-publish`` (from workers): register a yield the worker already holds as a key owned by
-  the generator's caller, after telling the caller which generator and index it belongs to.
-* ``daskgen-consumed`` (from clients): forward a consumer's progress to the producing worker
-  (backpressure).
-* ``daskgen-result`` (from workers): forward a small task result, sent ahead of the task's
-  completion, to the caller (so its ``get`` needs no further round trip).
-* ``daskgen-desire`` (from clients): Dask's ``client-desires-keys`` for refs a client took
-  from task data, which also remembers yields not published yet; a key that will never exist
-  is answered with ``daskgen-lost`` {keys, kind, why}.
-* ``daskgen-actor`` (from workers): an actor was created on (or killed from) that worker. When
+* ``daskgen-publish`` {task, caller, items}: register values the worker already holds (yields,
+  direct actor calls' results) as keys owned by the caller, then tell the caller
+  (``daskgen-yield``); if the caller is gone, the worker drops them.
+* ``daskgen-result`` {caller, key, blob}: a small task result sent ahead of the task's
+  completion, forwarded to the caller (its ``get`` needs no further round trip).
+* ``daskgen-actor`` {actor, alive}: an actor was created on (or killed from) that worker. When
   a worker holding actors leaves, or an actor is killed, every client gets
   ``daskgen-actor-died`` {actor, reason}.
 
-* ``daskgen-cancel`` (from clients) {keys, force, recursive, revoke, reason}: Ray's cancel
-  (see ``_cancel``), interrupting tasks on the workers that run them.
+Batched-stream messages from clients:
 
-And request handlers for named actors: ``daskgen_actor_register`` {name, state} (False if
-the name is taken) and ``daskgen_actor_lookup`` {name} (the pickled handle, or None).
+* ``daskgen-consumed`` {task, index}: a consumer's progress, forwarded to the producing worker
+  (backpressure).
+* ``daskgen-desire`` {keys}: Dask's ``client-desires-keys`` for refs a client took from task
+  data, which also remembers yields not published yet; a key that will never exist is answered
+  with ``daskgen-lost`` {keys, kind, why}.
+* ``daskgen-expect`` {task, worker, ended}: a direct actor call will publish yields (its early
+  wants wait as for a generator task).
+* ``daskgen-cancel`` {keys, force, recursive, revoke, reason}: Ray's cancel (see
+  ``_client.cancel``), interrupting tasks on the workers that run them (Dask's ``run``).
 
-A handler that raised would close the sender's whole connection, so both catch everything and log.
+Request handlers: ``daskgen_actor_register`` {name, state, actor} (False if the name is taken)
+and ``daskgen_actor_lookup`` {name} (the pickled handle, or None), for named actors.
+
+Hooks: ``update_graph`` (Ray's ``max_retries``, and calls made fire-and-forget as their graph
+arrives), ``transition`` (calls that ended, early wants settled), ``remove_worker`` and
+``remove_client``.
+
+A stream handler that raised would close the sender's whole connection, so every one catches
+everything and logs.
 """
 
 from __future__ import annotations
@@ -32,9 +45,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from . import _dask_internals as dx
-from ._interrupt import interrupt_all
-from ._protocol import (
+from .. import _dask_internals as dx
+from .._protocol import (
     ACTOR_DIED_OP,
     ACTOR_OP,
     CANCEL_OP,
@@ -42,20 +54,18 @@ from ._protocol import (
     DESIRE_OP,
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
+    INTERRUPT,
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
     PLUGIN_NAME,
     PUBLISH_OP,
     RESULT_OP,
     YIELD_OP,
+    as_key,
     task_of_yield,
 )
 
 logger = logging.getLogger("daskgen")
-
-
-def _as_key(key: Any) -> Any:
-    return tuple(key) if isinstance(key, list) else key
 
 
 class DaskgenSchedulerPlugin(SchedulerPlugin):
@@ -78,17 +88,25 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
 
+    @property
+    def routes(self) -> dict[str, Any]:
+        """Batched-stream op -> handler (see the module's docstring)."""
+        return {
+            PUBLISH_OP: self.on_publish,
+            RESULT_OP: self.on_result,
+            ACTOR_OP: self.on_actor,
+            CONSUMED_OP: self.on_consumed,
+            DESIRE_OP: self.on_desire,
+            EXPECT_OP: self.on_expect,
+            CANCEL_OP: self.on_cancel,
+        }
+
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        dx.scheduler_add_stream_handler(scheduler, ACTOR_OP, self.on_actor)
+        for op, handler in self.routes.items():
+            dx.scheduler_add_stream_handler(scheduler, op, handler)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
-        dx.scheduler_add_stream_handler(scheduler, CANCEL_OP, self.on_cancel)
-        dx.scheduler_add_stream_handler(scheduler, PUBLISH_OP, self.on_publish)
-        dx.scheduler_add_stream_handler(scheduler, CONSUMED_OP, self.on_consumed)
-        dx.scheduler_add_stream_handler(scheduler, RESULT_OP, self.on_result)
-        dx.scheduler_add_stream_handler(scheduler, DESIRE_OP, self.on_desire)
-        dx.scheduler_add_stream_handler(scheduler, EXPECT_OP, self.on_expect)
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
@@ -101,14 +119,14 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         if not dx.scheduler_has_client(s, caller):
             # The caller is gone: nobody would ever release these keys, so never register them.
             dx.scheduler_free_on_worker(
-                s, worker, [_as_key(k) for k, _, _, _, replace in items if not replace]
+                s, worker, [as_key(k) for k, _, _, _, replace in items if not replace]
             )
             return
         fresh: dict[Any, int] = {}
         duplicates = []
         announce = []
         for key, index, nbytes, inline, replace in items:
-            key = _as_key(key)
+            key = as_key(key)
             if not replace and dx.scheduler_key_state(s, key) is not None:
                 # A re-run republished an index the caller already has: the first value wins,
                 # so no index ever mixes two attempts. Drop the new copy (unless it is the same
@@ -148,7 +166,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         try:
             s = self.scheduler
             known, lost = [], []
-            for key in map(_as_key, keys):
+            for key in map(as_key, keys):
                 if dx.scheduler_key_state(s, key) is not None:
                     known.append(key)
                     continue
@@ -171,7 +189,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         """A direct actor call (no Dask task) will publish yields from ``worker``; or it
         ``ended`` without its outcome. Early wants of its yields wait as for a generator task."""
         try:
-            task = _as_key(task)
+            task = as_key(task)
             if ended:
                 self.expected.pop(task, None)
                 if task in self.early_by_task:
@@ -245,7 +263,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         """A small task result sent ahead of the task's completion: pass it to the caller."""
         try:
             if dx.scheduler_has_client(self.scheduler, caller):
-                msg = {"op": RESULT_OP, "key": _as_key(key), "blob": blob}
+                msg = {"op": RESULT_OP, "key": as_key(key), "blob": blob}
                 dx.scheduler_send_to_client(self.scheduler, caller, msg, direct=True)
         except Exception:
             logger.exception("daskgen: failed to forward the result of %s", key)
@@ -260,14 +278,15 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         reason: str,
         **_: Any,
     ) -> None:
-        """Ray's ``cancel()`` (see ``_cancel``): Dask cancels what no worker is processing now
-        (with ``force`` or ``revoke``, everything); the workers processing the rest interrupt
-        the tasks they run, and what turns out not to have started is cancelled in Dask."""
+        """Ray's ``cancel()`` (see ``_client.cancel``): Dask cancels what no worker is
+        processing now (with ``force`` or ``revoke``, everything); the workers processing the
+        rest interrupt the tasks they run, and what turns out not to have started is cancelled
+        in Dask."""
         try:
             s = self.scheduler
             where: dict[str, list[Any]] = {}
             now = []
-            for key in map(_as_key, keys):
+            for key in map(as_key, keys):
                 worker = dx.scheduler_processing_on(s, key)
                 if worker is not None:
                     where.setdefault(worker, []).append(key)
@@ -293,14 +312,14 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     ) -> None:
         try:
             running = await dx.scheduler_run_on_worker(
-                self.scheduler, worker, interrupt_all, keys, force, recursive
+                self.scheduler, worker, INTERRUPT, keys, force, recursive
             )
         except Exception:  # the worker is gone, and so is the task's thread
             logger.debug("daskgen: could not interrupt %s on %s", keys, worker, exc_info=True)
             return
         if not (force or revoke):
             # Assigned to the worker but not started there: they never run (one that starts
-            # meanwhile stops at once, see _interrupt.running).
+            # meanwhile stops at once, see _worker.interrupt.running).
             idle = [k for k, was in zip(keys, running, strict=True) if not was]
             dx.scheduler_cancel(self.scheduler, idle, client, reason)
 
@@ -317,14 +336,14 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         annotations = annotations or {}
         try:
             for key, max_retries in (annotations.get(MAX_RETRIES_ANNOTATION) or {}).items():
-                dx.scheduler_allow_worker_failures(scheduler, _as_key(key), max_retries)
+                dx.scheduler_allow_worker_failures(scheduler, as_key(key), max_retries)
         except Exception:
             logger.exception("daskgen: failed to apply max_retries")
         try:
             keep = annotations.get(FIRE_AND_FORGET_ANNOTATION)
             if keep:
                 # Before the graph's transitions run: the task cannot have finished yet.
-                keys = [_as_key(k) for k in keep]
+                keys = [as_key(k) for k in keep]
                 dx.scheduler_fire_and_forget(scheduler, keys)
                 self.fire_and_forget.update(keys)
         except Exception:

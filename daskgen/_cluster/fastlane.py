@@ -50,8 +50,8 @@ from typing import Any
 
 from distributed import SchedulerPlugin, Worker
 
-from . import _dask_internals as dx
-from ._protocol import PUBLISH_OP, RESULT_OP, dumps
+from .. import _dask_internals as dx
+from .._protocol import PUBLISH_OP, RESULT_OP, dumps
 
 logger = logging.getLogger("daskgen")
 
@@ -344,7 +344,7 @@ def fetch_large(client: Any, keys: list[Any]) -> dict[Any, Any]:
     scheduler = dx.local_scheduler(client)
     if scheduler is None:
         return {}
-    lane = scheduler.plugins.get(FastLaneScheduler.name)
+    lane = dx.scheduler_plugin(scheduler, FastLaneScheduler.name)
     if not isinstance(lane, FastLaneScheduler):
         return {}
     # Sizes read from this thread only to skip a trip to the loop when nothing is large.

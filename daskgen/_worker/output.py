@@ -1,4 +1,5 @@
-"""``print()`` and logging inside remote functions and actors, shown in the driver's terminal.
+"""``print()`` and logging inside remote functions and actors, the worker's half (runs in the
+worker processes; ``_client.output`` prints it in the driver's terminal).
 
 As Ray does, each line is prefixed with where it came from: ``(split pid=123, worker=tcp://...)``.
 A ``WorkerPlugin`` wraps the workers' ``sys.stdout``/``sys.stderr`` and adds a logging handler;
@@ -17,7 +18,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from distributed import Client, WorkerPlugin
+from distributed import WorkerPlugin
 
 TOPIC_PREFIX = "daskgen-print-"
 
@@ -99,17 +100,3 @@ class ForwardOutput(WorkerPlugin):
         root = logging.getLogger()
         if not any(isinstance(h, _TaskLogHandler) for h in root.handlers):
             root.addHandler(_TaskLogHandler(worker))
-
-
-def _print_event(event: tuple[float, dict[str, Any]]) -> None:
-    _, msg = event
-    out = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
-    for line in msg.get("lines", ()):
-        out.write(f"({msg.get('label')}) {line}\n")
-    out.flush()
-
-
-def forward_to(client: Client) -> None:
-    """Show here what daskgen tasks submitted by ``client`` print, wherever they run."""
-    client.register_plugin(ForwardOutput())
-    client.subscribe_topic(TOPIC_PREFIX + client.id, _print_event)

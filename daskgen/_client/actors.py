@@ -7,10 +7,10 @@ one blocks every other), and an ``ActorFuture`` cannot be a task dependency (das
 #4488). Instead:
 
 * ``Cls.remote()`` picks a worker that has the requested resources (fewest daskgen actors first)
-  and runs a creation task pinned to it. The instance then lives in that worker process, in an
-  ``_actor_host.ActorHost`` with its own executor: ``max_concurrency`` threads (1 by default),
-  or, for a class with ``async def`` methods, its own event loop.
-* ``handle.method.remote()`` sends the call straight to that worker (``_actor_channel``: one
+  and runs a creation task pinned to it. The instance then lives in that worker process, in a
+  ``_worker.actor_host.ActorHost`` with its own executor: ``max_concurrency`` threads (1 by
+  default), or, for a class with ``async def`` methods, its own event loop.
+* ``handle.method.remote()`` sends the call straight to that worker (``actor_channel``: one
   connection per caller process and worker, over Dask's comm layer) instead of submitting a
   task; the worker starts each actor's calls in arrival order. The ref it returns is an
   ordinary ``ObjectRef`` on the call's key, which becomes a real cluster key when it must.
@@ -32,37 +32,46 @@ import cloudpickle
 import dask
 from distributed import Client, Future
 
-from . import _dask_internals as dx
-from ._actor_channel import _channels, _unpromoted, channel, is_unpromoted, promote
-from ._actor_host import create_actor, died_message, kill_actor
-from ._lifecycle import get_client
-from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
-from ._protocol import (
+from .. import _dask_internals as dx
+from .. import _runtime
+from .._objects.generators import ObjectRefGenerator
+from .._objects.genstate import GenClaim, GenState, static_refs
+from .._objects.promotion import is_unpromoted, owner_of, promote
+from .._objects.refs import InlineValue, ObjectRef, result_ref
+from .._objects.resolve import failed_future
+from .._options import (
+    DEFAULTS,
+    METHOD_CALL_OPTIONS,
+    METHOD_DECORATOR_OPTIONS,
+    check_max_concurrency,
+    dask_resources,
+    resolve_mode,
+    validate,
+    validate_method,
+    worker_fits,
+)
+from .._protocol import (
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
+    OUTCOME_INDEX,
     ErrorValue,
     Key,
     new_token,
     task_key,
 )
-from ._remote_function import pack_args
-from .exceptions import ActorDiedError, TaskCancelledError
+from .._worker.actor_host import create_actor, died_message, kill_actor
+from ..exceptions import ActorDiedError, TaskCancelledError, fresh, translate
+from .actor_channel import _channels, channel
+from .arguments import pack_args
 
 _METHOD_OPTIONS = "__daskgen_method_options__"
 
 
 def method(*args: Any, **options: Any) -> Any:
     """``@method(num_returns=...)`` on an actor method, as Ray's ``@ray.method``."""
-    allowed = {"num_returns", "_generator_backpressure_num_objects"}
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        unknown = set(options) - allowed
-        if unknown:
-            raise ValueError(
-                f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
-                f"Valid ones are {sorted(allowed)}."
-            )
-        validate(options)
+        validate_method(options, METHOD_DECORATOR_OPTIONS)
         setattr(fn, _METHOD_OPTIONS, dict(options))
         return fn
 
@@ -102,9 +111,7 @@ class ActorClass:
         self._options = validate(options, kind="actors")
         self._methods = _methods_of(cls)
         self._is_async = any(m.is_async for m in self._methods.values())
-        mc = self._options.get("max_concurrency")
-        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
-            raise ValueError(f"max_concurrency must be an int >= 1, not {mc!r}")
+        check_max_concurrency(self._options.get("max_concurrency"))
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
 
@@ -124,7 +131,7 @@ class ActorClass:
         name = opts.get("name")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
-        client = get_client()
+        client = _runtime.client()
         if name is not None:
             existing = _lookup(client, name)
             if existing is not None:
@@ -266,12 +273,7 @@ class ActorMethod:
         )
 
     def options(self, **options: Any) -> ActorMethod:
-        unknown = set(options) - {"num_returns", "_generator_backpressure_num_objects", "name"}
-        if unknown:
-            raise ValueError(
-                f"Invalid option keyword {sorted(unknown)[0]} for actor methods. Valid ones "
-                "are ['_generator_backpressure_num_objects', 'name', 'num_returns']."
-            )
+        validate_method(options, METHOD_CALL_OPTIONS)
         return ActorMethod(self._handle, self._name, self._meta, {**self._options, **options})
 
     def _mode(self) -> tuple[str, int]:
@@ -282,14 +284,14 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method on the actor; returns what a remote function with the same
         ``num_returns`` returns (a ref, N refs, a generator...). The call goes straight to the
-        actor's worker (see ``_actor_host``) and runs whether or not its ref is kept."""
+        actor's worker (see ``_worker.actor_host``) and runs whether or not its ref is kept."""
         h = self._handle
         mode, n = self._mode()
         name = f"{h._class_name}.{self._name}"
         backpressure = self._options.get("_generator_backpressure_num_objects")
         if h._actor_id in _dead:
             return _dead_result(mode, n, h._actor_id)
-        client = get_client()
+        client = _runtime.client()
         key = task_key(name)
         packed, deps, lent = pack_args(name, args, kwargs)
         msg = {
@@ -324,11 +326,9 @@ def _arguments_to_wait_for(
     arguments: each top-level argument computed (if it failed, its error becomes the call's),
     and each ref passed on made a real key, but for results the same worker holds (the host
     reads those from its own memory, once computed)."""
-    from ._api import _failed
-
     waits: list[_Wait] = []
     for ref in deps:
-        if not ref._is_done() or _failed(ref._future):
+        if not ref._is_done() or failed_future(ref._future):
             waits.append(functools.partial(_when_computed, client, ref))
     local = {r.key for r in deps if _home(r.key) == worker}
     for key in {r.key for r in lent if is_unpromoted(r.key) and r.key not in local}:
@@ -339,11 +339,10 @@ def _arguments_to_wait_for(
 def _when_computed(client: Client, ref: Any, done: Callable[[BaseException | None], None]) -> None:
     """``done(None)`` once ``ref`` has its value; ``done(error)`` if its task failed in Dask
     (an error held as a value reaches the method as an argument, and raises there)."""
-    from ._api import _fresh, _translate
 
     def check() -> None:
         if ref._future.status in ("error", "cancelled"):
-            done(_fresh(_translate(dx.future_exception(ref._future) or TaskCancelledError())))
+            done(fresh(translate(dx.future_exception(ref._future) or TaskCancelledError())))
         else:
             done(None)
 
@@ -354,8 +353,8 @@ def _when_computed(client: Client, ref: Any, done: Callable[[BaseException | Non
 
 
 def _home(key: Key) -> str | None:
-    ch = _unpromoted.get(key)
-    return ch.address if ch is not None else None
+    """The worker holding the unpromoted result ``key`` (the address of its channel)."""
+    return getattr(owner_of(key), "address", None)
 
 
 def _send_when_ready(ch: Any, key: Key, waits: list[_Wait]) -> None:
@@ -390,10 +389,6 @@ def _call_result(
 ) -> tuple[Any, Any]:
     """What the caller gets back for a direct call, shaped as for remote functions, and what
     to do if the call ends without its outcome (a generator call: its actor died...)."""
-    from ._generators import ObjectRefGenerator
-    from ._genstate import GenClaim, GenState, static_refs
-    from ._refs import ObjectRef, result_ref
-
     future = dx.light_future(key, client)
     if mode == "plain":
         if lent:
@@ -419,9 +414,6 @@ def _call_result(
 
         return (refs[0] if n == 1 else refs), failed
     if mode == "dynamic":
-        from ._protocol import OUTCOME_INDEX
-        from ._refs import InlineValue
-
         cell = state.cells[OUTCOME_INDEX] = InlineValue()
         return ObjectRef(future, owner=GenClaim(state), inline=cell), state.fail
     return ObjectRefGenerator(state), state.fail
@@ -432,9 +424,7 @@ def _hold(*_: Any) -> None:
 
 
 def _dead_result(mode: str, n: int, actor_id: str) -> Any:
-    from ._refs import ObjectRef
-
-    client = get_client()
+    client = _runtime.client()
     err = ActorDiedError(died_message(actor_id, _dead[actor_id]))
     refs = [
         ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err)) for _ in range(max(n, 1))
@@ -458,7 +448,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise TypeError(
             f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for tasks)."
         )
-    client = get_client()
+    client = _runtime.client()
     reason = "it was killed by `ray.kill`"
     _dead.setdefault(actor._actor_id, reason)
     try:
@@ -472,7 +462,7 @@ def get_actor(name: str) -> ActorHandle:
     """The handle of the live actor created with ``.options(name=name)``."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"get_actor() needs a non-empty str name, not {name!r}")
-    handle = _lookup(get_client(), name)
+    handle = _lookup(_runtime.client(), name)
     if handle is None:
         raise ValueError(f"Failed to look up actor with name '{name}'.")
     return handle

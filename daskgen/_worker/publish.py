@@ -22,9 +22,9 @@ Messages (on Dask's existing, ordered batched streams; see 3 for the embedded cl
    without a round trip, as Ray keeps small objects in the owner's memory. ``replace`` marks a
    published yield turned into an error (surplus yields, a re-run that yielded fewer).
    On daskgen's embedded cluster this message takes the worker's fast lane to the scheduler
-   (``_fastlane``: a Unix socket read on the scheduler's loop, ~0.12 ms instead of ~0.6 ms a
+   (``_cluster.fastlane``: a Unix socket read on the scheduler's loop, ~0.12 ms instead of ~0.6 ms a
    message here) and the task returns only once the scheduler has acknowledged its last one.
-4. The scheduler extension (``_scheduler_ext``) registers the new keys as held by the worker
+4. The scheduler extension (``_scheduler.plugin``) registers the new keys as held by the worker
    and wanted by the caller (``dx.scheduler_register_data``: ``Scheduler.update_data`` without
    its ``key-in-memory`` reports), then sends the caller's client ``daskgen-yield`` {task,
    items: [(key, index, inline, replace), ...]}, on whose receipt the client marks the keys'
@@ -45,7 +45,7 @@ Who holds each key, when
   does not know the key yet.
 * From step 4 on, the caller's client wants the key, so Dask keeps it even before the client
   made a ``Future`` for it. There is no moment where the key exists and nobody owns it.
-* On the caller, ``_genstate.GenState`` receives ``daskgen-yield`` before ``key-in-memory``:
+* On the caller, ``_objects.genstate.GenState`` receives ``daskgen-yield`` before ``key-in-memory``:
   streaming and dynamic generators wrap the key in a ``Future`` at once; static refs were made
   before the task ran; a key that no live generator or ref wants is released immediately.
 * From then on Dask's reference counting decides: the last ``ObjectRef`` dropped frees the key.
@@ -76,10 +76,9 @@ from typing import TYPE_CHECKING, Any
 from dask.sizeof import sizeof
 from distributed import Worker
 
-from . import _dask_internals as dx
-from ._fastlane import Sender
-from ._interrupt import user_code
-from ._protocol import (
+from .. import _dask_internals as dx
+from .._cluster.fastlane import Sender
+from .._protocol import (
     CONSUMED_OP,
     OUTCOME_INDEX,
     PUBLISH_OP,
@@ -89,10 +88,12 @@ from ._protocol import (
     dumps,
     yield_key,
 )
-from .exceptions import RayTaskError
+from .._waiting import blocking
+from ..exceptions import RayTaskError
+from .interrupt import user_code
 
 if TYPE_CHECKING:
-    from ._executor import TaskSpec
+    from .run import TaskSpec
 
 logger = logging.getLogger("daskgen")
 
@@ -230,7 +231,7 @@ class Producer:
         """Poll ``ready(timeout)`` until true; give up once the worker is shutting down (it never
         drains then), so as not to hang."""
         while not ready(0.5):
-            if self.worker.status.name in ("closing", "closing_gracefully", "closed", "failed"):
+            if dx.worker_is_closing(self.worker):
                 return
 
     def _run(self, args: list[Any], kwargs: dict[str, Any]) -> GenOutcome | None:
@@ -294,8 +295,6 @@ class Producer:
         limit = self.spec.backpressure
         if not limit:
             return
-        from ._api import blocking
-
         with self.cond:
             if self.count - self.consumed < limit:
                 return

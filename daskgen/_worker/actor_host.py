@@ -1,6 +1,6 @@
 """The worker half of actors: live instances, their executors, and the connections callers send
-calls on. Runs in the worker process that hosts the actors (``_actor_channel`` is the caller's
-half; ``_actors`` the API).
+calls on. Runs in the worker process that hosts the actors (``_client.actor_channel`` is the
+caller's half; ``_client.actors`` the API).
 
 How a call travels
 ------------------
@@ -22,14 +22,14 @@ How a call travels
   - if it pickles to at most 64 KiB, sent back inline on the connection (``result`` {key,
     blob}); the scheduler does not know the key. When the caller passes the ref on (to a task,
     or out of its process) it asks for it to be **promoted**: the value is then published as
-    generators publish their yields (``_publish``), a real key held by the caller. When the
+    generators publish their yields (``_worker.publish``), a real key held by the caller. When the
     caller drops it unpromoted, ``release`` frees it here;
   - larger, it is published at once (the caller fetches it through Dask, from this worker).
 
 * A generator method publishes its yields as a generator task does, then its own outcome under
   the call's key, on the same ordered path: the caller sees the end after every yield.
 * A caller whose connection closes frees the results it never promoted; a worker that leaves
-  takes its actors with it (the scheduler extension tells every client, see ``_actors``).
+  takes its actors with it (the scheduler extension tells every client, see ``_client.actors``).
 """
 
 from __future__ import annotations
@@ -48,15 +48,11 @@ from typing import Any
 import cloudpickle
 from dask.sizeof import sizeof
 from distributed import get_worker
-from distributed.batched import BatchedSend
 from distributed.comm import CommClosedError
 
-from . import _dask_internals as dx
-from ._context import current_actor, current_call
-from ._executor import Retry, TaskSpec, unpack_args, wrap_error
-from ._fastlane import Sender
-from ._logs import label_for, task_origin
-from ._protocol import (
+from .. import _dask_internals as dx
+from .._cluster.fastlane import Sender
+from .._protocol import (
     ACTOR_OP,
     ACTOR_STREAM_OP,
     OUTCOME_INDEX,
@@ -65,8 +61,11 @@ from ._protocol import (
     Key,
     as_key,
 )
-from ._publish import Producer, _producers, inline_bytes
-from .exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
+from .._runtime import current_actor, current_call
+from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
+from .output import label_for, task_origin
+from .publish import Producer, _producers, inline_bytes
+from .run import Retry, TaskSpec, unpack_args, wrap_error
 
 logger = logging.getLogger("daskgen")
 
@@ -113,8 +112,7 @@ class CallerStream:
     def __init__(self, comm: Any, client: str, worker: Any) -> None:
         self.client = client
         self.worker = worker
-        self.replies = BatchedSend(interval=REPLY_INTERVAL)
-        self.replies.start(comm)
+        self.replies = dx.batched_send(comm, REPLY_INTERVAL)
         self.held: set[Key] = set()  # results stored here, not promoted, not released
         self.open = True
 
@@ -521,7 +519,7 @@ class ActorHost:
     # -- cancel and stop -----------------------------------------------------------------------
 
     def cancel(self, call: HostedCall) -> None:
-        """On the worker's loop: as Ray's cancel of an actor call (see ``_actors.cancel``)."""
+        """On the worker's loop: as Ray's cancel of an actor call (see ``_client.cancel``)."""
         if call.cancelled or call.state == "done":
             return
         call.cancelled = True

@@ -17,13 +17,17 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import distributed
 from distributed import Client, SpecCluster
 
-from . import _dask_internals as dx
-from ._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
-from ._refs import on_lost_message, on_result_message
-from ._scheduler_ext import DaskgenSchedulerPlugin
+from .. import _dask_internals as dx
+from .. import _runtime
+from .._cluster.embedded import start_cluster, tune, untune
+from .._objects.genstate import on_cancelled_keys, on_yield_message
+from .._objects.refs import on_lost_message, on_result_message
+from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from .._scheduler.plugin import DaskgenSchedulerPlugin
+from .actors import on_actor_died
+from .output import forward_to
 
 ADDRESS_ENV = "DASKGEN_ADDRESS"
 
@@ -37,7 +41,6 @@ class _Session:
     resources: list[dict[str, float]] = field(default_factory=list)
 
 
-_session: _Session | None = None
 _lock = threading.RLock()
 _atexit_registered = False
 _ready_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -76,11 +79,11 @@ def init(
     The returned client's ``dashboard_link`` is Dask's dashboard; for the embedded cluster it is
     also printed. A second ``init`` raises ``RuntimeError`` unless ``ignore_reinit_error=True``.
     """
-    global _session, _atexit_registered
+    global _atexit_registered
     with _lock:
-        if _session is not None:
+        if _runtime.session is not None:
             if ignore_reinit_error:
-                return _session.client
+                return _runtime.session.client
             raise RuntimeError(
                 "Maybe you called daskgen.init twice by accident? This error can be suppressed "
                 "by passing in 'ignore_reinit_error=True' or by calling 'daskgen.shutdown()' "
@@ -103,13 +106,11 @@ def init(
             setup_client(session.client)
             session.resources = _worker_resources(session.client)
             if log_to_driver:
-                from ._logs import forward_to
-
                 forward_to(session.client)
         except BaseException:
             _close(session)
             raise
-        _session = session
+        _runtime.session = session
         if not _atexit_registered:
             # Close our client before Dask's own exit hooks stop the cluster under it.
             atexit.register(shutdown)
@@ -125,8 +126,6 @@ def _check_count(name: str, value: Any) -> None:
 def _start_embedded(
     num_cpus: int | None, num_gpus: int | None, resources: dict[str, float], kwargs: dict[str, Any]
 ) -> _Session:
-    from ._embedded import start_cluster, tune, untune
-
     n = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     extra = dict(resources)
     if num_gpus:
@@ -153,9 +152,6 @@ def setup_client(client: Client) -> None:
     """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
     if client in _ready_clients:
         return
-    from ._actors import on_actor_died
-    from ._genstate import on_cancelled_keys, on_yield_message
-
     dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
     dx.client_add_stream_handler(client, LOST_OP, on_lost_message(client))
@@ -173,7 +169,7 @@ def _worker_resources(client: Client) -> list[dict[str, float]]:
 
 def worker_resources(refresh: bool = False) -> list[dict[str, float]]:
     """The resources each worker declares (re-read from the scheduler if ``refresh``)."""
-    session = _session
+    session = _runtime.session
     if session is None:
         return []
     if refresh:
@@ -183,9 +179,8 @@ def worker_resources(refresh: bool = False) -> list[dict[str, float]]:
 
 def shutdown() -> None:
     """Disconnect; stop the embedded cluster if daskgen started it. Safe to call twice."""
-    global _session
     with _lock:
-        session, _session = _session, None
+        session, _runtime.session = _runtime.session, None
     if session is not None:
         _close(session)
 
@@ -208,8 +203,6 @@ def _close(session: _Session) -> None:
             finally:
                 logging.getLogger("distributed.scheduler").removeFilter(quiet)
                 dask_logger.setLevel(level)
-                from ._embedded import untune
-
                 untune()
 
 
@@ -220,15 +213,7 @@ class _DropSchedulerShutdownNoise(logging.Filter):
 
 def is_initialized() -> bool:
     """True between ``init()`` (or the first auto-initialising call) and ``shutdown()``."""
-    return _session is not None
-
-
-def in_worker_task() -> distributed.Worker | None:
-    """The Dask worker when called from inside a task, else None."""
-    try:
-        return distributed.get_worker()
-    except ValueError:
-        return None
+    return _runtime.session is not None
 
 
 def get_client() -> Client:
@@ -236,13 +221,15 @@ def get_client() -> Client:
 
     Inside a task this is the worker's client, so remote calls made from tasks work.
     """
-    if in_worker_task() is not None:
-        client = distributed.get_client()
-        setup_client(client)
-        return client
-    session = _session
-    if session is None:
-        init(ignore_reinit_error=True)
-        session = _session
-        assert session is not None
-    return session.client
+    return _runtime.client()
+
+
+def _start_on_first_use() -> _Session:
+    init(ignore_reinit_error=True)
+    assert _runtime.session is not None
+    return _runtime.session
+
+
+# What lower layers reach through _runtime (see its docstring).
+_runtime.start_session = _start_on_first_use
+_runtime.prepare_client = setup_client

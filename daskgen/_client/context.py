@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextvars
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import distributed
 
-from ._lifecycle import get_client, in_worker_task
-from ._refs import ObjectRef
-
-# Set while an actor's method runs (its executor threads copy it from the creation task).
-current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "daskgen_actor", default=None
-)
-current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "daskgen_call", default=None
-)
+from .. import _runtime
+from .._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
+from .._objects.refs import ObjectRef
+from .._runtime import current_actor, current_call, in_worker_task
 
 
 class RuntimeContext:
@@ -41,7 +34,7 @@ class RuntimeContext:
     def get_node_id(self) -> str:
         """The address of the Dask worker running this code (the driver: its client's id)."""
         worker = in_worker_task()
-        return worker.address if worker is not None else get_client().id
+        return worker.address if worker is not None else _runtime.client().id
 
     def get_worker_id(self) -> str:
         """The same as ``get_node_id()``: each Dask worker is its own node here."""
@@ -53,7 +46,7 @@ class RuntimeContext:
 
     def get_job_id(self) -> str:
         """The id of the client that started this work (Ray's driver job)."""
-        return get_client().id
+        return _runtime.client().id
 
     @property
     def task_id(self) -> str | None:
@@ -88,8 +81,6 @@ def progress(work: Any, *, notebook: bool | None = None) -> Any:
     * an ``ObjectRefGenerator`` (streaming: the total is unknown): returns an iterator over its
       refs that shows how many have arrived; iterate it instead of the generator.
     """
-    from ._generators import DynamicObjectRefGenerator, ObjectRefGenerator
-
     if isinstance(work, ObjectRefGenerator):
         return _StreamProgress(work)
     if isinstance(work, ObjectRef):
@@ -101,7 +92,7 @@ def progress(work: Any, *, notebook: bool | None = None) -> Any:
             "progress() takes a ref, a list of refs, a DynamicObjectRefGenerator or a streaming "
             f"ObjectRefGenerator, not {type(work).__name__}"
         )
-    get_client()
+    _runtime.client()
     return distributed.progress([r._future for r in work], notebook=notebook)
 
 

@@ -1,30 +1,31 @@
-"""``@remote`` functions: options, argument packing and submission as Dask tasks."""
+"""``@remote`` functions (in the caller's process): options, and submission as Dask tasks."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
-import pickle
 import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
 import dask
 from distributed import Client, Future
 
-from . import _dask_internals as dx
-from ._actor_channel import is_unpromoted, promote
-from ._executor import Dep, Retry, TaskSpec
-from ._generators import ObjectRefGenerator
-from ._genstate import GenClaim, GenState, static_refs
-from ._interrupt import record_child
-from ._lifecycle import get_client, in_worker_task, worker_resources
-from ._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
-from ._protocol import FIRE_AND_FORGET_ANNOTATION, MAX_RETRIES_ANNOTATION, task_key
-from ._refs import ObjectRef, capture_refs, result_ref
+from .. import _dask_internals as dx
+from .. import _runtime
+from .._objects.generators import ObjectRefGenerator
+from .._objects.genstate import GenClaim, GenState, static_refs
+from .._objects.promotion import is_unpromoted, promote
+from .._objects.refs import ObjectRef, result_ref
+from .._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
+from .._protocol import FIRE_AND_FORGET_ANNOTATION, MAX_RETRIES_ANNOTATION, task_key
+from .._worker.interrupt import record_child
+from .._worker.run import Retry, TaskSpec
+from .actors import ActorClass
+from .arguments import pack_args
+from .session import worker_resources
 
 _INFINITE_RETRIES = 1_000_000_000
 _warned_resources: set[str] = set()
@@ -79,71 +80,9 @@ class RemoteFunction:
         return f"RemoteFunction({self._spec.name})"
 
 
-def pack_args(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes | None, list[ObjectRef], list[ObjectRef]]:
-    """Pickle the arguments once, here, so refs nested in them travel as refs.
-
-    Top-level refs become Dask dependencies (the task receives their values); every ref met
-    while pickling is returned so the caller can keep it alive while the task may use it.
-    """
-    deps: list[ObjectRef] = []
-
-    def top(v: Any) -> Any:
-        if isinstance(v, ObjectRef):
-            deps.append(v)
-            return Dep(len(deps) - 1)
-        return v
-
-    if not args and not kwargs:
-        return None, deps, []
-    a = [top(v) for v in args]
-    kw = {k: top(v) for k, v in kwargs.items()}
-    # Top-level refs are lent too: a dynamic generator's ref owns its yields, and the task
-    # receiving it must find them even if the caller dropped its own ref right away.
-    if _plain_data(a) and _plain_data(kw):
-        return pickle.dumps((a, kw), protocol=5), deps, list(deps)
-    with capture_refs() as lent:
-        try:
-            packed = cloudpickle.dumps((a, kw), protocol=5)
-        except Exception as exc:
-            raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
-    return packed, deps, [*deps, *lent]
-
-
-_PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex, Dep)
-
-
-def _plain_data(value: Any, depth: int = 0) -> bool:
-    """True for builtin scalars and small containers of them: the standard pickle is then
-    exact and ~10x cheaper than cloudpickle (which handles functions, classes and refs)."""
-    if isinstance(value, _PLAIN_SCALARS):
-        return type(value) in _PLAIN_SCALARS
-    if depth > 2 or type(value) not in (list, tuple, dict):
-        return False
-    items = value.items() if type(value) is dict else enumerate(value)
-    if len(value) > 32:
-        return False
-    return all(_plain_data(k, depth + 1) and _plain_data(v, depth + 1) for k, v in items)
-
-
-def _unpicklable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception) -> str:
-    labels = [(f"argument {i}", v) for i, v in enumerate(args)]
-    labels += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in labels:
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            return (
-                f"Could not serialize {label} ({type(value).__name__}) of {name}.remote(): {exc}. "
-                "Arguments are pickled to reach the worker."
-            )
-    return f"Could not serialize the arguments of {name}.remote(): {exc}"
-
-
 def _resources(options: dict[str, Any]) -> dict[str, float] | None:
-    worker = in_worker_task()
-    workers = worker_resources() if worker is None else [dict(worker.state.total_resources)]
+    worker = _runtime.in_worker_task()
+    workers = worker_resources() if worker is None else [dx.worker_total_resources(worker)]
     declared = {name for w in workers for name in w}
     wanted = dask_resources(options, dict.fromkeys(declared, 1.0))
     if wanted and worker is None and not _fits(wanted, workers):
@@ -194,10 +133,10 @@ def submit_task(
     """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
     generator."""
-    client = get_client()
+    client = _runtime.client()
     packed, deps, lent = pack_args(spec.name, args, kwargs)
     key = task_key(spec.name)
-    worker = in_worker_task()
+    worker = _runtime.in_worker_task()
     if worker is not None:
         parent = dx.worker_current_key(worker)
         if parent is not None:
@@ -284,7 +223,7 @@ class _Call:
         soon as yield i exists. Dask cannot depend on a key that does not exist yet, so such a
         submission waits (on the client's loop) for the yield instead of for the generator.
         The same holds for the result of a direct actor call passed on (``lent``): it becomes a
-        real key first (``_actor_channel.promote``).
+        real key first (``_objects.promotion.promote``).
         """
         waits: list[Callable[[Callable[[BaseException | None], None]], None]] = []
         for ref in deps:
@@ -361,8 +300,6 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make(target: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(target):
-        from ._actors import ActorClass
-
         return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or a class, not {type(target).__name__}")

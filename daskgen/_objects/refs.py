@@ -15,13 +15,16 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from distributed import Client, Future
 
-from . import _dask_internals as dx
-from ._protocol import DESIRE_OP, Key, as_key, key_name
+from .. import _dask_internals as dx
+from .. import _runtime
+from .._protocol import DESIRE_OP, Key, as_key, key_name
+from ..exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
+from . import promotion
 
 _capture = threading.local()
 
@@ -62,7 +65,7 @@ class ObjectRef:
     ) -> None:
         self._future = future
         # Something that must live as long as this ref: the claim on the generator call that
-        # produces it (``_genstate.GenClaim``).
+        # produces it (``genstate.GenClaim``).
         self._owner = owner
         self._inline = inline
 
@@ -123,6 +126,13 @@ class ObjectRef:
             if cell.waiters and arrived in cell.waiters:
                 cell.waiters.remove(arrived)
 
+    # What ``get``'s and ``wait``'s waiter asks of every item (streaming generators too).
+    def _is_ready(self) -> bool:
+        return self._is_done()
+
+    async def _wait_ready(self) -> None:
+        await self._wait_done()
+
     @property
     def key(self) -> Key:
         """The Dask key of the value (what the dashboard shows)."""
@@ -142,13 +152,11 @@ class ObjectRef:
 
     def future(self) -> concurrent.futures.Future:
         """A ``concurrent.futures.Future`` that resolves to the value (or its error)."""
-        from ._api import get
-
         out: concurrent.futures.Future = concurrent.futures.Future()
 
         def _resolve(_: Any) -> None:
             try:
-                out.set_result(get(self))
+                out.set_result(resolve_value(self))
             except BaseException as exc:  # delivered to whoever waits on `out`
                 out.set_exception(exc)
 
@@ -174,10 +182,17 @@ class ObjectRef:
         else:
             # Leaving this process some other way (put, a pickled object): a direct actor
             # call's result must be a real key before anyone else can take it.
-            from ._actor_channel import promote_now
-
-            promote_now(self.key, self._future.client)
+            promotion.promote_now(self.key, self._future.client)
         return _rebuild_ref, (self.key,)
+
+
+# ``get``'s own implementation (``_objects.resolve``) builds the values refs point to, which can
+# hold refs themselves, so this module cannot import it: it registers itself here instead.
+def _not_registered(ref: ObjectRef) -> Any:
+    raise RuntimeError("daskgen._objects.resolve is not imported")
+
+
+resolve_value: Callable[[ObjectRef], Any] = _not_registered
 
 
 class capture_refs:
@@ -221,8 +236,6 @@ def deliver_result(client: Client, key: Key, blob: bytes | None) -> None:
 def on_lost_message(client: Client) -> Any:
     """The client's handler for ``daskgen-lost``: refs this process took to keys that will
     never exist fail, instead of waiting for ever (on the client's loop)."""
-    from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
-
     kinds = {"lost": ObjectLostError, "failed": WorkerCrashedError}
 
     def handler(keys: list[Key], kind: str, why: str, **_: Any) -> None:
@@ -247,9 +260,7 @@ def bind_ref(
     that this client holds the key, or it would never report the key's state to it.
     """
     if client is None:
-        from ._lifecycle import get_client
-
-        client = get_client()
+        client = _runtime.client()
     fresh = dx.client_refcount(client, key) == 0
     future = dx.light_future(key, client)
     if fresh:

@@ -1,13 +1,12 @@
 """The caller's half of direct actor calls: one connection per (client, worker) carrying calls
 to the actors on that worker, and the results coming back. Runs in the caller's process (the
-driver, or a worker whose task calls actors); ``_actor_host`` is the other half and documents
-the messages.
+driver, or a worker whose task calls actors); ``_worker.actor_host`` is the other half and
+documents the messages.
 
 A direct call's ref is an ``ObjectRef`` like any other, on a key the scheduler does not know
-until it must (see ``_actor_host``): its small result comes inline on the connection, dropping
-the ref sends ``release`` to the host instead of the scheduler, and passing the ref on (to a
-task, to another actor, out of this process) first **promotes** it: the host publishes the
-value as a real key held by this client, and what needed it waits for that announcement.
+until it must: the connection owns it (``_objects.promotion``). Its small result comes inline
+on the connection; dropping the ref sends ``release`` to the host instead of the scheduler; and
+passing the ref on first promotes it to a real key.
 """
 
 from __future__ import annotations
@@ -20,12 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 from distributed import Client
-from distributed.batched import BatchedSend
 from distributed.comm import CommClosedError, connect
 
-from . import _dask_internals as dx
-from ._protocol import ACTOR_STREAM_OP, Key, as_key
-from .exceptions import ActorDiedError, RayActorError
+from .. import _dask_internals as dx
+from .._objects import promotion
+from .._objects.refs import deliver_result
+from .._protocol import ACTOR_STREAM_OP, Key, as_key
+from .._worker.actor_host import install
+from ..exceptions import ActorDiedError, TaskCancelledError
 
 logger = logging.getLogger("daskgen")
 
@@ -33,11 +34,6 @@ SEND_INTERVAL = 0.001  # s: batching of calls on daskgen's own connection
 
 _channels: dict[tuple[int, str], Channel] = {}
 _channels_lock = threading.Lock()
-# Direct-call keys this process holds that the scheduler does not know (pending or arrived,
-# not promoted): released to their channel.
-_unpromoted: dict[Key, Channel] = {}
-# Promotions under way: key -> callbacks run once the scheduler announced the key.
-_promoting: dict[Key, list[Callable[[BaseException | None], None]]] = {}
 
 
 def channel(client: Client, address: str) -> Channel:
@@ -61,7 +57,7 @@ class Channel:
         self.failure: BaseException | None = None
         self._outbox: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._batched: BatchedSend | None = None
+        self._batched: Any = None
         self._connecting = False
 
     # -- sending (any thread) ----------------------------------------------------------------
@@ -81,7 +77,7 @@ class Channel:
             else:
                 failure = None
                 self.pending[key] = (actor, on_failed)
-                _unpromoted[key] = self
+                promotion.own(key, self)  # the scheduler does not know the key yet
         if failure is not None:
             dx.on_client_loop(self.client, self._fail, key, on_failed, failure)
             return
@@ -112,8 +108,6 @@ class Channel:
             self._batched.send(msg)
 
     async def _connect(self) -> None:
-        from ._actor_host import install
-
         try:
             # The handler is registered by the actor's creation task; registering it here too
             # (idempotent) means a caller never races a creation still under way.
@@ -131,8 +125,7 @@ class Channel:
                 )
             )
             return
-        self._batched = BatchedSend(interval=SEND_INTERVAL)
-        self._batched.start(comm)
+        self._batched = dx.batched_send(comm, SEND_INTERVAL)
         self._connecting = False
         self._flush()
         asyncio.ensure_future(self._read(comm))
@@ -161,12 +154,10 @@ class Channel:
         if msg["op"] == "result":
             if self.pending.pop(key, None) is None:
                 return  # it failed already (its actor died), or its ref was dropped
-            from ._refs import deliver_result
-
             deliver_result(self.client, key, msg["blob"])
         elif msg["op"] == "failed":  # a generator call that ended without its outcome
             entry = self.pending.pop(key, None)
-            _unpromoted.pop(key, None)
+            promotion.disown(key)
             blob = msg.get("blob")
             if entry is not None:
                 self._fail(key, entry[1], pickle.loads(blob) if blob else None)
@@ -174,15 +165,16 @@ class Channel:
     def completed(self, key: Key) -> None:
         """The scheduler announced ``key`` (published by the host): it is a real key now."""
         self.pending.pop(key, None)
-        _unpromoted.pop(key, None)
+
+    def released(self, key: Key) -> None:
+        """The caller dropped the ref of ``key`` (the host is told by the release message)."""
+        self.pending.pop(key, None)
 
     def _fail(self, key: Key, on_failed: Callable[[Any], None] | None, error: Any) -> None:
-        _unpromoted.pop(key, None)
+        promotion.disown(key)
         if on_failed is not None:
             on_failed(error)
         else:
-            from .exceptions import TaskCancelledError
-
             dx.key_set_error(self.client, key, error or TaskCancelledError())
 
     def _lost(self, error: BaseException) -> None:
@@ -197,10 +189,7 @@ class Channel:
                 del _channels[(id(self.client), self.address)]
         for key, (_, on_failed) in pending.items():
             self._fail(key, on_failed, error)
-        for key in [k for k, ch in _unpromoted.items() if ch is self]:
-            _unpromoted.pop(key, None)
-            for callback in _promoting.pop(key, []):
-                callback(error)
+        promotion.owner_lost(self, error)
 
     def fail_actor(self, actor: str, error: BaseException) -> None:
         """The actor died (the scheduler says so, or it was killed): its calls without a
@@ -210,88 +199,13 @@ class Channel:
             self._fail(key, on_failed, error)
 
 
-# ------------------------------------------------------------------------ releases and promotion
-
-
 def cancel_actor_call(key: Key, force: bool) -> bool:
     """``cancel()`` of a direct actor call still without its result: ask its host (see
     ``ActorHost.cancel``). False if ``key`` is no such call."""
-    ch = _unpromoted.get(key)
-    if ch is None or key not in ch.pending:
+    ch = promotion.owner_of(key)
+    if not isinstance(ch, Channel) or key not in ch.pending:
         return False
     if force:
         raise ValueError("force=True is not supported for actor tasks.")
     ch.send({"op": "cancel", "key": key})
     return True
-
-
-def _route_releases(client: Client, keys: list[Key]) -> list[Key]:
-    """Released keys of unpromoted direct calls go to their host; the rest to the scheduler."""
-    if not _unpromoted:
-        return keys
-    rest = []
-    by_channel: dict[Channel, list[Key]] = {}
-    for key in keys:
-        ch = _unpromoted.pop(key, None)
-        if ch is None:
-            rest.append(key)
-        else:
-            ch.pending.pop(key, None)
-            by_channel.setdefault(ch, []).append(key)
-    for ch, released in by_channel.items():
-        ch.send({"op": "release", "keys": released})
-    return rest
-
-
-dx.release_elsewhere(_route_releases)
-
-
-def is_unpromoted(key: Key) -> bool:
-    return key in _unpromoted
-
-
-def promote(key: Key, done: Callable[[BaseException | None], None]) -> None:
-    """Make the direct-call result ``key`` a real cluster key held by this client; call
-    ``done(None)`` once the scheduler announced it, or ``done(error)`` if it cannot be."""
-    ch = _unpromoted.get(key)
-    if ch is None:
-        done(None)  # known to the scheduler already
-        return
-    waiting = _promoting.setdefault(key, [])
-    waiting.append(done)
-    if len(waiting) == 1:
-        ch.send({"op": "promote", "keys": [key]})
-
-
-def on_published(client: Client, key: Key) -> None:
-    """The scheduler announced ``key``, published by an actor's host (on the client's loop)."""
-    ch = _unpromoted.get(key)
-    if ch is not None:
-        ch.completed(key)
-    else:
-        for ch in list(_channels.values()):
-            if ch.client is client and key in ch.pending:
-                ch.completed(key)
-    for callback in _promoting.pop(key, []):
-        callback(None)
-
-
-def promote_now(key: Key, client: Client) -> None:
-    """Promote ``key`` and wait for it (a ref pickled outside ``.remote()``, e.g. into ``put``);
-    on the client's own loop (where waiting would deadlock) the promotion is only started."""
-    if not is_unpromoted(key):
-        return
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def finished(error: BaseException | None) -> None:
-        if error is not None:
-            errors.append(error)
-        done.set()
-
-    dx.on_client_loop(client, promote, key, finished)
-    if dx.on_loop_thread(client):
-        return
-    done.wait()  # the host answers, or its connection closes (then the error is set)
-    if errors:
-        raise RayActorError(f"The actor result {key!r} cannot be passed on: {errors[0]}")

@@ -15,22 +15,16 @@ Workers and other clients use the TCP address.
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
-import logging
 import os
 import sys
 from typing import Any
 
-import dask
 from distributed import Client, Scheduler, SchedulerPlugin, SpecCluster, WorkerPlugin
-from distributed.deploy.subprocess import SubprocessWorker
 from distributed.utils import format_dashboard_link
-from distributed.worker_memory import parse_memory_limit
 
-from . import _dask_internals as dx
-from . import _fastlane
+from .. import _dask_internals as dx
+from . import fastlane as _fastlane
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which (as setting any of these
 # does) also switches off glibc's adaptive mmap threshold: every large array a generator yields
@@ -49,23 +43,17 @@ WORKER_MALLOC = {
 }
 
 
-class _Worker(SubprocessWorker):
-    """``SubprocessWorker`` that also hands the driver's import path to the worker."""
+# The driver's import path goes to the workers, so that the user's own modules import there. A
+# nanny started earlier in this process (a LocalCluster's) leaves Dask's malloc values in
+# os.environ, so the worker processes get daskgen's too.
+def _worker_environ() -> dict[str, str]:
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        **{k: str(v) for k, v in WORKER_MALLOC.items()},
+    }
 
-    async def _start(self) -> None:
-        spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        inherited = env.get("DASK_INTERNAL_INHERIT_CONFIG")
-        config = dask.config.deserialize(inherited) if inherited else {}
-        dask.config.update(config, {"distributed": {"nanny": {"pre-spawn-environ": WORKER_MALLOC}}})
-        env["DASK_INTERNAL_INHERIT_CONFIG"] = dask.config.serialize(config)
-        # A nanny started earlier in this process (a LocalCluster's) leaves Dask's values in
-        # os.environ; the worker processes start from this environment.
-        env.update((k, str(v)) for k, v in WORKER_MALLOC.items())
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, env=env
-        )
+
+_Worker = dx.spawned_worker_class(_worker_environ, WORKER_MALLOC)
 
 
 class _EmbeddedCluster(SpecCluster):
@@ -73,11 +61,7 @@ class _EmbeddedCluster(SpecCluster):
 
     @property
     def scheduler_address(self) -> str:
-        scheduler = self.scheduler
-        for listener in getattr(scheduler, "listeners", ()):
-            if listener.contact_address.startswith("inproc://"):
-                return listener.contact_address
-        return super().scheduler_address
+        return dx.scheduler_inproc_address(self.scheduler) or super().scheduler_address
 
     @property
     def dashboard_link(self) -> str:
@@ -103,9 +87,7 @@ def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, A
     worker_opts: dict[str, Any] = {
         "nthreads": kwargs.pop("threads_per_worker", 1),
         "host": host,
-        "memory_limit": parse_memory_limit(
-            kwargs.pop("memory_limit", "auto"), 1, n, logger=logging.getLogger("daskgen")
-        ),
+        "memory_limit": dx.memory_limit(kwargs.pop("memory_limit", "auto"), n),
         "silence_logs": kwargs.get("silence_logs", 30),
         **kwargs.pop("worker_kwargs", {}),
     }
@@ -158,22 +140,20 @@ class FastBatchingScheduler(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        for address in list(scheduler.stream_comms):
-            self.add_worker(scheduler, address)
-        for client in list(scheduler.client_comms):
-            self.add_client(scheduler, client)
+        for stream in dx.scheduler_batched_streams(scheduler).values():
+            dx.set_batching_interval(stream, self.interval)
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
-        dx.set_batching_interval(scheduler.stream_comms.get(worker), self.interval)
+        dx.set_batching_interval(dx.scheduler_stream_to(scheduler, worker), self.interval)
 
     def add_client(self, scheduler: Any, client: str) -> None:
-        dx.set_batching_interval(scheduler.client_comms.get(client), self.interval)
+        dx.set_batching_interval(dx.scheduler_stream_to(scheduler, client), self.interval)
 
 
 class TuneWorker(WorkerPlugin):
     """Shortens a worker's batching towards the scheduler, lets it forget freed keys directly
     (``dx.worker_forget_directly``), freezes its start-up objects and opens its fast lane to
-    the scheduler (``_fastlane``) if given one."""
+    the scheduler (``fastlane``) if given one."""
 
     name = "daskgen-tune"
 
@@ -186,7 +166,7 @@ class TuneWorker(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         if self.lane is not None:
             await _fastlane.connect(worker, *self.lane)
-        dx.set_batching_interval(worker.batched_stream, self.interval)
+        dx.set_batching_interval(dx.worker_batched_stream(worker), self.interval)
         dx.worker_forget_directly(worker)
         # Full garbage collections scan every object the process holds (~20-30 ms here with
         # Dask loaded), and a generator's thousands of keys trigger them. The worker process
@@ -201,7 +181,7 @@ class TuneWorker(WorkerPlugin):
 
 def tune(client: Client) -> None:
     """Apply the shorter batching intervals to daskgen's own cluster and client, and give its
-    workers the fast lane to the scheduler (``_fastlane``).
+    workers the fast lane to the scheduler (``fastlane``).
 
     Also, in this process (undone by :func:`untune`): what it holds after start-up goes to the
     garbage collector's permanent generation (``gc.freeze``), so full collections no longer scan

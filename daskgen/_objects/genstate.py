@@ -1,5 +1,5 @@
 """What the caller's process knows about each generator task it started, and the client
-stream handlers that feed it (``_publish`` documents the protocol; ``_generators`` builds the
+stream handlers that feed it (``_worker.publish`` documents the protocol; ``generators`` builds the
 user-facing generators on this).
 
 One :class:`GenState` per generator call lives in the caller's process. It holds the generator
@@ -28,8 +28,8 @@ from typing import Any
 
 from distributed import Client, Future
 
-from . import _dask_internals as dx
-from ._protocol import (
+from .. import _dask_internals as dx
+from .._protocol import (
     CONSUMED_OP,
     OUTCOME_INDEX,
     ErrorValue,
@@ -38,8 +38,14 @@ from ._protocol import (
     task_of_yield,
     yield_key,
 )
-from ._refs import InlineValue, ObjectRef, bind_ref, deliver_result
-from .exceptions import ObjectLostError, TaskCancelledError, WorkerCrashedError
+from ..exceptions import (
+    ObjectLostError,
+    TaskCancelledError,
+    WorkerCrashedError,
+    translate,
+)
+from . import promotion
+from .refs import InlineValue, ObjectRef, bind_ref, deliver_result
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
 # Generator calls still running: held here until their task ends, as Ray runs a generator to
@@ -59,9 +65,7 @@ def on_yield_message(client: Client) -> Callable[..., None]:
         for key, index, inline, replace in items:
             key = as_key(key)
             if index == OUTCOME_INDEX:  # a direct actor call's own result (_actor_host)
-                from ._actor_channel import on_published
-
-                on_published(client, key)
+                promotion.on_published(key)
                 if state is not None:
                     state.on_outcome(inline)
                     continue
@@ -93,7 +97,7 @@ def on_cancelled_keys(client: Client) -> Callable[..., None]:
         others = []
         settle: dict[int, tuple[GenState, list[Key]]] = {}
         for key in keys:
-            key = tuple(key) if isinstance(key, list) else key
+            key = as_key(key)
             task = task_of_yield(key)
             state = _registry.get(task) if task is not None else None
             if state is not None and state.task is not None:
@@ -236,8 +240,6 @@ class GenState:
 
     def fail(self, error: BaseException | None) -> None:
         """The call ended without its outcome (on the loop): its actor died, or it stopped."""
-        from .exceptions import TaskCancelledError
-
         dx.key_set_error(self.client, self.task_key, error or TaskCancelledError())
 
     def on_done(self) -> None:
@@ -328,8 +330,6 @@ class GenState:
         """Why the task ended without producing everything (cancel, worker death), if it did.
 
         Called on the client's loop too: never blocks (no ``Future.exception()``)."""
-        from ._api import _translate
-
         status = self.task.status
         if status not in ("cancelled", "error"):
             return None
@@ -340,7 +340,7 @@ class GenState:
                 if status == "cancelled"
                 else (WorkerCrashedError(f"The task {self.task_key} failed."))
             )
-        return _translate(cause)
+        return translate(cause)
 
     def ready_future(self, index: int) -> concurrent.futures.Future:
         """Resolves once yield ``index`` is published or the task has ended."""
@@ -381,23 +381,15 @@ class GenState:
             return bind_ref(key, self.client, inline=self.cells.get(index))
         return ObjectRef(fut, inline=self.cells.get(index))
 
-    def cancel_task(self, force: bool = False, recursive: bool = True) -> None:
+    def mark_cancelled(self) -> bool:
+        """``cancel()`` of this generator: the next ref raises why (Ray skips the yields not
+        taken yet). False if the task has ended already (nothing to stop, as in Ray)."""
         if self.task.done():
-            return  # nothing left to stop, as in Ray
-        from ._actor_channel import cancel_actor_call
-
-        if cancel_actor_call(self.task_key, force):  # a generator method of an actor
-            with self.cond:
-                self.cancelled = True
-                self._wake()
-            return
+            return False
         with self.cond:
             self.cancelled = True
             self._wake()
-        if not self.task.done():
-            from ._cancel import cancel_keys
-
-            cancel_keys(self.client, [self.task_key], force=force, recursive=recursive, revoke=True)
+        return True
 
     def wake(self) -> None:
         """Wake whoever waits on this generator (from any thread), to look again."""

@@ -24,17 +24,18 @@ bookkeeping around it.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import ctypes
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from . import _dask_internals as dx
-from ._protocol import Key
+from .. import _dask_internals as dx
+from .._protocol import Key, cancel_message
+from .._waiting import TaskThread, current, set_current
+from ..exceptions import TaskCancelledError
 
 logger = logging.getLogger("daskgen")
 
@@ -48,23 +49,21 @@ class ForceCancelled(BaseException):
     or an ``Exception``, so the usual ``except`` clauses do not swallow it)."""
 
 
-class _Running:
-    __slots__ = ("ident", "interruptible", "cancelled", "forced", "detached", "since", "wakers")
+class _Running(TaskThread):
+    """A running task's thread (its ``cancelled`` flag and wakers: see ``_waiting``)."""
+
+    __slots__ = ("ident", "interruptible", "forced", "detached", "since")
 
     def __init__(self, ident: int, interruptible: bool) -> None:
+        super().__init__()
         self.ident = ident
         self.interruptible = interruptible  # in the user's code now (see user_code)
-        self.cancelled = False
         self.forced = False
         self.detached = False
         self.since = 0.0
-        # How to wake the thread from a daskgen wait (a get, a next) so that the exception
-        # lands now, not when the wait would have ended.
-        self.wakers: list[Callable[[], None]] = []
 
 
 _lock = threading.Lock()
-_current = threading.local()  # .entry: the _Running of the task this thread runs
 _running: dict[Key, _Running] = {}
 _tombstones: collections.OrderedDict[Key, None] = collections.OrderedDict()
 _children: dict[Key, list[Key]] = {}  # task -> tasks it submitted (for recursive=True)
@@ -83,19 +82,16 @@ def running(key: Key, interruptible: bool = True) -> Iterator[_Running]:
 
     Raises ``TaskCancelledError`` at once if the task was cancelled before it started.
     """
-    from .exceptions import TaskCancelledError
-
     entry = _Running(threading.get_ident(), interruptible)
     with _lock:
         if key in _tombstones:
             raise TaskCancelledError()  # cancelled before it started: it never runs
         _running[key] = entry
-    outer = getattr(_current, "entry", None)
-    _current.entry = entry
+    outer = set_current(entry)
     try:
         yield entry
     finally:
-        _current.entry = outer
+        set_current(outer)
         with _lock:
             if _running.get(key) is entry:
                 del _running[key]
@@ -110,8 +106,8 @@ def user_code(steps: Iterator[Any]) -> Iterator[Any]:
     Without a running task in this thread, ``steps`` as they are. A cancel that comes while
     daskgen publishes a value stops the generator as it takes its next step.
     """
-    entry = getattr(_current, "entry", None)
-    if entry is None:
+    entry = current()
+    if not isinstance(entry, _Running):
         yield from steps
         return
     while True:
@@ -139,48 +135,6 @@ def _leave_user_code(entry: _Running) -> None:
             return
         _set_async_exc(entry.ident, None)  # not in daskgen's code: raised here instead
     raise ForceCancelled if entry.forced else KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def wakes(waker: Callable[[], None]) -> Iterator[None]:
-    """Around a blocking daskgen wait in a task's thread: an interrupt calls ``waker`` (from
-    another thread) so that the wait returns and the exception lands at once."""
-    entry = getattr(_current, "entry", None)
-    if entry is None:
-        yield
-        return
-    entry.wakers.append(waker)
-    try:
-        if entry.cancelled:
-            waker()  # the interrupt came before the waker was there
-        yield
-    finally:
-        entry.wakers.remove(waker)
-
-
-def sync(client: Any, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """``client.sync(fn, *args)``, cut short by an interrupt of the task this thread runs
-    (Dask's ``sync`` checks only every 10 s whether its waiting thread should go on)."""
-    if getattr(_current, "entry", None) is None:
-        return client.sync(fn, *args)
-    loop = client.loop
-    started: list[asyncio.Task[Any]] = []
-
-    async def run() -> Any:
-        started.append(asyncio.current_task())  # type: ignore[arg-type]
-        return await fn(*args)
-
-    def wake() -> None:
-        loop.add_callback(lambda: [task.cancel() for task in started])
-
-    with wakes(wake):
-        return client.sync(run)
-
-
-def current_task_cancelled() -> bool:
-    """Whether the task this thread runs was interrupted by ``cancel()``."""
-    entry = getattr(_current, "entry", None)
-    return entry is not None and entry.cancelled
 
 
 def record_child(parent: Key, child: Key) -> None:
@@ -258,10 +212,11 @@ def finish_detached(worker: Any, key: Key, entry: _Running) -> None:
 
 
 def _cancel_children(worker: Any, children: list[Key], force: bool) -> None:
-    from ._cancel import cancel_keys
-
     try:
-        cancel_keys(dx.worker_client(worker), children, force=force, recursive=True)
+        msg = cancel_message(
+            children, force=force, recursive=True, revoke=False, reason="its parent was cancelled"
+        )
+        dx.client_send(dx.worker_client(worker), msg)
     except Exception:
         logger.warning("daskgen: could not cancel the tasks %s submitted", children, exc_info=True)
 

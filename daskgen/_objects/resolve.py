@@ -1,0 +1,164 @@
+"""What ``get`` and ``wait`` do once their arguments are checked (in any process: the driver, or
+a task that gets values): wait for refs with one O(n) waiter, then take each value from where
+it is cheapest, and turn what Dask stored into what the user sees.
+
+Where a value comes from, cheapest first: inline (it came with its announcement or the task's
+result), over the embedded cluster's fast lane (large values, ``_cluster.fastlane``), or Dask's
+gather.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+from distributed import Client, Future
+
+from .. import _dask_internals as dx
+from .._cluster.fastlane import fetch_large
+from .._protocol import ErrorValue, GenOutcome, Put
+from .._waiting import blocking
+from .._waiting import sync as interruptible_sync
+from ..exceptions import GetTimeoutError, TaskCancelledError, fresh, translate
+from . import refs as _refs
+from .generators import outcome_value
+from .refs import ObjectRef
+
+
+def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+    """The values of ``refs``, waiting up to ``timeout`` s (see ``daskgen.get``)."""
+    out: list[Any] = [None] * len(refs)
+    remote = _take_inline(refs, range(len(refs)), out)
+    if not remote:
+        return out
+    with blocking():
+        pending = [refs[i] for i in remote]
+        failed = next((r._future for r in pending if failed_future(r._future)), None)
+        if failed is None and not all(r._is_done() for r in pending):
+            if timeout == 0:
+                left = sum(not r._is_done() for r in pending)
+                raise GetTimeoutError(f"Get timed out: {left} of {len(refs)} not ready.")
+            waiting = [r for r in pending if not r._is_done()]
+            failed, left = interruptible_sync(
+                client, await_ready, waiting, len(waiting), timeout, True
+            )
+            if left and failed is None:
+                raise GetTimeoutError(
+                    f"Get timed out after {timeout} s: {left} value(s) not ready."
+                )
+        if failed is not None:
+            raise_failure(failed)
+        remote = _take_inline(refs, remote, out)  # small results arrive with completion
+        # large values, over the embedded cluster's lane; Dask's gather fetches the rest
+        fetched = fetch_large(client, [refs[i].key for i in remote])
+        rest = []
+        for i in remote:
+            if refs[i].key in fetched:
+                out[i] = unwrap(fetched[refs[i].key])
+            else:
+                rest.append(i)
+        futures = [refs[i]._future for i in rest]
+        try:
+            values = client.gather(futures) if len(futures) > 1 else [f.result() for f in futures]
+        except BaseException as exc:
+            raise fresh(translate(exc)) from None
+    for i, value in zip(rest, values, strict=True):
+        out[i] = unwrap(value)
+    return out
+
+
+def _get_one(ref: ObjectRef) -> Any:
+    return get_values(ref._future.client, [ref], None)[0]
+
+
+_refs.resolve_value = _get_one  # ObjectRef.future() (see refs.resolve_value)
+
+
+def wait_ready(client: Client, items: list[Any], need: int, timeout: float | None) -> None:
+    """Return once ``need`` of ``items`` (refs, streaming generators) are ready, or after
+    ``timeout`` s (see ``daskgen.wait``)."""
+    have = sum(item._is_ready() for item in items)
+    if have >= need or timeout == 0:
+        return
+    waiting = [item for item in items if not item._is_ready()]
+    with blocking():
+        interruptible_sync(client, await_ready, waiting, need - have, timeout, False)
+
+
+async def await_ready(
+    items: Sequence[Any], need: int, timeout: float | None, fail_fast: bool
+) -> tuple[Future | None, int]:
+    """On the client's loop: return once ``need`` of ``items`` are ready, or one has failed
+    (``fail_fast``), or ``timeout`` s passed. Returns (the first failed ref's future, how many
+    of ``need`` are still not ready).
+
+    O(n): each item gets one small waiter that counts itself when ready; ``asyncio.wait`` over
+    all of them at every completion would be quadratic in the number of items.
+    """
+    finished = asyncio.Event()
+    state: dict[str, Any] = {"ready": 0, "failed": None}
+
+    async def one(item: Any) -> None:
+        await item._wait_ready()
+        state["ready"] += 1
+        future = getattr(item, "_future", None)
+        if fail_fast and future is not None and failed_future(future):
+            state["failed"] = state["failed"] or future
+            finished.set()
+        if state["ready"] >= need:
+            finished.set()
+
+    waiters = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        try:
+            await asyncio.wait_for(finished.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return state["failed"], max(0, need - state["ready"])
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _take_inline(refs: list[ObjectRef], indices: Sequence[int], out: list[Any]) -> list[int]:
+    """Fill ``out`` with the values that came inline; return the indices still to fetch."""
+    remote = []
+    for i in indices:
+        blob = refs[i]._inline_blob()
+        # A yield lost with its worker waits for the re-run's value, not its old copy.
+        if blob is None or refs[i]._future.status == "lost":
+            remote.append(i)
+        else:
+            out[i] = unwrap(pickle.loads(blob))  # no round trip
+    return remote
+
+
+def unwrap(value: Any) -> Any:
+    """Turn what Dask stored under a key into what the user sees (an error value raises)."""
+    cls = type(value)
+    if cls is ErrorValue:
+        raise value.error
+    if cls is GenOutcome:
+        return outcome_value(value)
+    if cls is Put:
+        return value.value
+    return value
+
+
+def failed_future(future: Future) -> bool:
+    """Erred, cancelled, or holding an error value (which Dask reports as a normal result)."""
+    status = future.status
+    return status in ("error", "cancelled") or (status == "finished" and future.type is ErrorValue)
+
+
+def raise_failure(future: Future) -> None:
+    """Raise what a failed ref raises (a fresh copy: see ``exceptions.fresh``)."""
+    if future.status in ("error", "cancelled"):
+        raise fresh(translate(dx.future_exception(future) or TaskCancelledError())) from None
+    try:
+        value = future.result()
+    except BaseException as exc:
+        raise fresh(translate(exc)) from None
+    unwrap(value)
