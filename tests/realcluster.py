@@ -232,6 +232,7 @@ class WorkerSpec:
 
     nanny: bool = False
     venv: Path | None = None
+    env: dict[str, str] | None = None  # on top of the cluster's
 
 
 @dataclass
@@ -251,7 +252,13 @@ class RealCluster:
 
     # -- processes --------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], venv: Path | None = None) -> subprocess.Popen:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        venv: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         log = self.directory / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -260,7 +267,7 @@ class RealCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.directory,
-                env=_cluster_env(self.env),
+                env=_cluster_env({**self.env, **(env or {})}),
                 start_new_session=True,  # its own process group: teardown kills exactly it
             )
         self._procs.append((proc, log))
@@ -302,11 +309,17 @@ class RealCluster:
 
         return wait_until(address, "the scheduler wrote its address", timeout)
 
-    def start_worker(self, venv: Path | None = None, nanny: bool | None = None) -> subprocess.Popen:
+    def start_worker(
+        self,
+        venv: Path | None = None,
+        nanny: bool | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         """Start one single-threaded ``dask worker`` (``CPU=1``), with a nanny if ``nanny`` (by
         default :attr:`nanny`), from the venv at ``venv`` if given (see
-        :func:`make_venv_without_daskgen`). Returns the process: the worker, or its nanny."""
-        spec = WorkerSpec(self.nanny if nanny is None else nanny, venv)
+        :func:`make_venv_without_daskgen`), with ``env`` added to the cluster's environment.
+        Returns the process: the worker, or its nanny."""
+        spec = WorkerSpec(self.nanny if nanny is None else nanny, venv, env)
         proc = self._launch_worker(spec)
         self.workers.append(proc)
         return proc
@@ -320,7 +333,7 @@ class RealCluster:
         args += ["--resources", "CPU=1", "--host", "127.0.0.1", "--local-directory", str(local)]
         if self.tls is not None:
             args += self.tls.cli_flags()
-        proc = self._spawn(f"worker-{n}", args, spec.venv)
+        proc = self._spawn(f"worker-{n}", args, spec.venv, spec.env)
         self.specs[proc.pid] = spec
         return proc
 
@@ -693,6 +706,18 @@ def make_venv_without_daskgen(directory: Path | None = None) -> Path:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _venvs[parent] = venv
     return venv
+
+
+def make_other_daskgen(directory: Path, version: str) -> dict[str, str]:
+    """A stand-in ``daskgen`` package that says it is ``version`` (only its ``_protocol.VERSION``,
+    which daskgen's version check reads), under ``directory``; returns the environment that puts
+    it first on a process's path (pass it to :meth:`RealCluster.start_worker` or as a
+    cluster's ``env``)."""
+    package = Path(directory) / "daskgen"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (package / "_protocol.py").write_text(f"VERSION = {version!r}\n")
+    return {"PYTHONPATH": str(directory)}
 
 
 # ------------------------------------------------------------------ code that runs in the tasks
