@@ -18,8 +18,9 @@ from ._client.remote_function import RemoteFunction, remote
 from ._client.session import get_client, init, is_initialized, shutdown
 from ._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._objects.refs import ObjectRef
+from ._protocol import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "init",

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from time import time
 from typing import Any
@@ -95,23 +96,23 @@ def _release_queued(client_id: int) -> None:
         state = futures.pop(key, None)
         if state is not None:
             state.cancel()  # as Client._release_key does
-    if released and _release_elsewhere is not None:
-        released = _release_elsewhere(client, released)
     if released and client.status != "closed":
-        client._send_to_scheduler(
-            {"op": "client-releases-keys", "keys": released, "client": client.id}
-        )
+        _release_route(client, released)
 
 
-# Keys the scheduler does not know (results of direct actor calls) are released to where they
-# live instead: given the released keys, this returns those for the scheduler.
-_release_elsewhere: Callable[[Client, list[Key]], list[Key]] | None = None
+def _release_by_dask(client: Client, keys: list[Key]) -> None:
+    client._send_to_scheduler({"op": "client-releases-keys", "keys": keys, "client": client.id})
 
 
-def release_elsewhere(route: Callable[[Client, list[Key]], list[Key]]) -> None:
-    """Route released keys through ``route`` first (see ``_client.actor_channel``)."""
-    global _release_elsewhere
-    _release_elsewhere = route
+# Who tells whom the released keys: Dask's own message by default; daskgen routes them (its
+# plugin frees them in bulk, results of direct actor calls go to their worker).
+_release_route: Callable[[Client, list[Key]], None] = _release_by_dask
+
+
+def route_releases(route: Callable[[Client, list[Key]], None]) -> None:
+    """Send the keys light futures release through ``route`` (see ``_objects.promotion``)."""
+    global _release_route
+    _release_route = route
 
 
 def light_future(key: Key, client: Client) -> Future:
@@ -156,18 +157,10 @@ def key_lose(client: Client, key: Key) -> None:
 
 
 def client_send(client: Client, msg: dict[str, Any]) -> None:
-    """Queue ``msg`` on the client's batched stream to the scheduler (thread-safe)."""
+    """Queue ``msg`` (daskgen's) on the client's batched stream to the scheduler
+    (thread-safe)."""
     client._send_to_scheduler(msg)
-
-
-def client_desires(client: Client, keys: list[Key], op: str) -> None:
-    """Tell the scheduler this client holds ``keys`` (a ref unpickled in another process), by
-    a message ``op`` on the client's stream with Dask's ``client-desires-keys`` arguments.
-
-    Dask no longer registers futures that travel inside task data (dask/distributed #8827);
-    without this the receiver's future would never be told the key is in memory.
-    """
-    client._send_to_scheduler({"op": op, "keys": keys, "client": client.id})
+    shrink_once_logged(client.scheduler_comm, msg)
 
 
 def client_release(client: Client, keys: list[Key]) -> None:
@@ -378,8 +371,9 @@ def worker_overwrite(worker: Worker, keys: list[Key], value: object) -> None:
 
 
 def worker_send(worker: Worker, msg: dict[str, Any]) -> None:
-    """Queue ``msg`` on the worker's ordered batched stream to the scheduler."""
+    """Queue ``msg`` (daskgen's) on the worker's ordered batched stream to the scheduler."""
     worker.batched_stream.send(msg)
+    shrink_once_logged(worker.batched_stream, msg)
 
 
 def worker_current_key(worker: Worker) -> Key | None:
@@ -529,6 +523,12 @@ def worker_forget_directly(worker: Worker) -> None:
     worker.stream_handlers["free-keys"] = free_keys
 
 
+async def worker_ask_scheduler(worker: Worker, op: str) -> Any:
+    """The answer of the worker's scheduler to request ``op`` (None if it has no such
+    handler: it then logs a warning and answers None, and the connection lives on)."""
+    return await getattr(worker.scheduler, op)()
+
+
 def worker_forget(worker: Worker, keys: Iterable[Key]) -> None:
     """Drop values this worker holds that the scheduler never knew of (results of direct
     actor calls nobody promoted), as the scheduler's ``free-keys`` would."""
@@ -625,6 +625,7 @@ def scheduler_send_to_client(
             handler(**{k: v for k, v in msg.items() if k != "op"})
             return
     scheduler.client_send(client, msg)
+    shrink_once_logged(scheduler.client_comms.get(client), msg)
 
 
 def _idle_local_client(scheduler: Scheduler, client_id: str) -> Client | None:
@@ -655,6 +656,7 @@ def _idle_local_client(scheduler: Scheduler, client_id: str) -> Client | None:
 
 def scheduler_send_to_worker(scheduler: Scheduler, worker: str, msg: dict[str, Any]) -> None:
     scheduler.worker_send(worker, msg)
+    shrink_once_logged(scheduler.stream_comms.get(worker), msg)
 
 
 def scheduler_key_state(scheduler: Scheduler, key: Key) -> str | None:
@@ -812,6 +814,30 @@ def scheduler_report(scheduler: Scheduler, client: str, msg: dict[str, Any]) -> 
     scheduler.client_send(client, msg)
 
 
+def scheduler_release(scheduler: Scheduler, keys: list[Key], client: str) -> None:
+    """Dask's ``client-releases-keys`` for ``keys``, its messages to each worker merged: Dask
+    frees each key with a ``free-keys`` message of its own, and every Dask stream keeps its last
+    1,000 payloads for debugging, so a generator's 100,000 yields freed at once left 100,000
+    messages in the scheduler's memory (and cost a message each to send)."""
+
+    def send_merged(client_msgs: dict[str, list[Any]], worker_msgs: dict[str, list[Any]]) -> None:
+        for worker, msgs in worker_msgs.items():
+            frees = [m for m in msgs if m.get("op") == "free-keys"]
+            if len(frees) > 1:
+                merged = {**frees[0], "keys": [k for m in frees for k in m["keys"]]}
+                first = msgs.index(frees[0])
+                others = [m for m in msgs if m.get("op") != "free-keys"]
+                worker_msgs[worker] = [*others[:first], merged, *others[first:]]
+                shrink_once_logged(scheduler.stream_comms.get(worker), merged)
+        Scheduler.send_all(scheduler, client_msgs, worker_msgs)
+
+    scheduler.send_all = send_merged  # type: ignore[method-assign]
+    try:
+        scheduler.client_releases_keys(keys=keys, client=client)
+    finally:
+        del scheduler.send_all  # back to the class's own
+
+
 def scheduler_fire_and_forget(scheduler: Scheduler, keys: list[Key]) -> None:
     """What ``distributed.fire_and_forget`` asks for, done on the scheduler: Dask's own
     ``fire-and-forget`` client wants ``keys`` until each has run (Dask then releases it)."""
@@ -831,11 +857,200 @@ def scheduler_release_fire_and_forget_soon(scheduler: Scheduler, key: Key) -> No
     scheduler.loop.add_callback(release)
 
 
+# Per scheduler: workers held until daskgen knows what they can run -> the status to give them
+# when released (the one they registered with, or the latest they asked for meanwhile).
+_holds: weakref.WeakKeyDictionary[Scheduler, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def scheduler_hold_worker(scheduler: Scheduler, worker: str) -> bool:
+    """Hold a joining worker paused in the scheduler's view (no task is placed on it, as on a
+    worker short of memory) until :func:`scheduler_release_worker`. A worker registers before
+    it runs and reports ``running`` on its stream just after: that report is held too (the
+    scheduler's ``worker-status-change`` handler defers it). False if the worker is gone."""
+    from distributed.core import Status
+
+    ws = scheduler.workers.get(worker)
+    if ws is None:
+        return False
+    holds = _holds.get(scheduler)
+    if holds is None:
+        holds = _holds[scheduler] = {}
+        original = scheduler.stream_handlers["worker-status-change"]
+
+        def status_change(status: str, worker: str, stimulus_id: str, **kwargs: Any) -> None:
+            if worker in holds:
+                holds[worker] = status  # applied when the worker is released
+            else:
+                original(status=status, worker=worker, stimulus_id=stimulus_id, **kwargs)
+
+        scheduler.stream_handlers["worker-status-change"] = status_change
+    holds[worker] = ws.status.name
+    if ws.status == Status.running:
+        scheduler.handle_worker_status_change(Status.paused, ws, f"daskgen-probe-{time()}")
+    return True
+
+
+def scheduler_release_worker(scheduler: Scheduler, worker: str) -> None:
+    """Give a held worker the status it has asked for (unless it left)."""
+    status = _holds.get(scheduler, {}).pop(worker, None)
+    if status is not None and worker in scheduler.workers:
+        scheduler.handle_worker_status_change(status, worker, f"daskgen-probed-{time()}")
+
+
+def scheduler_forget_topic(scheduler: Scheduler, topic: str) -> None:
+    """Drop an event topic and the events it keeps (Dask keeps every topic for ever)."""
+    scheduler._broker._topics.pop(topic, None)
+
+
+def scheduler_workers(scheduler: Scheduler) -> list[str]:
+    return list(scheduler.workers)
+
+
+def scheduler_worker_resources(scheduler: Scheduler) -> dict[str, dict[str, float]]:
+    """Each worker's address -> the resources it declares (``dask worker --resources``)."""
+    return {address: dict(ws.resources) for address, ws in scheduler.workers.items()}
+
+
+def scheduler_worker_busy(scheduler: Scheduler) -> dict[str, float]:
+    """Each worker's address -> its tasks running or assigned, per thread (1.0: all busy)."""
+    return {a: len(ws.processing) / max(ws.nthreads, 1) for a, ws in scheduler.workers.items()}
+
+
+def scheduler_restrict(scheduler: Scheduler, keys: list[Key], workers: list[str]) -> list[Key]:
+    """Let the tasks ``keys`` run only on ``workers`` from now on, as ``Client.submit(workers=
+    ...)`` restricts a task; a task already restricted keeps its allowed workers among
+    ``workers``. Returns the tasks none of whose allowed workers is in ``workers`` (left
+    unchanged: they cannot run). A task waiting in the scheduler's queue (which holds only
+    unrestricted tasks) or for a worker goes back through ``waiting``; a running task goes on
+    where it is, and is placed by its new restrictions if its worker dies."""
+    allowed = set(workers)
+    stuck, again = [], []
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        states = ("released", "waiting", "queued", "no-worker", "processing")
+        if ts is None or ts.state not in states:
+            continue
+        current = ts.worker_restrictions
+        if current and not current & allowed:
+            stuck.append(key)
+            continue
+        ts.worker_restrictions = current & allowed if current else set(allowed)
+        ts.loose_restrictions = False
+        if ts.state in ("queued", "no-worker"):
+            again.append(key)
+    if again:
+        stimulus = f"daskgen-restrict-{time()}"
+        scheduler.transitions(dict.fromkeys(again, "released"), stimulus)
+        scheduler.transitions(dict.fromkeys(again, "waiting"), stimulus)
+    return stuck
+
+
+def scheduler_wanted_by(scheduler: Scheduler, keys: list[Key]) -> dict[str, list[Key]]:
+    """Which real clients (not Dask's fire-and-forget) want which of ``keys``."""
+    out: dict[str, list[Key]] = {}
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        for cs in (ts.who_wants or ()) if ts is not None else ():
+            if cs.client_key != "fire-and-forget":
+                out.setdefault(cs.client_key, []).append(key)
+    return out
+
+
 def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[Key]) -> None:
     """Make ``worker`` drop keys the scheduler never registered (duplicates, orphans)."""
-    scheduler.worker_send(
-        worker, {"op": "free-keys", "keys": list(keys), "stimulus_id": "daskgen-free"}
+    scheduler_send_to_worker(
+        scheduler, worker, {"op": "free-keys", "keys": list(keys), "stimulus_id": "daskgen-free"}
     )
+
+
+# ------------------------------------------------------------- daskgen's messages in Dask's logs
+
+# Every Dask stream (``BatchedSend``) keeps its last 1,000 payloads under 1 MB for debugging.
+# daskgen's messages carry thousands of keys, yields and inline values: kept whole, a driver
+# streaming 100,000-yield rounds grew ~17 MB a round (the scheduler and workers likewise), up to
+# ~1 GB a stream. So once one of daskgen's messages has been written (it is in the log, no
+# longer in the buffer), the log's entry is replaced by a copy in which daskgen's bulky fields
+# are their length, as Dask writes "large-message" for a payload of 1 MB or more: the log still
+# shows what was sent. The message itself is never changed: an in-process comm hands the very
+# same objects to the receiver, which may not have read them yet.
+_BULKY = ("items", "keys", "blob", "packed")
+_SHRINK_SWEEP_S = 0.5
+
+
+def _shrunk(msg: dict[str, Any]) -> dict[str, Any]:
+    out = dict(msg)
+    for field in _BULKY:
+        value = out.get(field)
+        if isinstance(value, (list, tuple, bytes)) and len(value) > 16:
+            out[field] = f"<{len(value)} {field}: sent>"
+    return out
+
+
+class _Shrinker:
+    """daskgen's messages sent on one stream whose log entry is not yet shrunk."""
+
+    __slots__ = ("stream", "pending", "timer")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        # id(message) -> (message, batch count at send); the message is kept so its id is too
+        self.pending: dict[int, tuple[dict[str, Any], int]] = {}
+        self.timer = False
+
+    def sweep(self) -> None:
+        """Shrink the log's entries holding pending messages; look again soon for the rest."""
+        self.timer = False
+        stream = self.stream
+        log = stream.recent_message_log
+        if stream.comm is None or stream.comm.closed() or not self.pending:
+            self.pending.clear()  # nothing more will be logged
+            return
+        since = min(b for _, b in self.pending.values())
+        recent = min(len(log), stream.batch_count - since + 1)
+        for i in range(len(log) - 1, len(log) - 1 - recent, -1):
+            payload = log[i]
+            if type(payload) is not list or not any(id(m) in self.pending for m in payload):
+                continue
+            log[i] = [_shrunk(m) if self.pending.pop(id(m), None) else m for m in payload]
+        count = stream.batch_count
+        self.pending = {  # older ones went as one large message: never logged
+            k: (m, sent) for k, (m, sent) in self.pending.items() if count - sent < 1000
+        }
+        if self.pending and not self.timer:
+            self.timer = True
+            stream.loop.call_later(_SHRINK_SWEEP_S, self.sweep)
+
+
+_shrinkers: weakref.WeakKeyDictionary[Any, _Shrinker] = weakref.WeakKeyDictionary()
+
+
+def shrink_once_logged(stream: Any, msg: dict[str, Any]) -> None:
+    """Shrink the log's copy of ``msg`` (daskgen's, queued on Dask's ``stream``) once the
+    stream has written it."""
+    if stream is None or not hasattr(stream, "recent_message_log"):
+        return
+    if not any(isinstance(msg.get(f), (list, tuple, bytes)) for f in _BULKY):
+        return
+    try:
+        here = asyncio.get_running_loop() is getattr(stream.loop, "asyncio_loop", None)
+    except RuntimeError:
+        here = False
+    if not here:  # from a user's thread: on the stream's loop, after the send it queued
+        stream.loop.add_callback(_shrink_later, stream, msg)
+        return
+    _shrink_later(stream, msg)
+
+
+def _shrink_later(stream: Any, msg: dict[str, Any]) -> None:
+    shrinker = _shrinkers.get(stream)
+    if shrinker is None:
+        shrinker = _shrinkers[stream] = _Shrinker(stream)
+    shrinker.pending[id(msg)] = (msg, stream.batch_count)
+    if len(shrinker.pending) > 16 and not shrinker.timer:
+        shrinker.sweep()
+    elif not shrinker.timer:
+        shrinker.timer = True
+        stream.loop.call_later(_SHRINK_SWEEP_S, shrinker.sweep)
 
 
 # ---------------------------------------------------------------------------- batching intervals
@@ -926,3 +1141,34 @@ def batched_send(comm: Any, interval: float) -> Any:
     stream = BatchedSend(interval=interval)
     stream.start(comm)
     return stream
+
+
+# ------------------------------------------------------------------- what daskgen installs
+
+
+async def client_register_scheduler_plugin(client: Client, plugin: Any, name: str) -> None:
+    """``Client.register_plugin`` for a scheduler plugin, awaitable on the client's loop (the
+    public call blocks, and cannot be made from there)."""
+    from distributed.protocol.pickle import dumps
+
+    await client.scheduler.register_scheduler_plugin(
+        plugin=dumps(plugin), name=name, idempotent=True
+    )
+
+
+_PROBE = """
+def daskgen_probe():
+    import importlib.util
+    if importlib.util.find_spec("daskgen") is None:
+        return None
+    from daskgen._protocol import VERSION
+    return VERSION
+"""
+
+
+def daskgen_probe() -> Callable[[], Any]:
+    """A function that tells which daskgen a process has (None: none), pickled by value (its
+    module is not importable), so that it runs where daskgen is missing too."""
+    namespace: dict[str, Any] = {"__name__": "daskgen_probe_module"}
+    exec(_PROBE, namespace)
+    return namespace["daskgen_probe"]  # type: ignore[no-any-return]

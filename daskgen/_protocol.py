@@ -54,10 +54,13 @@ from typing import Any
 
 import cloudpickle
 
+VERSION = "0.1.0"  # daskgen's version: the driver, scheduler and workers must all have it
+
 PUBLISH_OP = "daskgen-publish"
 YIELD_OP = "daskgen-yield"
 CONSUMED_OP = "daskgen-consumed"
 RESULT_OP = "daskgen-result"
+RELEASE_OP = "daskgen-release"  # client -> scheduler: Dask's client-releases-keys, in bulk
 DESIRE_OP = "daskgen-desire"  # client -> scheduler: this client holds refs to these keys now
 LOST_OP = "daskgen-lost"  # scheduler -> client: keys it desired will never exist
 # client -> scheduler: cancel tasks as Ray's cancel() does (see _cancel)
@@ -75,6 +78,12 @@ PLUGIN_NAME = "daskgen"
 OUTCOME_INDEX = -1
 # client -> worker: the connection on which a process sends actor calls (see _actor_host)
 ACTOR_STREAM_OP = "daskgen_actor_stream"
+# worker -> driver (Dask's events, Worker.log_event): what a task printed, for its owner
+OUTPUT_TOPIC_PREFIX = "daskgen-print-"
+# client/worker -> scheduler (a request, safe whether or not the scheduler has daskgen):
+# is daskgen's plugin there, and of which version?
+HELLO_OP = "daskgen_hello"
+WORKERS_OP = "daskgen_workers"  # client -> scheduler request: workers able to host an actor
 
 Key = Any  # a Dask key: str or tuple
 

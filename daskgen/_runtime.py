@@ -1,20 +1,24 @@
 """Process-wide state, in every process daskgen runs in (the driver, workers, the scheduler's):
 the session slot, "am I inside a task", and the actor and call running now.
 
-Two things only the client layer knows how to do are reached through hooks it registers when
+Three things only the client layer knows how to do are reached through hooks it registers when
 ``daskgen`` is imported (``_client.session``), so that lower layers never import it: starting a
-session on first use (Ray's calls initialise on first use), and giving a worker's own client
-daskgen's stream handlers.
+session on first use (Ray's calls initialise on first use), giving a worker's own client
+daskgen's stream handlers, and (re)registering daskgen's scheduler plugin for a connection.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import distributed
 from distributed import Client
+
+from . import _dask_internals as dx
 
 session: Any = None  # this process's _client.session.Session, between init() and shutdown()
 
@@ -53,3 +57,56 @@ def client() -> Client:
         assert start_session is not None, "daskgen._client is not imported"
         current = start_session()
     return current.client
+
+
+# ------------------------------------------------------------- daskgen's side of the scheduler
+
+# The connection (the client's ``scheduler_comm``) on which daskgen's scheduler plugin is known
+# to serve this client. An op the scheduler does not know closes the whole connection, and a
+# scheduler restarted on the same address has none of daskgen's handlers (Dask's client
+# reconnects by itself, and flushes what it queued meanwhile): so daskgen's own messages wait
+# until the plugin serves the current connection (see ``send``), and the client layer
+# registers it again after a reconnect (``prepare_scheduler``).
+_served: weakref.WeakKeyDictionary[Client, Any] = weakref.WeakKeyDictionary()
+_held: weakref.WeakKeyDictionary[Client, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+_served_lock = threading.Lock()
+
+# Set by the client layer: (re)register daskgen's scheduler plugin for ``client`` (on its loop),
+# then call ``served`` (or ``held_back_failed``).
+prepare_scheduler: Callable[[Client], None] | None = None
+
+
+def is_served(client: Client) -> bool:
+    """Whether daskgen's scheduler plugin serves ``client``'s current connection."""
+    comm = client.scheduler_comm
+    return comm is not None and _served.get(client) is comm
+
+
+def send(client: Client, msg: dict[str, Any]) -> None:
+    """Send daskgen's own message ``msg`` to the scheduler (any thread): now if daskgen's
+    plugin serves the client's connection, else once it does."""
+    if is_served(client):
+        dx.client_send(client, msg)
+        return
+    with _served_lock:
+        held = _held.setdefault(client, [])
+        held.append(msg)
+        first = len(held) == 1
+    if first and prepare_scheduler is not None:
+        prepare_scheduler(client)
+
+
+def served(client: Client) -> None:
+    """On the client's loop: daskgen's plugin serves the current connection; send what waited."""
+    with _served_lock:
+        _served[client] = client.scheduler_comm
+        held = _held.pop(client, [])
+    for msg in held:
+        dx.client_send(client, msg)
+
+
+def held_back(client: Client) -> list[dict[str, Any]]:
+    """The messages waiting for ``client``'s connection to be served, taken (they will not be
+    sent: the client is closing)."""
+    with _served_lock:
+        return _held.pop(client, [])

@@ -212,6 +212,8 @@ class ActorDiedError(RayActorError):
 
 # Dask's reason for cancelling every future when its client loses the scheduler.
 SCHEDULER_LOST = "scheduler-connection-lost"
+# daskgen's reason for cancelling tasks no worker can run (the rest of the reason says why).
+NO_WORKER_REASON = "daskgen-no-worker: "
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -221,6 +223,8 @@ def translate(exc: BaseException) -> BaseException:
 
     if isinstance(exc, RayTaskError):
         return exc
+    if isinstance(exc, FutureCancelledError) and str(exc.reason).startswith(NO_WORKER_REASON):
+        return WorkerCrashedError(str(exc.reason)[len(NO_WORKER_REASON) :])
     if isinstance(exc, FutureCancelledError) and exc.reason == SCHEDULER_LOST:
         return RaySystemError(
             f"Lost the connection to the Dask scheduler, so the value of {exc.key} cannot be "

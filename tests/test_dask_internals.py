@@ -473,3 +473,195 @@ def test_a_batched_send_runs_on_a_comm_daskgen_opens(inproc):
         return stream.comm is comm
 
     assert client.sync(open_and_send)
+
+
+# -- what daskgen does on a user's cluster (tests/test_existing_cluster.py has the behaviour) --
+
+
+def _call(client, fn, *args):
+    """``fn(*args)`` on the in-process cluster's event loop, as the scheduler's handlers run."""
+    return client.sync(_on_loop, None, lambda: fn(*args))
+
+
+def _blocked_task(client, name: str):
+    """A task that runs until the event ``name`` is set (a distributed.Event: no sleep)."""
+    from distributed import Event
+
+    def wait(event_name):
+        return Event(event_name).wait(timeout=60)
+
+    return client.submit(wait, name, pure=False), Event(name, client=client)
+
+
+def test_a_worker_is_held_paused_and_its_status_reports_deferred(inproc):
+    client, scheduler, worker = inproc
+    _has(scheduler, "handle_worker_status_change", "stream_handlers", "workers")
+    assert "worker-status-change" in scheduler.stream_handlers
+
+    def hold(dask_scheduler):
+        held = dx.scheduler_hold_worker(dask_scheduler, worker.address)
+        # The worker's own report of its status, while held, waits for the release.
+        handler = dask_scheduler.stream_handlers["worker-status-change"]
+        handler(status="running", worker=worker.address, stimulus_id="daskgen-test")
+        return held, dask_scheduler.workers[worker.address].status.name
+
+    assert _call(client, hold, scheduler) == (True, "paused")
+    future = client.submit(int, 5, pure=False)
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, future.key) in ("queued", "no-worker"),
+        "the task waits for a running worker",
+    )
+    _call(client, dx.scheduler_release_worker, scheduler, worker.address)
+    assert future.result(timeout=realcluster.HANG) == 5
+    assert scheduler.workers[worker.address].status.name == "running"
+    assert not dx.scheduler_hold_worker(scheduler, "tcp://127.0.0.1:1")  # not a worker
+
+
+def test_tasks_are_restricted_to_workers_queued_running_or_stuck(inproc):
+    client, scheduler, worker = inproc
+    assert dx.scheduler_workers(scheduler) == [worker.address]
+    assert dx.scheduler_worker_resources(scheduler) == {worker.address: {"CPU": 2}}
+    _has(next(iter(scheduler.workers.values())), "resources")
+
+    running, event = _blocked_task(client, "daskgen-test-restrict")
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, running.key) == "processing", "it runs"
+    )
+    elsewhere = "tcp://127.0.0.1:1"
+
+    def restrict(keys, workers):
+        return _call(client, dx.scheduler_restrict, scheduler, keys, workers)
+
+    assert dx.scheduler_worker_busy(scheduler) == {worker.address: 0.5}  # 1 of 2 threads
+    # A running task keeps running, restricted for any re-run.
+    assert restrict([running.key], [worker.address]) == []
+    assert scheduler.tasks[running.key].worker_restrictions == {worker.address}
+    assert dx.scheduler_key_state(scheduler, running.key) == "processing"
+    # Waiting for the running one: one is restricted to where no worker is (and later waits
+    # for such a worker), one already restricted elsewhere is returned, unchanged.
+    parked = client.submit(lambda x: x, running, pure=False)
+    pinned = client.submit(lambda x: x, running, pure=False, workers=[worker.address])
+    realcluster.wait_until(
+        lambda: {dx.scheduler_key_state(scheduler, f.key) for f in (parked, pinned)} == {"waiting"},
+        "they reached the scheduler",
+    )
+    assert restrict([parked.key, pinned.key], [elsewhere]) == [pinned.key]
+    assert scheduler.tasks[parked.key].worker_restrictions == {elsewhere}
+    assert scheduler.tasks[pinned.key].worker_restrictions == {worker.address}
+    assert dx.scheduler_wanted_by(scheduler, [parked.key]) == {client.id: [parked.key]}
+    event.set()
+    assert running.result(timeout=realcluster.HANG) is True
+    assert pinned.result(timeout=realcluster.HANG) is True
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, parked.key) == "no-worker", "it is parked"
+    )
+    assert restrict([parked.key], [worker.address]) == [parked.key]
+    client.cancel([parked])
+
+
+def test_an_event_topic_can_be_dropped(inproc):
+    client, scheduler, _ = inproc
+    _has(scheduler, "_broker")
+    _has(scheduler._broker, "_topics")
+    client.log_event("daskgen-test-topic", "hello")
+    realcluster.wait_until(
+        lambda: "daskgen-test-topic" in scheduler._broker._topics, "the event arrived"
+    )
+    _call(client, dx.scheduler_forget_topic, scheduler, "daskgen-test-topic")
+    assert "daskgen-test-topic" not in scheduler._broker._topics
+
+
+def test_released_keys_go_to_a_worker_in_one_message(inproc):
+    client, scheduler, worker = inproc
+    _has(scheduler, "client_releases_keys", "send_all", "stream_comms")
+    futures = client.map(int, range(40), pure=False)
+    client.gather(futures)
+    keys = [f.key for f in futures]
+    stream = scheduler.stream_comms[worker.address]
+    before = stream.batch_count
+    _call(client, dx.scheduler_release, scheduler, keys, client.id)
+    assert "send_all" not in vars(scheduler)  # the class's own again
+    realcluster.wait_until(lambda: not set(keys) & set(worker.data), "the worker freed them")
+    assert not set(keys) & set(scheduler.tasks)
+    sent = [
+        m
+        for payload in list(stream.recent_message_log)[-(stream.batch_count - before) :]
+        if isinstance(payload, list)
+        for m in payload
+        if m.get("op") == "free-keys"
+    ]
+    assert len(sent) == 1, sent
+    merged = sent[0]["keys"]
+    assert merged == f"<{len(keys)} keys: sent>" or sorted(merged) == sorted(keys)
+    del futures  # the client's releases of keys the scheduler forgot are ignored
+
+
+def test_a_logged_message_is_shrunk_in_the_log_and_never_changed(inproc):
+    client, _, worker = inproc
+    from distributed.comm import connect, listen
+
+    received: list = []
+
+    async def send_and_shrink():
+        async def handle(comm):
+            received.extend(await comm.read())  # and the comm stays open, as Dask's do
+
+        async with listen("inproc://", handle) as listener:
+            comm = await connect(listener.contact_address)
+            stream = dx.batched_send(comm, 0.001)
+            _has(stream, "recent_message_log", "batch_count", "loop", "comm")
+            msg = {"op": "daskgen-test", "keys": list(range(100)), "blob": b"x" * 10}
+            stream.send(msg)
+            while stream.batch_count == 0:
+                await asyncio.sleep(0.01)
+            dx.shrink_once_logged(stream, msg)
+            for _ in range(300):
+                if stream.recent_message_log[-1][0].get("keys") != msg["keys"]:
+                    break
+                await asyncio.sleep(0.01)
+            logged = stream.recent_message_log[-1][0]
+            while not received:
+                await asyncio.sleep(0.01)
+            await stream.close()
+            return msg, logged
+
+    import asyncio
+
+    msg, logged = client.sync(send_and_shrink)
+    assert logged["keys"] == "<100 keys: sent>" and logged["blob"] == b"x" * 10
+    assert msg["keys"] == list(range(100))  # the message itself, which inproc hands over
+    assert received[0]["keys"] == list(range(100))
+
+
+def test_a_scheduler_plugin_is_registered_from_the_clients_loop(inproc):
+    client, scheduler, _ = inproc
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Registered(SchedulerPlugin):
+        pass
+
+    client.sync(dx.client_register_scheduler_plugin, client, Registered(), "daskgen-test-reg")
+    assert isinstance(scheduler.plugins["daskgen-test-reg"], Registered)
+    client.unregister_scheduler_plugin("daskgen-test-reg")
+
+
+def test_the_probe_runs_where_daskgen_cannot_be_imported(inproc):
+    import cloudpickle
+
+    from daskgen._protocol import VERSION
+
+    probe = dx.daskgen_probe()
+    assert probe() == VERSION
+    assert b"daskgen._dask_internals" not in cloudpickle.dumps(probe)  # by value
+    client, _, worker = inproc
+    assert client.run(probe) == {worker.address: VERSION}
+
+
+def test_a_worker_asks_its_scheduler(inproc):
+    client, scheduler, worker = inproc
+    _has(worker, "scheduler")
+    scheduler.handlers["daskgen-test-ask"] = lambda: "answered"
+    try:
+        assert client.sync(dx.worker_ask_scheduler, worker, "daskgen-test-ask") == "answered"
+    finally:
+        del scheduler.handlers["daskgen-test-ask"]

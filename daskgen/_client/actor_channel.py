@@ -24,7 +24,7 @@ from distributed.comm import CommClosedError, connect
 from .. import _dask_internals as dx
 from .._objects import promotion
 from .._objects.refs import deliver_result
-from .._protocol import ACTOR_STREAM_OP, Key, as_key
+from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, as_key
 from .._worker.actor_host import install
 from ..exceptions import ActorDiedError, TaskCancelledError
 
@@ -108,6 +108,21 @@ class Channel:
             self._batched.send(msg)
 
     async def _connect(self) -> None:
+        try:
+            # A worker the scheduler does not know (it left, or the scheduler was restarted)
+            # is not tried: Dask would retry connecting to it for its connect timeout.
+            found = await getattr(self.client.scheduler, WORKERS_OP)()
+        except Exception as exc:
+            found = exc
+        if not isinstance(found, dict) or self.address not in found["able"]:
+            self._lost(
+                ActorDiedError(
+                    "The actor died unexpectedly before finishing this task.\n"
+                    f"The actor is dead because its worker {self.address} is not in the cluster "
+                    "of the Dask scheduler any more (it left, or the scheduler was restarted)."
+                )
+            )
+            return
         try:
             # The handler is registered by the actor's creation task; registering it here too
             # (idempotent) means a caller never races a creation still under way.

@@ -54,15 +54,19 @@ from .._protocol import (
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
     OUTCOME_INDEX,
+    VERSION,
+    WORKERS_OP,
     ErrorValue,
     Key,
     new_token,
     task_key,
 )
 from .._worker.actor_host import create_actor, died_message, kill_actor
-from ..exceptions import ActorDiedError, TaskCancelledError, fresh, translate
+from ..exceptions import ActorDiedError, RaySystemError, TaskCancelledError, fresh, translate
 from .actor_channel import _channels, channel
 from .arguments import pack_args
+from .install import ensure_served
+from .output import owner_of_new_calls
 
 _METHOD_OPTIONS = "__daskgen_method_options__"
 
@@ -132,16 +136,17 @@ class ActorClass:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, not {name!r}")
         client = _runtime.client()
+        ensure_served(client)
         if name is not None:
             existing = _lookup(client, name)
             if existing is not None:
                 if opts.get("get_if_exists"):
                     return existing
                 raise ValueError(f"The name {name} is already taken by another actor.")
-        workers = _workers(client)
-        declared = {name for res in workers.values() for name in res}
+        found = _workers(client)
+        declared = {name for res in found["able"].values() for name in res}
         resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
-        worker = _choose_worker(workers, resources or {})
+        worker = _choose_worker(found, resources or {})
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         handle = ActorHandle(actor_id, self._cls.__name__, self._methods, worker, self._is_async)
@@ -181,27 +186,42 @@ _placed: dict[str, int] = {}  # worker address -> actors this process placed the
 NO_WORKER_WAIT_S = 30.0
 
 
-def _workers(client: Client) -> dict[str, dict[str, float]]:
-    """What each worker declares, by address; waits (bounded) while there is no worker."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    if not workers:
+def _workers(client: Client) -> dict[str, Any]:
+    """What daskgen's scheduler plugin says of the workers able to run daskgen (those without
+    it left out): their resources, load and actors (see ``able_workers`` there); waits
+    (bounded) while there is no worker."""
+    found = client.sync(getattr(client.scheduler, WORKERS_OP))
+    if not found["able"] and not found["lacking"]:
         try:
             client.wait_for_workers(1, timeout=NO_WORKER_WAIT_S)
         except TimeoutError:
             pass  # the caller reports that no worker can host the actor
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    return {addr: dict(w.get("resources") or {}) for addr, w in workers.items()}
+        found = client.sync(getattr(client.scheduler, WORKERS_OP))
+    if not found["able"] and found["lacking"]:
+        lacking = ", ".join(f"{w} has {what}" for w, what in sorted(found["lacking"].items()))
+        raise RaySystemError(
+            f"No worker of the cluster can host an actor: none can run daskgen's tasks "
+            f"({lacking}). Run `pip install daskgen=={VERSION}` on those workers and restart "
+            "them."
+        )
+    return found  # type: ignore[no-any-return]
 
 
-def _choose_worker(workers: dict[str, dict[str, float]], resources: dict[str, float]) -> str:
-    """The worker that has ``resources`` and hosts the fewest actors placed from here."""
+def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:
+    """The worker that has ``resources``, with a thread free for the actor's creation if one
+    has, then hosting the fewest actors (placed from here, then in all)."""
+    workers: dict[str, dict[str, float]] = found["able"]
     able = [addr for addr, declared in workers.items() if worker_fits(resources, declared)]
     if not able:
         raise ValueError(
             f"No worker can host this actor: it needs {resources}, and the workers declare "
             f"{list(workers.values()) or f'nothing (none joined within {NO_WORKER_WAIT_S} s)'}."
         )
-    choice = min(able, key=lambda a: (_placed.get(a, 0), a))
+    busy, hosted = found.get("busy", {}), found.get("actors", {})
+    choice = min(
+        able,
+        key=lambda a: (busy.get(a, 0.0) >= 1.0, _placed.get(a, 0), hosted.get(a, 0), a),
+    )
     _placed[choice] = _placed.get(choice, 0) + 1
     return choice
 
@@ -292,6 +312,7 @@ class ActorMethod:
         if h._actor_id in _dead:
             return _dead_result(mode, n, h._actor_id)
         client = _runtime.client()
+        ensure_served(client)  # the channel asks daskgen's scheduler plugin about the worker
         key = task_key(name)
         packed, deps, lent = pack_args(name, args, kwargs)
         msg = {
@@ -305,6 +326,7 @@ class ActorMethod:
             "mode": mode,
             "n": n,
             "backpressure": backpressure,
+            "owner": owner_of_new_calls(client),
         }
         ch = channel(client, h._worker)
         waits = _arguments_to_wait_for(client, deps, lent, h._worker)
@@ -406,10 +428,10 @@ def _call_result(
         # Its refs exist before their yields: the scheduler must know the call runs, so that a
         # process they reach early waits for them (``on_desire``).
         expect = {"op": EXPECT_OP, "task": key, "worker": ch.address}
-        dx.client_send(client, expect)
+        _runtime.send(client, expect)
 
         def failed(error: BaseException | None) -> None:
-            dx.client_send(client, {**expect, "ended": True})
+            _runtime.send(client, {**expect, "ended": True})
             state.fail(error)
 
         return (refs[0] if n == 1 else refs), failed

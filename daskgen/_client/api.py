@@ -14,6 +14,7 @@ from .._options import check_timeout
 from .._protocol import Put, put_key
 from .actor_channel import cancel_actor_call
 from .cancel import cancel_generator, cancel_keys
+from .install import ensure_served
 
 
 def _as_ref_list(object_refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
@@ -59,6 +60,7 @@ def put(value: Any) -> ObjectRef:
             "can wrap the ObjectRef in a list and call 'put' on it."
         )
     client = _runtime.client()
+    ensure_served(client)
     key = put_key()
     futures = client.scatter({key: Put(value)}, hash=False)
     return ObjectRef(dx.lighten(futures[key]))

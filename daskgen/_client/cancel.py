@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _dask_internals as dx
+from .. import _runtime
 from .._protocol import Key, cancel_message
 from .actor_channel import cancel_actor_call
 
@@ -44,4 +44,4 @@ def cancel_keys(
     """Cancel the tasks ``keys`` (see the module's docstring): one message on the client's ordered
     stream, behind the graphs that made them. ``revoke``: Dask cancels running tasks too."""
     msg = cancel_message(keys, force=force, recursive=recursive, revoke=revoke, reason=REASON)
-    dx.client_send(client, msg)
+    _runtime.send(client, msg)

@@ -8,7 +8,8 @@ from typing import Any
 
 from distributed import Client
 
-from .._worker.output import TOPIC_PREFIX, ForwardOutput
+from .. import _runtime
+from .._worker.output import TOPIC_PREFIX, current_owner
 
 
 def _print_event(event: tuple[float, dict[str, Any]]) -> None:
@@ -21,5 +22,15 @@ def _print_event(event: tuple[float, dict[str, Any]]) -> None:
 
 def forward_to(client: Client) -> None:
     """Show here what daskgen tasks submitted by ``client`` print, wherever they run."""
-    client.register_plugin(ForwardOutput())
     client.subscribe_topic(TOPIC_PREFIX + client.id, _print_event)
+
+
+def owner_of_new_calls(client: Client) -> str | None:
+    """Where the output of a call made now goes: inside a task, where its own goes; in the
+    driver, to this client, unless ``init(log_to_driver=False)``."""
+    if _runtime.in_worker_task() is not None:
+        return current_owner()
+    session = _runtime.session
+    if session is not None and session.client is client and not session.log_to_driver:
+        return None
+    return client.id

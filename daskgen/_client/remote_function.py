@@ -25,6 +25,8 @@ from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
 from .actors import ActorClass
 from .arguments import pack_args
+from .install import ensure_served
+from .output import owner_of_new_calls
 from .session import worker_resources
 
 _INFINITE_RETRIES = 1_000_000_000
@@ -134,6 +136,7 @@ def submit_task(
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
     generator."""
     client = _runtime.client()
+    ensure_served(client)
     packed, deps, lent = pack_args(spec.name, args, kwargs)
     key = task_key(spec.name)
     worker = _runtime.in_worker_task()
@@ -142,7 +145,8 @@ def submit_task(
         if parent is not None:
             record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
     futures = tuple(r._future for r in deps)
-    call = _Call(client, spec, key, (client.id, packed, *futures), resources, retries)
+    caller = (client.id, owner_of_new_calls(client))
+    call = _Call(client, spec, key, (caller, packed, *futures), resources, retries)
     call.max_retries = max_retries
 
     state = refs = None

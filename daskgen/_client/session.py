@@ -8,12 +8,14 @@ Inside a Dask task every entry point uses that worker's own client instead.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +27,8 @@ from .._cluster.embedded import start_cluster, tune, untune
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
 from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
-from .._scheduler.plugin import DaskgenSchedulerPlugin
 from .actors import on_actor_died
+from .install import check_cluster, install
 from .output import forward_to
 
 ADDRESS_ENV = "DASKGEN_ADDRESS"
@@ -37,6 +39,7 @@ class _Session:
     client: Client
     cluster: SpecCluster | None  # owned: closed by shutdown()
     owns_client: bool
+    log_to_driver: bool = True  # show here what the calls made from here print
     # what each worker declares, as last read from the scheduler (for placement checks)
     resources: list[dict[str, float]] = field(default_factory=list)
 
@@ -102,7 +105,10 @@ def init(
             session = _Session(Client(address, **cluster_kwargs), None, owns_client=True)
         else:
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
+        session.log_to_driver = log_to_driver
         try:
+            if session.cluster is None:
+                check_cluster(session.client)  # a user's cluster: can it run daskgen at all?
             setup_client(session.client)
             session.resources = _worker_resources(session.client)
             if log_to_driver:
@@ -158,7 +164,7 @@ def setup_client(client: Client) -> None:
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
-        client.register_plugin(DaskgenSchedulerPlugin(), name=DaskgenSchedulerPlugin.name)
+        install(client)  # daskgen's scheduler plugin (see _client.install)
     _ready_clients.add(client)
 
 
@@ -189,21 +195,44 @@ def _close(session: _Session) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if session.owns_client:
-            session.client.close()
+            if session.client.status == "running":
+                session.client.close()
+            else:
+                # Lost its scheduler (Dask reconnects meanwhile): closing it ends that loop,
+                # which Dask logs as an error with a page of traceback. Nothing is wrong.
+                with _quiet("distributed"):
+                    session.client.close()
         if session.cluster is not None:
             # Values still referenced when our own cluster stops are gone by design, and its
             # connections close under it: do not let Dask log either as a problem.
             quiet = _DropSchedulerShutdownNoise()
-            dask_logger = logging.getLogger("distributed")
-            level = dask_logger.level
-            dask_logger.setLevel(logging.ERROR)
             logging.getLogger("distributed.scheduler").addFilter(quiet)
             try:
-                session.cluster.close()
+                with _quiet("distributed", logging.ERROR):
+                    session.cluster.close()
             finally:
                 logging.getLogger("distributed.scheduler").removeFilter(quiet)
-                dask_logger.setLevel(level)
                 untune()
+
+
+@contextlib.contextmanager
+def _quiet(name: str, level: int = logging.CRITICAL + 1) -> Iterator[None]:
+    """Let through only records of ``level`` and above from the logger ``name`` and its
+    children (Dask's config gives some of them levels of their own, so the filter goes on the
+    handlers their records reach)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        ours = record.name == name or record.name.startswith(name + ".")
+        return not ours or record.levelno >= level
+
+    handlers = {*logging.getLogger(name).handlers, *logging.getLogger().handlers}
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 class _DropSchedulerShutdownNoise(logging.Filter):

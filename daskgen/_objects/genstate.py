@@ -29,6 +29,7 @@ from typing import Any
 from distributed import Client, Future
 
 from .. import _dask_internals as dx
+from .. import _runtime
 from .._protocol import (
     CONSUMED_OP,
     OUTCOME_INDEX,
@@ -160,7 +161,7 @@ class GenState:
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []
         self._on_publish: dict[int, list[Callable[[], None]]] = {}
         # Where backpressure progress goes: the scheduler (a task), or an actor's host.
-        self.send_consumed: Callable[[dict[str, Any]], None] = lambda msg: dx.client_send(
+        self.send_consumed: Callable[[dict[str, Any]], None] = lambda msg: _runtime.send(
             client, msg
         )
         # Registered before the task is submitted: no yield message can arrive unclaimed.

@@ -18,7 +18,8 @@ from typing import Any
 from distributed import Client
 
 from .. import _dask_internals as dx
-from .._protocol import Key
+from .. import _runtime
+from .._protocol import RELEASE_OP, Key
 from ..exceptions import RayActorError
 
 _owners: dict[Key, Any] = {}  # unpromoted direct-call keys this process holds -> their owner
@@ -42,10 +43,15 @@ def disown(key: Key) -> None:
     _owners.pop(key, None)
 
 
-def _route_releases(client: Client, keys: list[Key]) -> list[Key]:
-    """Released keys of unpromoted direct calls go to their owner; the rest to the scheduler."""
-    if not _owners:
-        return keys
+def _route_releases(client: Client, keys: list[Key]) -> None:
+    """Released keys of unpromoted direct calls go to their owner; the rest to daskgen's
+    scheduler plugin, which frees them in bulk (``dx.scheduler_release``)."""
+    rest = keys if not _owners else _to_owners(keys)
+    if rest:
+        _runtime.send(client, {"op": RELEASE_OP, "keys": rest})
+
+
+def _to_owners(keys: list[Key]) -> list[Key]:
     rest = []
     by_owner: dict[Any, list[Key]] = {}
     for key in keys:
@@ -60,7 +66,7 @@ def _route_releases(client: Client, keys: list[Key]) -> list[Key]:
     return rest
 
 
-dx.release_elsewhere(_route_releases)
+dx.route_releases(_route_releases)
 
 
 def promote(key: Key, done: Callable[[BaseException | None], None]) -> None:

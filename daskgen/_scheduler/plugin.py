@@ -18,6 +18,8 @@ Batched-stream messages from clients:
 
 * ``daskgen-consumed`` {task, index}: a consumer's progress, forwarded to the producing worker
   (backpressure).
+* ``daskgen-release`` {keys}: Dask's ``client-releases-keys``, with the messages to each
+  worker merged into one (``dx.scheduler_release``).
 * ``daskgen-desire`` {keys}: Dask's ``client-desires-keys`` for refs a client took from task
   data, which also remembers yields not published yet; a key that will never exist is answered
   with ``daskgen-lost`` {keys, kind, why}.
@@ -54,18 +56,26 @@ from .._protocol import (
     DESIRE_OP,
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
+    HELLO_OP,
     INTERRUPT,
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
+    OUTPUT_TOPIC_PREFIX,
     PLUGIN_NAME,
     PUBLISH_OP,
+    RELEASE_OP,
     RESULT_OP,
+    VERSION,
+    WORKERS_OP,
     YIELD_OP,
     as_key,
     task_of_yield,
 )
+from ..exceptions import NO_WORKER_REASON
 
 logger = logging.getLogger("daskgen")
+
+PROBE_S = 10.0  # s: how long a joining worker has to say which daskgen it has
 
 
 class DaskgenSchedulerPlugin(SchedulerPlugin):
@@ -84,6 +94,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.expected: dict[Any, str] = {}
         # daskgen's fire-and-forget calls that have not run yet (see transition).
         self.fire_and_forget: set[Any] = set()
+        # daskgen's tasks not ended yet, and the workers that cannot run them (see add_worker).
+        self.tasks: set[Any] = set()
+        self.lacking: dict[str, str] = {}  # worker address -> what it has instead
+        self.probing: set[str] = set()  # joined workers being asked what they have
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
@@ -97,6 +111,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             ACTOR_OP: self.on_actor,
             CONSUMED_OP: self.on_consumed,
             DESIRE_OP: self.on_desire,
+            RELEASE_OP: self.on_release,
             EXPECT_OP: self.on_expect,
             CANCEL_OP: self.on_cancel,
         }
@@ -107,6 +122,29 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_add_stream_handler(scheduler, op, handler)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
+        dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
+        dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
+
+    def hello(self) -> str:
+        """``daskgen_hello``: the plugin is here, of this version."""
+        return VERSION
+
+    def able_workers(self) -> dict[str, dict[str, Any]]:
+        """``daskgen_workers``: ``able``, the workers known to run daskgen's tasks with the
+        resources each declares (where a new actor may be placed: the client restricts its
+        creation to one of them); ``busy``, their tasks per thread, and ``actors``, the actors
+        each hosts (the client prefers a worker with a free thread, then the fewest actors);
+        ``lacking``, the workers that cannot run daskgen's tasks and what they have."""
+        skip = self.lacking.keys() | self.probing
+        every = dx.scheduler_worker_resources(self.scheduler)
+        able = {w: resources for w, resources in every.items() if w not in skip}
+        busy = dx.scheduler_worker_busy(self.scheduler)
+        return {
+            "able": able,
+            "busy": {w: busy.get(w, 0.0) for w in able},
+            "actors": {w: len(self.actors.get(w, ())) for w in able},
+            "lacking": dict(self.lacking),
+        }
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
@@ -185,6 +223,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         except Exception:
             logger.exception("daskgen: failed to register refs of %s", client)
 
+    def on_release(self, client: str, keys: list, **_: Any) -> None:
+        """A client dropped its refs to ``keys``: Dask's release, one message per worker."""
+        try:
+            dx.scheduler_release(self.scheduler, [as_key(k) for k in keys], client)
+        except Exception:
+            logger.exception("daskgen: failed to release keys of %s", client)
+
     def on_expect(self, client: str, task: Any, worker: str, ended: bool = False, **_: Any) -> None:
         """A direct actor call (no Dask task) will publish yields from ``worker``; or it
         ``ended`` without its outcome. Early wants of its yields wait as for a generator task."""
@@ -219,6 +264,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         publish never will be."""
         if finish not in ("memory", "erred", "forgotten"):
             return
+        self.tasks.discard(key)
         if key in self.fire_and_forget:
             self.fire_and_forget.discard(key)
             if finish == "erred":
@@ -245,6 +291,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             logger.exception("daskgen: failed to settle the early wants of %s", key)
 
     def remove_client(self, scheduler: Any, client: str) -> None:
+        # What its tasks printed was for it alone: Dask would keep the topic for ever.
+        dx.scheduler_forget_topic(scheduler, OUTPUT_TOPIC_PREFIX + client)
         for key in [k for k, clients in self.early_wants.items() if client in clients]:
             clients = self.early_wants[key]
             clients.discard(client)
@@ -334,6 +382,15 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         task's count higher or lower makes that limit the task's own.
         """
         annotations = annotations or {}
+        ours = [
+            as_key(k)
+            for name in (MAX_RETRIES_ANNOTATION, FIRE_AND_FORGET_ANNOTATION)
+            for k in annotations.get(name) or ()
+        ]
+        if ours:
+            self.tasks.update(ours)
+            if self.lacking:
+                self._keep_off_lacking_workers(ours, kwargs.get("client"))
         try:
             for key, max_retries in (annotations.get(MAX_RETRIES_ANNOTATION) or {}).items():
                 dx.scheduler_allow_worker_failures(scheduler, as_key(key), max_retries)
@@ -349,6 +406,67 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         except Exception:
             logger.exception("daskgen: failed to keep calls running")
 
+    # -- workers that cannot run daskgen ------------------------------------------------------
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        """A worker joined: it gets no task until daskgen knows whether it can run daskgen's
+        (one without daskgen would die on its first daskgen task). The scheduler holds it
+        paused, as Dask holds a worker short of memory, while it is asked (it cannot answer
+        before its registration, which waits for this hook, is done)."""
+        if dx.scheduler_hold_worker(scheduler, worker):
+            self.probing.add(worker)
+            asyncio.ensure_future(self._probe(worker))
+
+    async def _probe(self, worker: str) -> None:
+        s = self.scheduler
+        try:
+            has = await asyncio.wait_for(
+                dx.scheduler_run_on_worker(s, worker, dx.daskgen_probe()), PROBE_S
+            )
+        except Exception as exc:  # no answer: it cannot be trusted with daskgen's tasks
+            has = exc
+        try:
+            if has != VERSION and dx.scheduler_has_worker(s, worker):
+                what = "no daskgen" if has is None else f"daskgen {has!r}"
+                self.lacking[worker] = what
+                logger.warning(
+                    "daskgen: worker %s has %s (daskgen %s is needed): daskgen's tasks stay off "
+                    "it. Run `pip install daskgen==%s` in its environment and restart it.",
+                    worker,
+                    what,
+                    VERSION,
+                    VERSION,
+                )
+                # Every task of daskgen's not ended, running ones too: one whose worker dies
+                # is placed again at once, before remove_worker below can restrict it.
+                self._keep_off_lacking_workers(list(self.tasks), None)
+        finally:
+            self.probing.discard(worker)
+            dx.scheduler_release_worker(s, worker)  # tasks (daskgen's, if it can) go there now
+
+    def _keep_off_lacking_workers(self, keys: list[Any], client: str | None) -> None:
+        """Restrict daskgen's tasks ``keys`` to the workers that have daskgen; tell the caller
+        at once if none has (rather than leave its tasks waiting for ever)."""
+        s = self.scheduler
+        able = [w for w in dx.scheduler_workers(s) if w not in self.lacking]
+        keys = dx.scheduler_restrict(s, keys, able) if able else keys
+        if not keys:
+            return
+        lacking = ", ".join(f"{w} has {what}" for w, what in sorted(self.lacking.items()))
+        where = (
+            "it may run only on workers that cannot run daskgen's tasks"
+            if able
+            else "no worker of the cluster can run daskgen's tasks"
+        )
+        why = (
+            f"The task cannot run: {where} ({lacking}). Run `pip install daskgen=={VERSION}` "
+            "on those workers and restart them."
+        )
+        by_client = dx.scheduler_wanted_by(s, keys) if client is None else {client: keys}
+        for each, wanted in by_client.items():
+            # The reason reaches the caller with the cancel: get raises WorkerCrashedError(why).
+            dx.scheduler_cancel(s, wanted, each, NO_WORKER_REASON + why)
+
     # -- actors ---------------------------------------------------------------------------------
 
     def on_actor(self, worker: str, actor: str, alive: bool, **_: Any) -> None:
@@ -362,6 +480,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             logger.exception("daskgen: failed to record actor %s", actor)
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        if self.lacking.pop(worker, None) is None and self.lacking:
+            # A worker able to run daskgen's tasks left: those restricted to it go elsewhere,
+            # or fail if no such worker is left.
+            pending = [
+                k for k in self.tasks if dx.scheduler_key_state(scheduler, k) != "processing"
+            ]
+            self._keep_off_lacking_workers(pending, None)
         for actor in self.actors.pop(worker, set()):
             self._died(actor, f"its worker {worker} left the cluster")
         for task in [t for t, w in self.expected.items() if w == worker]:

@@ -63,9 +63,9 @@ from .._protocol import (
 )
 from .._runtime import current_actor, current_call
 from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
-from .output import label_for, task_origin
+from .output import origin_for, task_origin
 from .publish import Producer, _producers, inline_bytes
-from .run import Retry, TaskSpec, unpack_args, wrap_error
+from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
 
 logger = logging.getLogger("daskgen")
 
@@ -244,6 +244,7 @@ class HostedCall:
         "promote",
         "producer",
         "held_back",
+        "owner",
         "error",
         "finished",
     )
@@ -261,6 +262,7 @@ class HostedCall:
         self.mode: str = msg["mode"]
         self.num_returns: int = msg["n"]
         self.backpressure: int | None = msg.get("backpressure")
+        self.owner: str | None = msg.get("owner")  # whose terminal shows what it prints
         self.state = "queued"  # -> "submitted" -> "running" -> "done"
         self.future: Any = None  # the executor's future, or the asyncio task's
         self.cancelled = False
@@ -480,7 +482,7 @@ class ActorHost:
         """``fn()`` with ``get_runtime_context().get_task_id()`` answering the call's key and
         its output forwarded to the caller."""
         token = current_call.set(str(call.key))
-        origin = task_origin.set((call.stream.client, label_for(call.name, self.worker.address)))
+        origin = task_origin.set(origin_for(call.owner, call.name, self.worker))
         try:
             return fn()
         finally:
@@ -603,6 +605,7 @@ def create_actor(
 ) -> str:
     """The Dask task that creates an actor on this worker; returns the worker's address."""
     worker = get_worker()
+    check_scheduler(worker)
     cls = cloudpickle.loads(cls_blob)
     ctx = contextvars.copy_context()
     ctx.run(current_actor.set, actor_id)

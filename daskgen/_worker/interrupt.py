@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _dask_internals as dx
+from .. import _runtime
 from .._protocol import Key, cancel_message
 from .._waiting import TaskThread, current, set_current
 from ..exceptions import TaskCancelledError
@@ -168,6 +169,10 @@ def interrupt(key: Key, force: bool, recursive: bool, dask_worker: Any = None) -
             if entry.interruptible:
                 _set_async_exc(entry.ident, ForceCancelled if force else KeyboardInterrupt)
             wakers = list(entry.wakers)
+            if force and dask_worker is not None and not entry.detached:
+                # Under the lock: the task cannot end (and its thread go back to the pool)
+                # between the check that it runs and taking its thread out of the pool.
+                entry.detached = dx.worker_detach_thread(dask_worker, key, entry.ident)
     if entry is not None:
         for waker in wakers:
             waker()
@@ -178,8 +183,6 @@ def interrupt(key: Key, force: bool, recursive: bool, dask_worker: Any = None) -
         ).start()
     if entry is None or not force or dask_worker is None:
         return entry is not None
-    if not entry.detached:
-        entry.detached = dx.worker_detach_thread(dask_worker, key, entry.ident)
     entry.since = dask_worker.loop.time()
     dask_worker.loop.call_later(FORCE_REPEAT_S, _repeat, dask_worker, key, entry)
     return True
@@ -216,7 +219,7 @@ def _cancel_children(worker: Any, children: list[Key], force: bool) -> None:
         msg = cancel_message(
             children, force=force, recursive=True, revoke=False, reason="its parent was cancelled"
         )
-        dx.client_send(dx.worker_client(worker), msg)
+        _runtime.send(dx.worker_client(worker), msg)
     except Exception:
         logger.warning("daskgen: could not cancel the tasks %s submitted", children, exc_info=True)
 

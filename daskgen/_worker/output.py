@@ -2,11 +2,15 @@
 worker processes; ``_client.output`` prints it in the driver's terminal).
 
 As Ray does, each line is prefixed with where it came from: ``(split pid=123, worker=tcp://...)``.
-A ``WorkerPlugin`` wraps the workers' ``sys.stdout``/``sys.stderr`` and adds a logging handler;
-what a daskgen task writes (and only that) is sent with ``Worker.log_event`` on the topic
-``daskgen-print-<caller's client id>`` (one topic per client: Dask keeps a bounded buffer per
-topic), and the caller's client prints it. Turn it off with ``init(log_to_driver=False)``.
-Output of code that is not a daskgen task goes where it always went.
+The first daskgen task a worker runs wraps the worker's ``sys.stdout``/``sys.stderr`` and adds a
+logging handler (:func:`install`; not a registered worker plugin, which the scheduler would
+hand to every worker that joins, daskgen or not). What a daskgen task writes (and only that) is
+sent with ``Worker.log_event`` on the topic ``daskgen-print-<owner>``, where the owner is the
+driver's client id (a task submitted from a task keeps its parent's owner, so nested tasks'
+output reaches the driver too; one topic per driver: Dask keeps a bounded buffer per topic),
+and the driver prints it. ``init(log_to_driver=False)`` gives calls no owner: their output goes
+where it would without daskgen. Output of code that is not a daskgen task goes where it always
+went.
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from distributed import WorkerPlugin
+from .._protocol import OUTPUT_TOPIC_PREFIX as TOPIC_PREFIX
 
-TOPIC_PREFIX = "daskgen-print-"
-
-# (caller client id, label) of the daskgen task running in this context, if any.
+# (owner, label) of the daskgen task running in this context, if its output is forwarded.
 task_origin: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "daskgen_task_origin", default=None
 )
@@ -30,6 +32,21 @@ task_origin: contextvars.ContextVar[tuple[str, str] | None] = contextvars.Contex
 
 def label_for(name: str, worker_address: str) -> str:
     return f"{name} pid={os.getpid()}, worker={worker_address}"
+
+
+def origin_for(owner: str | None, name: str, worker: Any) -> tuple[str, str] | None:
+    """The ``task_origin`` of a call whose output goes to ``owner`` (None: not forwarded);
+    installs the forwarding in this worker process the first time."""
+    if owner is None:
+        return None
+    install(worker)
+    return owner, label_for(name, worker.address)
+
+
+def current_owner() -> str | None:
+    """The output owner of the daskgen task running here (for the calls it makes), if any."""
+    origin = task_origin.get()
+    return origin[0] if origin is not None else None
 
 
 class _TaskStream:
@@ -65,8 +82,8 @@ class _TaskStream:
 
 
 def _send(worker: Any, origin: tuple[str, str], stream: str, lines: list[str]) -> None:
-    caller, label = origin
-    worker.log_event(TOPIC_PREFIX + caller, {"label": label, "stream": stream, "lines": lines})
+    owner, label = origin
+    worker.log_event(TOPIC_PREFIX + owner, {"label": label, "stream": stream, "lines": lines})
 
 
 class _TaskLogHandler(logging.Handler):
@@ -87,12 +104,14 @@ class _TaskLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class ForwardOutput(WorkerPlugin):
-    """Installs the forwarding streams and log handler on every worker (idempotent)."""
+_installed = threading.Lock()
 
-    name = "daskgen-forward-output"
 
-    def setup(self, worker: Any) -> None:
+def install(worker: Any) -> None:
+    """Wrap this process's streams and add the log handler, once (from a task's thread)."""
+    if isinstance(sys.stdout, _TaskStream) and isinstance(sys.stderr, _TaskStream):
+        return
+    with _installed:
         if not isinstance(sys.stdout, _TaskStream):
             sys.stdout = _TaskStream(sys.stdout, "stdout", worker)  # type: ignore[assignment]
         if not isinstance(sys.stderr, _TaskStream):

@@ -16,13 +16,15 @@ from typing import Any
 import cloudpickle
 from distributed import Worker, get_worker
 from distributed.comm import get_address_host
+from distributed.utils import sync
 
+from .. import _dask_internals as dx
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
-from .._protocol import RESULT_OP, Dep, ErrorValue
-from ..exceptions import RayTaskError, TaskCancelledError
+from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue
+from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
-from .output import label_for, task_origin
+from .output import origin_for, task_origin
 from .publish import Producer, inline_bytes
 
 logger = logging.getLogger("daskgen")
@@ -112,6 +114,29 @@ def _send_inline_result(caller: str, result: Any) -> Any:
     return result
 
 
+_checked: set[int] = set()  # ids of the workers whose scheduler has daskgen's plugin
+
+
+def check_scheduler(worker: Worker) -> None:
+    """Before this worker sends daskgen's messages: its scheduler has daskgen's plugin, of this
+    version (a message the scheduler does not know closes the worker's connection, and the
+    worker with it). Asked once per worker (a request, safe either way)."""
+    if id(worker) in _checked:
+        return
+    version = sync(worker.loop, dx.worker_ask_scheduler, worker, HELLO_OP)
+    if version != VERSION:
+        found = "none" if version is None else f"daskgen {version}"
+        raise RaySystemError(
+            f"The Dask scheduler of worker {worker.address} does not serve daskgen {VERSION} "
+            f"({found}): the driver registers daskgen's plugin there when it connects, and "
+            "again after the scheduler restarts. Was it restarted without daskgen installed?"
+        )
+    # Freed keys are forgotten without a message back per key (which the scheduler ignores,
+    # and Dask's stream keeps in its log): a generator's yields are thousands of keys.
+    worker.loop.add_callback(dx.worker_forget_directly, worker)
+    _checked.add(id(worker))
+
+
 def _worker_or_none() -> Worker | None:
     try:
         return get_worker()
@@ -142,10 +167,14 @@ class TaskSpec:
         self.backpressure = backpressure
         self.__name__ = name  # what Dask shows for the task's function
 
-    def __call__(self, caller: str, packed: bytes | None, *deps: Any) -> Any:
+    def __call__(self, call: tuple[str, str | None], packed: bytes | None, *deps: Any) -> Any:
+        """``call``: the caller's client id (who holds the results) and the output's owner
+        (whose terminal shows what the task prints; None: not forwarded)."""
+        caller, owner = call
         worker = get_worker()
+        check_scheduler(worker)
         key = worker.get_current_task()
-        token = task_origin.set((caller, label_for(self.name, worker.address)))
+        token = task_origin.set(origin_for(owner, self.name, worker))
         try:
             try:
                 args, kwargs = unpack_args(packed, deps)
