@@ -916,13 +916,16 @@ def scheduler_worker_busy(scheduler: Scheduler) -> dict[str, float]:
     return {a: len(ws.processing) / max(ws.nthreads, 1) for a, ws in scheduler.workers.items()}
 
 
-def scheduler_restrict(scheduler: Scheduler, keys: list[Key], workers: list[str]) -> list[Key]:
+def scheduler_restrict(
+    scheduler: Scheduler, keys: list[Key], workers: list[str], *, replace: bool = False
+) -> list[Key]:
     """Let the tasks ``keys`` run only on ``workers`` from now on, as ``Client.submit(workers=
     ...)`` restricts a task; a task already restricted keeps its allowed workers among
     ``workers``. Returns the tasks none of whose allowed workers is in ``workers`` (left
     unchanged: they cannot run). A task waiting in the scheduler's queue (which holds only
     unrestricted tasks) or for a worker goes back through ``waiting``; a running task goes on
-    where it is, and is placed by its new restrictions if its worker dies."""
+    where it is, and is placed by its new restrictions if its worker dies. With ``replace``,
+    the tasks' own restrictions are replaced by ``workers`` (none is stuck)."""
     allowed = set(workers)
     stuck, again = [], []
     for key in keys:
@@ -930,7 +933,7 @@ def scheduler_restrict(scheduler: Scheduler, keys: list[Key], workers: list[str]
         states = ("released", "waiting", "queued", "no-worker", "processing")
         if ts is None or ts.state not in states:
             continue
-        current = ts.worker_restrictions
+        current = None if replace else ts.worker_restrictions
         if current and not current & allowed:
             stuck.append(key)
             continue
@@ -1012,10 +1015,12 @@ class _Shrinker:
             if type(payload) is not list or not any(id(m) in self.pending for m in payload):
                 continue
             log[i] = [_shrunk(m) if self.pending.pop(id(m), None) else m for m in payload]
+        # A message queued when ``batch_count`` was ``sent`` leaves in batch ``sent + 1`` (or
+        # ``sent + 2``, queued from another thread); batches before the current one are
+        # written and logged. One not found by now went in a "large-message" batch (never
+        # logged): keeping it would hold its payload (~10 MB a 100,000-yield round).
         count = stream.batch_count
-        self.pending = {  # older ones went as one large message: never logged
-            k: (m, sent) for k, (m, sent) in self.pending.items() if count - sent < 1000
-        }
+        self.pending = {k: (m, sent) for k, (m, sent) in self.pending.items() if count - sent < 3}
         if self.pending and not self.timer:
             self.timer = True
             stream.loop.call_later(_SHRINK_SWEEP_S, self.sweep)

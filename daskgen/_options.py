@@ -31,6 +31,16 @@ ACTOR_OPTIONS = (
     "namespace",
     "max_restarts",
     "max_task_retries",
+    "max_pending_calls",
+    "concurrency_groups",
+    "_actor_generator_backpressure_num_objects",
+)
+# Options of remote functions that actors do not take (Ray rejects them on a class).
+TASK_ONLY_OPTIONS = (
+    "num_returns",
+    "max_retries",
+    "retry_exceptions",
+    "_generator_backpressure_num_objects",
 )
 _warned: set[str] = set()
 
@@ -109,6 +119,62 @@ def _check_backpressure(v: Any) -> None:
         )
 
 
+def _check_int_or_none(name: str, v: Any) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise TypeError(
+            f"The type of keyword '{name}' must be (<class 'int'>, <class 'NoneType'>), but "
+            f"received type {type(v)}"
+        )
+
+
+def _check_actor_backpressure(v: Any) -> None:
+    name = "_actor_generator_backpressure_num_objects"
+    _check_int_or_none(name, v)
+    if v is not None and v != -1 and v <= 0:
+        raise ValueError(
+            f"{name} must be > 0 to cap the actor's total unconsumed generator objects, or -1 "
+            f"to disable. Got {v}."
+        )
+
+
+def _check_lifetime(v: Any) -> None:
+    if v not in (None, "detached", "non_detached"):
+        raise ValueError(
+            "actor `lifetime` argument must be one of 'detached', 'non_detached' and 'None'."
+        )
+
+
+def _check_concurrency_groups(v: Any) -> None:
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise TypeError(
+            f"concurrency_groups must be a dict of group name -> max concurrency, not {v!r}"
+        )
+    for name, limit in v.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"concurrency_groups keys must be non-empty str, not {name!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(
+                f"concurrency_groups[{name!r}] must be an int >= 1 (its max concurrency), not "
+                f"{limit!r}"
+            )
+
+
+def _check_restarts(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+        raise ValueError(f"{name} must be an int >= -1 (-1: without limit), not {v!r}")
+
+
+_ACTOR_CHECKS = {
+    "lifetime": _check_lifetime,
+    "max_pending_calls": lambda v: _check_int_or_none("max_pending_calls", v),
+    "concurrency_groups": _check_concurrency_groups,
+    "_actor_generator_backpressure_num_objects": _check_actor_backpressure,
+    "max_restarts": lambda v: _check_restarts("max_restarts", v),
+    "max_task_retries": lambda v: _check_restarts("max_task_retries", v),
+}
+
 _CHECKS = {
     "num_returns": _check_num_returns,
     "num_cpus": lambda v: _check_amount("num_cpus", v),
@@ -118,12 +184,18 @@ _CHECKS = {
     "retry_exceptions": _check_retry_exceptions,
     "name": _check_name,
     "_generator_backpressure_num_objects": _check_backpressure,
+    "enable_task_events": lambda v: None,  # Ray's dashboard events: nothing to switch off here
 }
 
 
 def validate(options: dict[str, Any], *, kind: str = "remote functions") -> dict[str, Any]:
     """Check ``options`` and return them without the ignored ones (warned about once each)."""
-    valid = sorted([*_CHECKS, *IGNORED] + (list(ACTOR_OPTIONS) if kind == "actors" else []))
+    actors = kind == "actors"
+    checks = {**_CHECKS, **_ACTOR_CHECKS} if actors else _CHECKS
+    if actors:
+        checks = {k: c for k, c in checks.items() if k not in TASK_ONLY_OPTIONS}
+    valid = sorted([*checks, *IGNORED] + (list(ACTOR_OPTIONS) if actors else []))
+    valid = sorted(set(valid))
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key in IGNORED:
@@ -136,8 +208,8 @@ def validate(options: dict[str, Any], *, kind: str = "remote functions") -> dict
                     stacklevel=3,
                 )
             continue
-        check = _CHECKS.get(key)
-        if check is None and not (kind == "actors" and key in ACTOR_OPTIONS):
+        check = checks.get(key)
+        if check is None and not (actors and key in ACTOR_OPTIONS):
             raise ValueError(f"Invalid option keyword {key} for {kind}. Valid ones are {valid}.")
         if check is not None:
             check(value)
@@ -191,7 +263,12 @@ def worker_fits(wanted: dict[str, float], declared: dict[str, float]) -> bool:
 
 
 # Keywords of ``@method(...)``, and of ``handle.method.options(...)`` (which also takes a name).
-METHOD_DECORATOR_OPTIONS = ("num_returns", "_generator_backpressure_num_objects")
+METHOD_DECORATOR_OPTIONS = (
+    "num_returns",
+    "_generator_backpressure_num_objects",
+    "concurrency_group",
+    "enable_task_events",
+)
 METHOD_CALL_OPTIONS = (*METHOD_DECORATOR_OPTIONS, "name")
 
 
@@ -203,7 +280,11 @@ def validate_method(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[s
             f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
             f"Valid ones are {sorted(allowed)}."
         )
-    return validate(options)
+    group = options.get("concurrency_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise TypeError(f"concurrency_group must be a non-empty str, not {group!r}")
+    rest = validate({k: v for k, v in options.items() if k != "concurrency_group"})
+    return {**rest, "concurrency_group": group} if "concurrency_group" in options else rest
 
 
 def check_max_concurrency(value: Any) -> None:

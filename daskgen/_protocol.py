@@ -72,6 +72,10 @@ MAX_RETRIES_ANNOTATION = "daskgen_max_retries"
 # Task annotation: run the task even if every ref to it is dropped (Ray's rule for calls).
 FIRE_AND_FORGET_ANNOTATION = "daskgen_fire_and_forget"
 ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or killed here
+# On an actor's creation task: {"actor": id, "detached": bool}; the plugin ends the actor when
+# that key is forgotten (no handle left anywhere), unless detached.
+ACTOR_ANNOTATION = "daskgen_actor"
+ACTOR_END_OP = "daskgen-actor-end"  # scheduler -> worker: no handle of this actor is left
 ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
 PLUGIN_NAME = "daskgen"
 # A direct actor call's own result, announced like a yield at this index (see _actor_host).

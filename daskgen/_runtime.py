@@ -76,6 +76,35 @@ _served_lock = threading.Lock()
 prepare_scheduler: Callable[[Client], None] | None = None
 
 
+def _untrusted(client: Client) -> bool:
+    return False
+
+
+# Set by the worker layer: whether ``client`` is the client of a worker (in this thread) whose
+# scheduler was found to serve daskgen. Such a client's connection is served as it is: a Dask
+# worker does not outlive its scheduler, so its client cannot meet one without daskgen, and
+# its messages (a handle's ref unpickled in a task) must go at once, not after a round trip.
+served_by_worker: Callable[[Client], bool] = _untrusted
+
+
+def _not_in_a_worker(client: Client, msg: dict[str, Any]) -> bool:
+    return False
+
+
+# Set by the worker layer: send ``msg`` on the stream of the worker this thread runs in, if it
+# is one whose scheduler serves daskgen (True), ahead of the task's own end on that stream.
+send_on_worker_stream: Callable[[Client, dict[str, Any]], bool] = _not_in_a_worker
+
+
+def send_desire(client: Client, msg: dict[str, Any]) -> None:
+    """Send a ``daskgen-desire`` (refs unpickled here): from inside a task, on its worker's
+    stream, so that the scheduler registers the want before it hears the task ended (after
+    which the caller lets go of the refs it lent the task: the client's own connection could
+    lose that race); elsewhere on the client's connection."""
+    if not send_on_worker_stream(client, msg):
+        send(client, msg)
+
+
 def is_served(client: Client) -> bool:
     """Whether daskgen's scheduler plugin serves ``client``'s current connection."""
     comm = client.scheduler_comm
@@ -86,6 +115,11 @@ def send(client: Client, msg: dict[str, Any]) -> None:
     """Send daskgen's own message ``msg`` to the scheduler (any thread): now if daskgen's
     plugin serves the client's connection, else once it does."""
     if is_served(client):
+        dx.client_send(client, msg)
+        return
+    if client.scheduler_comm is not None and served_by_worker(client):
+        with _served_lock:
+            _served[client] = client.scheduler_comm
         dx.client_send(client, msg)
         return
     with _served_lock:

@@ -35,6 +35,8 @@ __all__ = [
     "RaySystemError",
     "RayActorError",
     "ActorDiedError",
+    "PendingCallsLimitExceeded",
+    "ActorUnavailableError",
 ]
 
 
@@ -196,6 +198,10 @@ class ObjectLostError(RayError):
     """The value's only copy was on a worker that is gone and it could not be recomputed."""
 
 
+class PendingCallsLimitExceeded(RayError):
+    """An actor handle already has ``max_pending_calls`` calls without their result."""
+
+
 class RaySystemError(RayError):
     """The cluster itself failed: daskgen lost its connection to the Dask scheduler."""
 
@@ -206,6 +212,11 @@ class RayActorError(RayError):
 
 class ActorDiedError(RayActorError):
     """The actor was killed, or the worker hosting it died."""
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor is being restarted (``max_restarts``): a call in flight may or may not have
+    run; calls made after it is back run on the new instance."""
 
 
 # --------------------------------------------------------------------- Dask's errors, as Ray's

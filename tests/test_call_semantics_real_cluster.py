@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import realcluster
+from parity.test_actor_options import *  # noqa: F403
 from parity.test_actors import *  # noqa: F403
 from parity.test_call_semantics import *  # noqa: F403
 

@@ -26,7 +26,7 @@ from .._objects import promotion
 from .._objects.refs import deliver_result
 from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, as_key
 from .._worker.actor_host import install
-from ..exceptions import ActorDiedError, TaskCancelledError
+from ..exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
 
 logger = logging.getLogger("daskgen")
 
@@ -34,6 +34,15 @@ SEND_INTERVAL = 0.001  # s: batching of calls on daskgen's own connection
 
 _channels: dict[tuple[int, str], Channel] = {}
 _channels_lock = threading.Lock()
+restartable: set[str] = set()  # actors with max_restarts (calls in flight: unavailable)
+
+
+def unavailable(actor: str, why: str) -> ActorUnavailableError:
+    """Ray's error for a call in flight when a restartable actor's worker went away."""
+    return ActorUnavailableError(
+        f"The actor {actor} is unavailable: {why}. The task may or may not have been executed "
+        "on the actor."
+    )
 
 
 def channel(client: Client, address: str) -> Channel:
@@ -59,6 +68,10 @@ class Channel:
         self._lock = threading.Lock()
         self._batched: Any = None
         self._connecting = False
+
+    def pending_for(self, actor: str) -> int:
+        """Calls to ``actor`` sent on this channel without their result yet."""
+        return sum(1 for a, _ in list(self.pending.values()) if a == actor)
 
     # -- sending (any thread) ----------------------------------------------------------------
 
@@ -202,8 +215,11 @@ class Channel:
         with _channels_lock:
             if _channels.get((id(self.client), self.address)) is self:
                 del _channels[(id(self.client), self.address)]
-        for key, (_, on_failed) in pending.items():
-            self._fail(key, on_failed, error)
+        for key, (actor, on_failed) in pending.items():
+            if actor in restartable:
+                self._fail(key, on_failed, unavailable(actor, f"its worker {self.address} left"))
+            else:
+                self._fail(key, on_failed, error)
         promotion.owner_lost(self, error)
 
     def fail_actor(self, actor: str, error: BaseException) -> None:

@@ -24,6 +24,8 @@ import functools
 import inspect
 import pickle
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,7 @@ from .._options import (
     worker_fits,
 )
 from .._protocol import (
+    ACTOR_ANNOTATION,
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
     OUTCOME_INDEX,
@@ -61,9 +64,16 @@ from .._protocol import (
     new_token,
     task_key,
 )
-from .._worker.actor_host import create_actor, died_message, kill_actor
-from ..exceptions import ActorDiedError, RaySystemError, TaskCancelledError, fresh, translate
-from .actor_channel import _channels, channel
+from .._worker.actor_host import DEFAULT_GROUP, create_actor, died_message, kill_actor
+from ..exceptions import (
+    ActorDiedError,
+    PendingCallsLimitExceeded,
+    RaySystemError,
+    TaskCancelledError,
+    fresh,
+    translate,
+)
+from .actor_channel import _channels, channel, restartable, unavailable
 from .arguments import pack_args
 from .install import ensure_served
 from .output import owner_of_new_calls
@@ -91,17 +101,32 @@ class _MethodMeta:
     options: dict[str, Any]
 
 
-def _methods_of(cls: type) -> dict[str, _MethodMeta]:
+def _methods_of(cls: type, backpressure: int | None = None) -> dict[str, _MethodMeta]:
+    """Each method's kind and options; ``backpressure`` (the class's
+    ``_actor_generator_backpressure_num_objects``) is the default of its generator methods."""
     out = {}
     for name, fn in inspect.getmembers(cls, predicate=callable):
         if name.startswith("__") and name != "__call__":
             continue
+        is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        options = dict(getattr(fn, _METHOD_OPTIONS, {}))
+        if is_generator and backpressure not in (None, -1):
+            options.setdefault("_generator_backpressure_num_objects", backpressure)
         out[name] = _MethodMeta(
-            is_generator=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
+            is_generator=is_generator,
             is_async=inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
-            options=dict(getattr(fn, _METHOD_OPTIONS, {})),
+            options=options,
         )
     return out
+
+
+def _check_group(group: str | None, groups: dict[str, int] | list[str], method: str) -> None:
+    """A method's ``concurrency_group`` must be one of its class's ``concurrency_groups``."""
+    if group is not None and group not in groups:
+        raise ValueError(
+            f"The concurrency group {group!r} of method {method!r} is not defined: the class "
+            f"defines {sorted(groups) or 'none'} (concurrency_groups={{name: max_concurrency}})."
+        )
 
 
 # ------------------------------------------------------------------------------- client side
@@ -113,9 +138,14 @@ class ActorClass:
     def __init__(self, cls: type, options: dict[str, Any]) -> None:
         self._cls = cls
         self._options = validate(options, kind="actors")
-        self._methods = _methods_of(cls)
+        self._methods = _methods_of(
+            cls, self._options.get("_actor_generator_backpressure_num_objects")
+        )
         self._is_async = any(m.is_async for m in self._methods.values())
         check_max_concurrency(self._options.get("max_concurrency"))
+        groups = self._options.get("concurrency_groups") or {}
+        for method_name, meta in self._methods.items():
+            _check_group(meta.options.get("concurrency_group"), groups, method_name)
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
 
@@ -149,15 +179,30 @@ class ActorClass:
         worker = _choose_worker(found, resources or {})
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
-        handle = ActorHandle(actor_id, self._cls.__name__, self._methods, worker, self._is_async)
+        groups = dict(opts.get("concurrency_groups") or {})
+        config = {
+            "groups": sorted(groups),
+            "max_pending_calls": opts.get("max_pending_calls"),
+            "max_restarts": opts.get("max_restarts") or 0,
+        }
+        handle = ActorHandle(
+            actor_id, self._cls.__name__, self._methods, worker, self._is_async, config
+        )
         packed, deps, lent = pack_args(f"{self._cls.__name__}.remote", args, kwargs)
-        # Fire-and-forget, as calls are: created even if the handle is dropped at once.
-        with dask.annotate(**{FIRE_AND_FORGET_ANNOTATION: True}):
+        # Fire-and-forget, as calls are: created even if the handle is dropped at once. The
+        # creation key lives as long as a handle does, anywhere (each handle holds a ref to
+        # it): once Dask forgets it, daskgen's scheduler plugin has the actor ended.
+        lifetime = {
+            "actor": actor_id,
+            "detached": opts.get("lifetime") == "detached",
+            "max_restarts": opts.get("max_restarts") or 0,
+        }
+        with dask.annotate(**{FIRE_AND_FORGET_ANNOTATION: True, ACTOR_ANNOTATION: lifetime}):
             creation = client.submit(
                 create_actor,
                 actor_id,
                 cloudpickle.dumps(self._cls),
-                max_concurrency,
+                {DEFAULT_GROUP: max_concurrency, **groups},
                 self._is_async,
                 packed,
                 *(r._future for r in deps),
@@ -168,7 +213,11 @@ class ActorClass:
                 pure=False,
             )
         handle._creation = creation
-        handle._lent = lent
+        handle._ref = ObjectRef(creation)
+        if lent:
+            # The refs in the constructor's arguments live until it has run, as Ray keeps a
+            # task's arguments (a handle among them would otherwise keep its actor for ever).
+            dx.on_future_done(client, creation, lent.clear)
         if name is not None:
             if not _register(client, name, handle) and opts.get("get_if_exists"):
                 existing = _lookup(client, name)
@@ -191,11 +240,13 @@ def _workers(client: Client) -> dict[str, Any]:
     it left out): their resources, load and actors (see ``able_workers`` there); waits
     (bounded) while there is no worker."""
     found = client.sync(getattr(client.scheduler, WORKERS_OP))
-    if not found["able"] and not found["lacking"]:
-        try:
-            client.wait_for_workers(1, timeout=NO_WORKER_WAIT_S)
-        except TimeoutError:
-            pass  # the caller reports that no worker can host the actor
+    deadline = time.monotonic() + NO_WORKER_WAIT_S
+    # Right after a worker died none may be left, or its replacement may still be starting or
+    # being asked whether it has daskgen: wait (bounded) for one that can host the actor.
+    while not found["able"] and (found["probing"] or not found["lacking"]):
+        if time.monotonic() > deadline:
+            break  # the caller reports that no worker can host the actor
+        time.sleep(0.05)
         found = client.sync(getattr(client.scheduler, WORKERS_OP))
     if not found["able"] and found["lacking"]:
         lacking = ", ".join(f"{w} has {what}" for w, what in sorted(found["lacking"].items()))
@@ -229,11 +280,32 @@ def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:
 _dead: dict[str, str] = {}  # actor id -> why it died (this process's view)
 
 
-def on_actor_died(actor: str, reason: str, **_: Any) -> None:
+_moved: dict[str, str] = {}  # actor id -> the worker it was restarted on (max_restarts)
+
+
+def where(handle: ActorHandle) -> str:
+    """The worker hosting the actor now (another than at creation once it was restarted)."""
+    return _moved.get(handle._actor_id, handle._worker)
+
+
+def on_actor_died(
+    actor: str,
+    reason: str,
+    moved_to: str | None = None,
+    restarts_left: int | None = None,
+    **_: Any,
+) -> None:
     """The clients' handler for ``daskgen-actor-died`` (on the client's event loop): the
-    calls to that actor still waiting for their results fail."""
-    _dead.setdefault(actor, reason)
-    error = ActorDiedError(died_message(actor, _dead[actor]))
+    calls to that actor still waiting for their results fail; with ``moved_to``, the actor is
+    being restarted there (``ActorUnavailableError`` for those calls, later calls go there)."""
+    if moved_to is not None:
+        _moved[actor] = moved_to
+        if restarts_left == 0:
+            restartable.discard(actor)  # the next loss is its death
+        error: BaseException = unavailable(actor, reason)
+    else:
+        _dead.setdefault(actor, reason)
+        error = ActorDiedError(died_message(actor, _dead[actor]))
     for ch in list(_channels.values()):
         ch.fail_actor(actor, error)
 
@@ -248,14 +320,24 @@ class ActorHandle:
         methods: dict[str, _MethodMeta],
         worker: str,
         is_async: bool,
+        config: dict[str, Any] | None = None,
+        ref: ObjectRef | None = None,
     ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._worker = worker
         self._is_async = is_async
+        # The class's options its callers need: its concurrency groups' names, and the limit
+        # of calls this handle may have pending (max_pending_calls).
+        self._config = config or {}
+        # A ref to the actor's creation key: Dask's reference counting of it, across every
+        # process holding a handle, is the actor's lifetime (see ActorClass.remote).
+        self._ref = ref
+        _count_handle(self, actor_id, worker)
+        if self._config.get("max_restarts"):
+            restartable.add(actor_id)
         self._creation: Future | None = None
-        self._lent: list[Any] = []
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -267,12 +349,48 @@ class ActorHandle:
         return f"Actor({self._class_name}, {self._actor_id})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = (self._actor_id, self._class_name, self._methods, self._worker, self._is_async)
+        state = (
+            self._actor_id,
+            self._class_name,
+            self._methods,
+            self._worker,
+            self._is_async,
+            self._config,
+            self._ref,
+        )
         return _rebuild_handle, state
 
 
 def _rebuild_handle(*state: Any) -> ActorHandle:
     return ActorHandle(*state)
+
+
+# Handles alive in this process, per actor: when the last one goes, each connection that
+# carried calls to the actor says so after those calls (the host ends the actor once no handle
+# is left anywhere and those calls have run).
+_live: dict[str, int] = {}
+_live_lock = threading.Lock()
+
+
+def _count_handle(handle: ActorHandle, actor: str, worker: str) -> None:
+    with _live_lock:
+        _live[actor] = _live.get(actor, 0) + 1
+    weakref.finalize(handle, _handle_gone, actor, worker)
+
+
+def _handle_gone(actor: str, worker: str) -> None:
+    with _live_lock:
+        left = _live.get(actor, 1) - 1
+        if left > 0:
+            _live[actor] = left
+            return
+        _live.pop(actor, None)
+    for (_, address), ch in list(_channels.items()):
+        if address == worker:
+            try:
+                ch.send({"op": "drop", "actor": actor})
+            except Exception:  # the client is closing: the connection goes with it
+                pass
 
 
 class ActorMethod:
@@ -284,7 +402,7 @@ class ActorMethod:
         self._handle = handle
         self._name = name
         self._meta = meta
-        self._options = validate({**meta.options, **options})
+        self._options = validate_method({**meta.options, **options}, METHOD_CALL_OPTIONS)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -294,6 +412,8 @@ class ActorMethod:
 
     def options(self, **options: Any) -> ActorMethod:
         validate_method(options, METHOD_CALL_OPTIONS)
+        groups = self._handle._config.get("groups", [])
+        _check_group(options.get("concurrency_group"), groups, self._name)
         return ActorMethod(self._handle, self._name, self._meta, {**self._options, **options})
 
     def _mode(self) -> tuple[str, int]:
@@ -313,6 +433,14 @@ class ActorMethod:
             return _dead_result(mode, n, h._actor_id)
         client = _runtime.client()
         ensure_served(client)  # the channel asks daskgen's scheduler plugin about the worker
+        ch = channel(client, where(h))
+        limit = h._config.get("max_pending_calls")
+        if limit is not None and limit >= 0 and ch.pending_for(h._actor_id) >= limit:
+            raise PendingCallsLimitExceeded(
+                f"The task {self._name} could not be submitted to {h!r} because more than "
+                f"{limit} tasks are queued on the actor. This limit can be adjusted with the "
+                "`max_pending_calls` actor option."
+            )
         key = task_key(name)
         packed, deps, lent = pack_args(name, args, kwargs)
         msg = {
@@ -327,9 +455,9 @@ class ActorMethod:
             "n": n,
             "backpressure": backpressure,
             "owner": owner_of_new_calls(client),
+            "group": self._options.get("concurrency_group"),
         }
-        ch = channel(client, h._worker)
-        waits = _arguments_to_wait_for(client, deps, lent, h._worker)
+        waits = _arguments_to_wait_for(client, deps, lent, where(h))
         msg["wait"] = bool(waits)
         out, on_failed = _call_result(client, key, mode, n, backpressure, lent, ch)
         ch.call(key, msg, on_failed, h._actor_id)
@@ -474,7 +602,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     reason = "it was killed by `ray.kill`"
     _dead.setdefault(actor._actor_id, reason)
     try:
-        client.run(kill_actor, actor._actor_id, reason, workers=[actor._worker], on_error="ignore")
+        client.run(kill_actor, actor._actor_id, reason, workers=[where(actor)], on_error="ignore")
     except Exception:  # the worker is already gone: the actor is dead either way
         pass
     dx.on_client_loop(client, on_actor_died, actor._actor_id, reason)

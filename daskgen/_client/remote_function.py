@@ -298,7 +298,7 @@ def remote(*args: Any, **options: Any) -> Any:
             "list ['num_returns', 'num_cpus', 'num_gpus', 'resources', 'max_retries', ...], "
             "for example '@remote(num_returns=2, resources={\"CustomResource\": 1})'."
         )
-    validate(options, kind="actors") if options else None
+    # Checked once the target is known (functions and classes take different options).
     return lambda target: _make(target, options)
 
 

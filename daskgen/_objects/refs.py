@@ -266,7 +266,7 @@ def bind_ref(
     if fresh:
         # Through daskgen's scheduler extension, not Dask's own message: the key may be a
         # yield that its generator has not published yet (Dask would drop the want).
-        _runtime.send(client, {"op": DESIRE_OP, "keys": [key], "client": client.id})
+        _runtime.send_desire(client, {"op": DESIRE_OP, "keys": [key], "client": client.id})
     return ObjectRef(future, inline=inline)
 
 

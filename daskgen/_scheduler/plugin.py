@@ -49,7 +49,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .. import _dask_internals as dx
 from .._protocol import (
+    ACTOR_ANNOTATION,
     ACTOR_DIED_OP,
+    ACTOR_END_OP,
     ACTOR_OP,
     CANCEL_OP,
     CONSUMED_OP,
@@ -99,6 +101,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.lacking: dict[str, str] = {}  # worker address -> what it has instead
         self.probing: set[str] = set()  # joined workers being asked what they have
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
+        # Creation task key -> (actor id, detached): the actor lives as long as the key does.
+        self.actor_keys: dict[Any, tuple[str, bool]] = {}
+        # Actors with max_restarts: actor id -> [creation key, restarts left (-1: no limit)].
+        self.restartable: dict[str, list[Any]] = {}
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
 
@@ -129,7 +135,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         """``daskgen_hello``: the plugin is here, of this version."""
         return VERSION
 
-    def able_workers(self) -> dict[str, dict[str, Any]]:
+    def able_workers(self) -> dict[str, Any]:
         """``daskgen_workers``: ``able``, the workers known to run daskgen's tasks with the
         resources each declares (where a new actor may be placed: the client restricts its
         creation to one of them); ``busy``, their tasks per thread, and ``actors``, the actors
@@ -144,6 +150,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             "busy": {w: busy.get(w, 0.0) for w in able},
             "actors": {w: len(self.actors.get(w, ())) for w in able},
             "lacking": dict(self.lacking),
+            "probing": sorted(self.probing),
         }
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
@@ -264,6 +271,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         publish never will be."""
         if finish not in ("memory", "erred", "forgotten"):
             return
+        if finish == "forgotten" and key in self.actor_keys:
+            self._unreferenced(*self.actor_keys.pop(key))
         self.tasks.discard(key)
         if key in self.fire_and_forget:
             self.fire_and_forget.discard(key)
@@ -387,6 +396,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             for name in (MAX_RETRIES_ANNOTATION, FIRE_AND_FORGET_ANNOTATION)
             for k in annotations.get(name) or ()
         ]
+        for key, actor in (annotations.get(ACTOR_ANNOTATION) or {}).items():
+            self.actor_keys[as_key(key)] = (actor["actor"], bool(actor.get("detached")))
+            if actor.get("max_restarts"):
+                self.restartable[actor["actor"]] = [as_key(key), actor["max_restarts"]]
         if ours:
             self.tasks.update(ours)
             if self.lacking:
@@ -469,15 +482,32 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     # -- actors ---------------------------------------------------------------------------------
 
-    def on_actor(self, worker: str, actor: str, alive: bool, **_: Any) -> None:
+    def on_actor(
+        self, worker: str, actor: str, alive: bool, reason: str | None = None, **_: Any
+    ) -> None:
         try:
             if alive:
                 self.actors.setdefault(worker, set()).add(actor)
             else:
                 self.actors.get(worker, set()).discard(actor)
-                self._died(actor, "it was killed with kill()")
+                self._died(actor, reason or "it was killed with kill()")
         except Exception:
             logger.exception("daskgen: failed to record actor %s", actor)
+
+    def _unreferenced(self, actor: str, detached: bool) -> None:
+        """No handle of ``actor`` is left anywhere (its creation key was forgotten): its worker
+        ends it once the calls already sent to it have run, as Ray ends an actor out of scope;
+        a detached actor lives on until ``kill``."""
+        self.restartable.pop(actor, None)
+        if detached:
+            return
+        try:
+            for worker, ids in self.actors.items():
+                if actor in ids:
+                    msg = {"op": ACTOR_END_OP, "actor": actor}
+                    dx.scheduler_send_to_worker(self.scheduler, worker, msg)
+        except Exception:
+            logger.exception("daskgen: failed to end actor %s", actor)
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         if self.lacking.pop(worker, None) is None and self.lacking:
@@ -488,13 +518,44 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             ]
             self._keep_off_lacking_workers(pending, None)
         for actor in self.actors.pop(worker, set()):
-            self._died(actor, f"its worker {worker} left the cluster")
+            self._lost_actor(actor, worker)
         for task in [t for t, w in self.expected.items() if w == worker]:
             del self.expected[task]
             if task in self.early_by_task:
                 self._settle_early_wants(task, "erred")
 
+    def _lost_actor(self, actor: str, worker: str) -> None:
+        """``actor``'s worker left: restart it elsewhere if it has restarts left (its creation
+        task runs again, on the worker with the fewest actors: its constructor re-runs and its
+        state is lost, as Ray restarts an actor); else it died."""
+        reason = f"its worker {worker} left the cluster"
+        entry = self.restartable.get(actor)
+        s = self.scheduler
+        if entry is not None and entry[1] != 0 and dx.scheduler_key_state(s, entry[0]):
+            able = [
+                w
+                for w in dx.scheduler_workers(s)
+                if w not in self.lacking and w not in self.probing and w != worker
+            ]
+            if able:
+                new = min(able, key=lambda w: (len(self.actors.get(w, ())), w))
+                dx.scheduler_restrict(s, [entry[0]], [new], replace=True)
+                if entry[1] > 0:
+                    entry[1] -= 1
+                msg = {
+                    "op": ACTOR_DIED_OP,
+                    "actor": actor,
+                    "reason": reason,
+                    "moved_to": new,
+                    "restarts_left": entry[1],
+                }
+                for client in dx.scheduler_clients(s):
+                    dx.scheduler_send_to_client(s, client, dict(msg))
+                return
+        self._died(actor, reason)
+
     def _died(self, actor: str, reason: str) -> None:
+        self.restartable.pop(actor, None)
         name = self.named.pop(actor, None)
         if name is not None:
             self.names.pop(name, None)

@@ -53,6 +53,7 @@ from distributed.comm import CommClosedError
 from .. import _dask_internals as dx
 from .._cluster.fastlane import Sender
 from .._protocol import (
+    ACTOR_END_OP,
     ACTOR_OP,
     ACTOR_STREAM_OP,
     OUTCOME_INDEX,
@@ -70,6 +71,7 @@ from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
 logger = logging.getLogger("daskgen")
 
 REPLY_INTERVAL = 0.001  # s: batching of replies to a caller (daskgen's own connection)
+DEFAULT_GROUP = ""  # the concurrency group of methods that name none (max_concurrency)
 
 _hosts: dict[str, ActorHost] = {}
 _dead: dict[str, str] = {}  # actor id -> why it is gone (killed, its constructor failed)
@@ -85,7 +87,16 @@ def install(dask_worker: Any) -> bool:
     creation task, and by ``Client.run`` from a caller before it connects."""
     if not dx.worker_has_handler(dask_worker, ACTOR_STREAM_OP):
         dx.worker_add_handler(dask_worker, ACTOR_STREAM_OP, _Server(dask_worker).serve)
+        dx.worker_add_stream_handler(dask_worker, ACTOR_END_OP, _on_unreferenced)
     return True
+
+
+def _on_unreferenced(actor: str, **_: Any) -> None:
+    """The scheduler: no handle of ``actor`` is left anywhere."""
+    host = _hosts.get(actor)
+    if host is not None:
+        host.unreferenced = True
+        host.maybe_end()
 
 
 class _Server:
@@ -133,6 +144,11 @@ class CallerStream:
                 call = _calls.get(as_key(msg["key"]))
                 if call is not None:
                     call.host.ready(call, pickle.loads(msg["error"]) if msg["error"] else None)
+            elif op == "drop":  # the caller holds no handle of this actor any more
+                host = _hosts.get(msg["actor"])
+                if host is not None:
+                    host.callers.discard(self)
+                    host.maybe_end()
             elif op == "consumed":
                 producer = _producers.get(as_key(msg["key"]))
                 if producer is not None:
@@ -191,6 +207,8 @@ class CallerStream:
         _calls.pop(call.key, None)
         call.state = "done"
         call.finished.set()
+        if call.host is not None:
+            call.host.maybe_end()
         if call.mode == "plain":
             self.send({"op": "result", "key": call.key, "blob": inline_bytes(ErrorValue(error))})
         else:
@@ -210,6 +228,9 @@ class CallerStream:
         for calls in _waiting.values():
             calls[:] = [c for c in calls if c.stream is not self]
         self.replies.abort()
+        for host in [h for h in _hosts.values() if self in h.callers]:
+            host.callers.discard(self)
+            host.maybe_end()
 
 
 def publish_value(
@@ -245,6 +266,7 @@ class HostedCall:
         "producer",
         "held_back",
         "owner",
+        "group",
         "error",
         "finished",
     )
@@ -263,6 +285,7 @@ class HostedCall:
         self.num_returns: int = msg["n"]
         self.backpressure: int | None = msg.get("backpressure")
         self.owner: str | None = msg.get("owner")  # whose terminal shows what it prints
+        self.group: str = msg.get("group") or DEFAULT_GROUP  # its concurrency group
         self.state = "queued"  # -> "submitted" -> "running" -> "done"
         self.future: Any = None  # the executor's future, or the asyncio task's
         self.cancelled = False
@@ -289,16 +312,24 @@ class ActorHost:
         self,
         actor_id: str,
         instance: Any,
-        max_concurrency: int,
+        concurrency: dict[str, int],
         is_async: bool,
         ctx: contextvars.Context,
         worker: Any,
     ) -> None:
+        """``concurrency``: the max concurrency of each concurrency group (``DEFAULT_GROUP``:
+        the actor's ``max_concurrency``): a thread pool each, or an asyncio limit each for an
+        async actor, as Ray's concurrency groups."""
+        max_concurrency = concurrency[DEFAULT_GROUP]
         self.actor_id = actor_id
         self.instance = instance
         self.is_async = is_async
         self.worker = worker
         self.queue: collections.deque[HostedCall] = collections.deque()
+        # Lifetime: the caller streams that sent calls and still hold a handle, and whether the
+        # scheduler said no handle is left anywhere (see maybe_end).
+        self.callers: set[CallerStream] = set()
+        self.unreferenced = False
         self._dispatching = False
         self._done: list[tuple[HostedCall, Any, bytes | None]] = []
         self._done_lock = threading.Lock()
@@ -307,9 +338,12 @@ class ActorHost:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.generators: concurrent.futures.ThreadPoolExecutor | None = None
+        self.executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self.semaphores: dict[str, asyncio.Semaphore] = {}
         if is_async:
             self.loop = asyncio.new_event_loop()
-            self.semaphore = asyncio.Semaphore(max_concurrency)
+            self.semaphores = {g: asyncio.Semaphore(n) for g, n in concurrency.items()}
+            self.semaphore = self.semaphores[DEFAULT_GROUP]
             self.thread = threading.Thread(
                 target=ctx.run, args=(self.loop.run_forever,), daemon=True, name="daskgen-actor"
             )
@@ -319,14 +353,19 @@ class ActorHost:
                 max_concurrency, "daskgen-actor-gen", _enter_context, (ctx,)
             )
         else:
-            self.executor = concurrent.futures.ThreadPoolExecutor(
-                max_concurrency, "daskgen-actor", _enter_context, (ctx,)
-            )
+            self.executors = {
+                g: concurrent.futures.ThreadPoolExecutor(
+                    n, f"daskgen-actor{'-' + g if g else ''}", _enter_context, (ctx,)
+                )
+                for g, n in concurrency.items()
+            }
+            self.executor = self.executors[DEFAULT_GROUP]
 
     # -- order (on the worker's loop) --------------------------------------------------------
 
     def enqueue(self, call: HostedCall) -> None:
         call.host = self
+        self.callers.add(call.stream)
         if not self.queue and not call.deps and call.held_back is None:
             self._start(call)  # the common case: nothing ahead, nothing to fetch
             return
@@ -384,15 +423,17 @@ class ActorHost:
             return
         call.state = "submitted"
         if call.mode != "plain":
-            pool = self.generators if self.is_async else self.executor
+            pool = self.generators if self.is_async else self._pool(call)
             assert pool is not None
             call.future = pool.submit(self._run_generator, call)
         elif self.is_async:
             assert self.loop is not None
             call.future = asyncio.run_coroutine_threadsafe(self._run_async(call), self.loop)
         else:
-            assert self.executor is not None
-            call.future = self.executor.submit(self._run_sync, call)
+            call.future = self._pool(call).submit(self._run_sync, call)
+
+    def _pool(self, call: HostedCall) -> concurrent.futures.ThreadPoolExecutor:
+        return self.executors.get(call.group) or self.executors[DEFAULT_GROUP]
 
     # -- running (in the actor's threads or loop) --------------------------------------------
 
@@ -409,7 +450,7 @@ class ActorHost:
 
     async def _run_async(self, call: HostedCall) -> None:
         try:
-            async with self.semaphore:
+            async with self.semaphores.get(call.group, self.semaphore):
                 if call.cancelled:
                     self._finished(call, ErrorValue(self._cancelled_before(call)))
                     return
@@ -477,6 +518,8 @@ class ActorHost:
         finally:
             call.state = "done"
             _calls.pop(call.key, None)
+            if self.unreferenced:
+                self.worker.loop.add_callback(self.maybe_end)
 
     def _in_call(self, call: HostedCall, fn: Callable[[], Any]) -> Any:
         """``fn()`` with ``get_runtime_context().get_task_id()`` answering the call's key and
@@ -517,6 +560,8 @@ class ActorHost:
                 call.stream.send({"op": "result", "key": call.key, "blob": blob})
             else:
                 publish_value(self.worker, call.stream.client, call.key, value, blob)
+        if self.unreferenced:
+            self.maybe_end()
 
     # -- cancel and stop -----------------------------------------------------------------------
 
@@ -549,6 +594,22 @@ class ActorHost:
             )
         return TaskCancelledError(None, f"Task: {call.key} was cancelled.")
 
+    def maybe_end(self) -> None:
+        """End the actor once no handle is left anywhere, every caller that sent calls has
+        said it holds none (its ``drop`` comes after its calls, on the same connection) and
+        those calls have run: as Ray ends an actor that went out of scope."""
+        if not self.unreferenced or self.callers or self.queue:
+            return
+        if any(c.host is self for c in _calls.values()):
+            return  # called again as the last one finishes
+        reason = "all references to the actor were removed"
+        if _hosts.get(self.actor_id) is self:
+            del _hosts[self.actor_id]
+        _dead[self.actor_id] = reason
+        self.stop(reason)
+        msg = {"op": ACTOR_OP, "actor": self.actor_id, "alive": False, "reason": reason}
+        dx.worker_send(self.worker, msg)
+
     def stop(self, reason: str) -> None:
         """Killed: no call starts any more; queued ones fail (running ones cannot be stopped:
         their results are discarded, the callers' refs fail with ``ActorDiedError``)."""
@@ -560,8 +621,8 @@ class ActorHost:
             call.cancelled = True
             call.wanted = False
             call.finished.set()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self.executors.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         if self.generators is not None:
             self.generators.shutdown(wait=False, cancel_futures=True)
         if self.loop is not None:
@@ -598,7 +659,7 @@ def died_message(actor_id: str, reason: str) -> str:
 def create_actor(
     actor_id: str,
     cls_blob: bytes,
-    max_concurrency: int,
+    concurrency: dict[str, int],
     is_async: bool,
     packed: bytes | None,
     *deps: Any,
@@ -618,7 +679,7 @@ def create_actor(
             _creation_failed, actor_id, f"an error was raised in its creation task: {exc!r}"
         )
         raise error from None
-    host = ActorHost(actor_id, instance, max_concurrency, is_async, ctx, worker)
+    host = ActorHost(actor_id, instance, concurrency, is_async, ctx, worker)
     worker.loop.add_callback(_created, worker, actor_id, host)
     return worker.address
 

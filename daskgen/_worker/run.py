@@ -19,6 +19,7 @@ from distributed.comm import get_address_host
 from distributed.utils import sync
 
 from .. import _dask_internals as dx
+from .. import _runtime
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
 from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue
@@ -142,6 +143,32 @@ def _worker_or_none() -> Worker | None:
         return get_worker()
     except ValueError:
         return None
+
+
+def _served_by_worker(client: Any) -> bool:
+    """``_runtime.served_by_worker``: ``client`` talks to the scheduler this worker checked."""
+    worker = _worker_or_none()
+    if worker is None or id(worker) not in _checked:
+        return False
+    try:
+        return bool(client.scheduler.address == worker.scheduler.address)
+    except AttributeError:
+        return False
+
+
+def _send_on_worker_stream(client: Any, msg: dict[str, Any]) -> bool:
+    """``_runtime.send_on_worker_stream``: on this worker's ordered stream (queued from here,
+    so ahead of the running task's end), if ``client`` talks to the scheduler it checked."""
+    if not _served_by_worker(client):
+        return False
+    worker = _worker_or_none()
+    assert worker is not None
+    worker.loop.add_callback(dx.worker_send, worker, msg)
+    return True
+
+
+_runtime.served_by_worker = _served_by_worker
+_runtime.send_on_worker_stream = _send_on_worker_stream
 
 
 class TaskSpec:
