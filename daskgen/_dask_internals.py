@@ -911,6 +911,12 @@ def scheduler_worker_resources(scheduler: Scheduler) -> dict[str, dict[str, floa
     return {address: dict(ws.resources) for address, ws in scheduler.workers.items()}
 
 
+def scheduler_key_restrictions(scheduler: Scheduler, key: Key) -> set[str]:
+    """The workers the task ``key`` may run on (empty: any, or no such task)."""
+    ts = scheduler.tasks.get(key)
+    return set(ts.worker_restrictions or ()) if ts is not None else set()
+
+
 def scheduler_worker_busy(scheduler: Scheduler) -> dict[str, float]:
     """Each worker's address -> its tasks running or assigned, per thread (1.0: all busy)."""
     return {a: len(ws.processing) / max(ws.nthreads, 1) for a, ws in scheduler.workers.items()}

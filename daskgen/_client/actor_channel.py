@@ -35,6 +35,58 @@ SEND_INTERVAL = 0.001  # s: batching of calls on daskgen's own connection
 _channels: dict[tuple[int, str], Channel] = {}
 _channels_lock = threading.Lock()
 restartable: set[str] = set()  # actors with max_restarts (calls in flight: unavailable)
+moved: dict[str, str] = {}  # actor id -> the worker it was restarted on
+
+# max_task_retries: calls to such actors sent without a result yet, key -> [the call's message,
+# tries left (-1: no limit)]; and the calls of an actor being restarted, waiting to be sent to
+# its new worker: actor -> [(client, key, on_failed)].
+retries: dict[Key, list[Any]] = {}
+_parked: dict[str, list[tuple[Client, Key, Callable[[Any], None] | None]]] = {}
+PARK_S = 60.0  # s: bound on waiting for the scheduler to say where the actor restarts
+
+
+def _retry_later(ch: Channel, key: Key, actor: str, on_failed: Any) -> bool:
+    """Keep a call to a restarting actor to send it again once it is back, if it has tries
+    left (as Ray's max_task_retries); False: it fails now."""
+    entry = retries.get(key)
+    if entry is None or entry[1] == 0:
+        retries.pop(key, None)
+        return False
+    if entry[1] > 0:
+        entry[1] -= 1
+    first = actor not in _parked
+    _parked.setdefault(actor, []).append((ch.client, key, on_failed))
+    where = moved.get(actor)
+    if where is not None and where != ch.address:
+        resend_parked(actor, where)
+    elif first and ch.client.loop is not None:
+        ch.client.loop.call_later(PARK_S, fail_parked, actor, None)
+    return True
+
+
+def resend_parked(actor: str, worker: str) -> None:
+    """The actor is being restarted on ``worker``: send its parked calls there (they wait
+    there for the new instance)."""
+    for client, key, on_failed in _parked.pop(actor, []):
+        entry = retries.get(key)
+        if entry is not None:
+            channel(client, worker).call(key, {**entry[0], "wait": False}, on_failed, actor)
+
+
+def fail_parked(actor: str, error: BaseException | None) -> None:
+    """The actor died for good (or never came back within ``PARK_S``)."""
+    why = error or unavailable(actor, f"it did not come back within {PARK_S:.0f} s")
+    for client, key, on_failed in _parked.pop(actor, []):
+        retries.pop(key, None)
+        _fail_key(client, key, on_failed, why)
+
+
+def _fail_key(client: Client, key: Key, on_failed: Any, error: Any) -> None:
+    promotion.disown(key)
+    if on_failed is not None:
+        on_failed(error)
+    else:
+        dx.key_set_error(client, key, error or TaskCancelledError())
 
 
 def unavailable(actor: str, why: str) -> ActorUnavailableError:
@@ -179,6 +231,8 @@ class Channel:
 
     def _on_reply(self, msg: dict[str, Any]) -> None:
         key = as_key(msg["key"])
+        if retries:
+            retries.pop(key, None)
         if msg["op"] == "result":
             if self.pending.pop(key, None) is None:
                 return  # it failed already (its actor died), or its ref was dropped
@@ -193,17 +247,15 @@ class Channel:
     def completed(self, key: Key) -> None:
         """The scheduler announced ``key`` (published by the host): it is a real key now."""
         self.pending.pop(key, None)
+        retries.pop(key, None)
 
     def released(self, key: Key) -> None:
         """The caller dropped the ref of ``key`` (the host is told by the release message)."""
         self.pending.pop(key, None)
+        retries.pop(key, None)
 
     def _fail(self, key: Key, on_failed: Callable[[Any], None] | None, error: Any) -> None:
-        promotion.disown(key)
-        if on_failed is not None:
-            on_failed(error)
-        else:
-            dx.key_set_error(self.client, key, error or TaskCancelledError())
+        _fail_key(self.client, key, on_failed, error)
 
     def _lost(self, error: BaseException) -> None:
         """The connection is gone: every call on it without a result fails with ``error``."""
@@ -217,7 +269,9 @@ class Channel:
                 del _channels[(id(self.client), self.address)]
         for key, (actor, on_failed) in pending.items():
             if actor in restartable:
-                self._fail(key, on_failed, unavailable(actor, f"its worker {self.address} left"))
+                if not _retry_later(self, key, actor, on_failed):
+                    why = f"its worker {self.address} left"
+                    self._fail(key, on_failed, unavailable(actor, why))
             else:
                 self._fail(key, on_failed, error)
         promotion.owner_lost(self, error)
@@ -227,6 +281,10 @@ class Channel:
         result fail (on the client's loop)."""
         for key in [k for k, (a, _) in self.pending.items() if a == actor]:
             _, on_failed = self.pending.pop(key)
+            if isinstance(error, ActorUnavailableError) and _retry_later(
+                self, key, actor, on_failed
+            ):
+                continue
             self._fail(key, on_failed, error)
 
 

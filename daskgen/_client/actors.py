@@ -73,7 +73,16 @@ from ..exceptions import (
     fresh,
     translate,
 )
-from .actor_channel import _channels, channel, restartable, unavailable
+from .actor_channel import (
+    _channels,
+    channel,
+    fail_parked,
+    moved,
+    resend_parked,
+    restartable,
+    retries,
+    unavailable,
+)
 from .arguments import pack_args
 from .install import ensure_served
 from .output import owner_of_new_calls
@@ -184,6 +193,7 @@ class ActorClass:
             "groups": sorted(groups),
             "max_pending_calls": opts.get("max_pending_calls"),
             "max_restarts": opts.get("max_restarts") or 0,
+            "max_task_retries": opts.get("max_task_retries") or 0,
         }
         handle = ActorHandle(
             actor_id, self._cls.__name__, self._methods, worker, self._is_async, config
@@ -280,12 +290,9 @@ def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:
 _dead: dict[str, str] = {}  # actor id -> why it died (this process's view)
 
 
-_moved: dict[str, str] = {}  # actor id -> the worker it was restarted on (max_restarts)
-
-
 def where(handle: ActorHandle) -> str:
     """The worker hosting the actor now (another than at creation once it was restarted)."""
-    return _moved.get(handle._actor_id, handle._worker)
+    return moved.get(handle._actor_id, handle._worker)
 
 
 def on_actor_died(
@@ -299,7 +306,7 @@ def on_actor_died(
     calls to that actor still waiting for their results fail; with ``moved_to``, the actor is
     being restarted there (``ActorUnavailableError`` for those calls, later calls go there)."""
     if moved_to is not None:
-        _moved[actor] = moved_to
+        moved[actor] = moved_to
         if restarts_left == 0:
             restartable.discard(actor)  # the next loss is its death
         error: BaseException = unavailable(actor, reason)
@@ -308,6 +315,10 @@ def on_actor_died(
         error = ActorDiedError(died_message(actor, _dead[actor]))
     for ch in list(_channels.values()):
         ch.fail_actor(actor, error)
+    if moved_to is not None:
+        resend_parked(actor, moved_to)  # max_task_retries: calls in flight run again there
+    else:
+        fail_parked(actor, error)
 
 
 class ActorHandle:
@@ -460,6 +471,9 @@ class ActorMethod:
         waits = _arguments_to_wait_for(client, deps, lent, where(h))
         msg["wait"] = bool(waits)
         out, on_failed = _call_result(client, key, mode, n, backpressure, lent, ch)
+        tries = h._config.get("max_task_retries")
+        if tries and h._config.get("max_restarts") and mode == "plain":
+            retries[key] = [msg, tries]  # sent again if the actor restarts before it ran
         ch.call(key, msg, on_failed, h._actor_id)
         if waits:
             _send_when_ready(ch, key, waits)

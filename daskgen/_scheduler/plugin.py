@@ -103,8 +103,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
         # Creation task key -> (actor id, detached): the actor lives as long as the key does.
         self.actor_keys: dict[Any, tuple[str, bool]] = {}
-        # Actors with max_restarts: actor id -> [creation key, restarts left (-1: no limit)].
+        # Actors with max_restarts: actor id -> [creation key, restarts left (-1: no limit)],
+        # and those waiting for a worker to restart on (-> why they were lost).
         self.restartable: dict[str, list[Any]] = {}
+        self.to_restart: dict[str, str] = {}
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
 
@@ -456,6 +458,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         finally:
             self.probing.discard(worker)
             dx.scheduler_release_worker(s, worker)  # tasks (daskgen's, if it can) go there now
+            if self.to_restart and worker not in self.lacking:
+                for actor, reason in list(self.to_restart.items()):
+                    entry = self.restartable.get(actor)
+                    del self.to_restart[actor]
+                    if entry is not None and dx.scheduler_key_state(s, entry[0]):
+                        self._restart_on(actor, entry, worker, reason)
 
     def _keep_off_lacking_workers(self, keys: list[Any], client: str | None) -> None:
         """Restrict daskgen's tasks ``keys`` to the workers that have daskgen; tell the caller
@@ -517,7 +525,16 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 k for k in self.tasks if dx.scheduler_key_state(scheduler, k) != "processing"
             ]
             self._keep_off_lacking_workers(pending, None)
-        for actor in self.actors.pop(worker, set()):
+        lost = self.actors.pop(worker, set())
+        # A restartable actor whose worker died before its "alive" message left: its creation
+        # task was placed there.
+        lost |= {
+            actor
+            for actor, (key, _) in self.restartable.items()
+            if dx.scheduler_key_restrictions(scheduler, key) == {worker}
+            and dx.scheduler_key_state(scheduler, key) != "memory"
+        }
+        for actor in lost:
             self._lost_actor(actor, worker)
         for task in [t for t, w in self.expected.items() if w == worker]:
             del self.expected[task]
@@ -539,23 +556,31 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             ]
             if able:
                 new = min(able, key=lambda w: (len(self.actors.get(w, ())), w))
-                dx.scheduler_restrict(s, [entry[0]], [new], replace=True)
-                if entry[1] > 0:
-                    entry[1] -= 1
-                msg = {
-                    "op": ACTOR_DIED_OP,
-                    "actor": actor,
-                    "reason": reason,
-                    "moved_to": new,
-                    "restarts_left": entry[1],
-                }
-                for client in dx.scheduler_clients(s):
-                    dx.scheduler_send_to_client(s, client, dict(msg))
-                return
+                self._restart_on(actor, entry, new, reason)
+            else:  # right after a crash: the next worker that can run daskgen's tasks
+                self.to_restart[actor] = reason
+            return
         self._died(actor, reason)
+
+    def _restart_on(self, actor: str, entry: list[Any], worker: str, reason: str) -> None:
+        """Run ``actor``'s creation task again on ``worker``; tell every client where it is."""
+        s = self.scheduler
+        dx.scheduler_restrict(s, [entry[0]], [worker], replace=True)
+        if entry[1] > 0:
+            entry[1] -= 1
+        msg = {
+            "op": ACTOR_DIED_OP,
+            "actor": actor,
+            "reason": reason,
+            "moved_to": worker,
+            "restarts_left": entry[1],
+        }
+        for client in dx.scheduler_clients(s):
+            dx.scheduler_send_to_client(s, client, dict(msg))
 
     def _died(self, actor: str, reason: str) -> None:
         self.restartable.pop(actor, None)
+        self.to_restart.pop(actor, None)
         name = self.named.pop(actor, None)
         if name is not None:
             self.names.pop(name, None)

@@ -357,3 +357,19 @@ def test_a_new_actor_can_be_created_right_after_a_worker_crashed(ray):
         ray.get(actor.inc.remote(), timeout=HANG)
     fresh = _fragile(ray).remote()
     assert ray.get(fresh.inc.remote(), timeout=HANG)[0] == 1
+
+
+def test_with_max_task_retries_a_call_in_flight_runs_again_on_the_restarted_actor(ray, tmp_path):
+    @ray.remote(max_restarts=1, max_task_retries=1)
+    class Once:
+        def first_time_dies(self, directory):
+            import os
+
+            marker = os.path.join(directory, "died-once")
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+            return "ran again"
+
+    actor = Once.remote()
+    assert ray.get(actor.first_time_dies.remote(str(tmp_path)), timeout=HANG) == "ran again"
