@@ -624,8 +624,11 @@ def scheduler_send_to_client(
         if handler is not None:
             handler(**{k: v for k, v in msg.items() if k != "op"})
             return
+    stream = scheduler.client_comms.get(client)
+    if stream is None or stream.comm is None or stream.comm.closed():
+        return  # the client is leaving: Dask would log its failure to write as CRITICAL
     scheduler.client_send(client, msg)
-    shrink_once_logged(scheduler.client_comms.get(client), msg)
+    shrink_once_logged(stream, msg)
 
 
 def _idle_local_client(scheduler: Scheduler, client_id: str) -> Client | None:
