@@ -396,6 +396,7 @@ def _handle_gone(actor: str, worker: str) -> None:
             _live[actor] = left
             return
         _live.pop(actor, None)
+    worker = moved.get(actor, worker)  # where it lives now, if it was restarted
     for (_, address), ch in list(_channels.items()):
         if address == worker:
             try:
