@@ -10,7 +10,7 @@ shows the layers (``_protocol`` and the other bottom modules, then ``_cluster``/
 
 from __future__ import annotations
 
-from . import exceptions
+from . import actor, exceptions, remote_function
 from ._client.actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._client.api import cancel, get, put, wait
 from ._client.context import get_runtime_context, progress
@@ -44,6 +44,8 @@ __all__ = [
     "DynamicObjectRefGenerator",
     "RemoteFunction",
     "exceptions",
+    "actor",
+    "remote_function",
 ]
 
 # The public names say they are daskgen's (reprs, docs, pickles by reference), wherever they

@@ -76,7 +76,10 @@ ACTOR_OP = "daskgen-actor"  # worker -> scheduler: an actor was created or kille
 # that key is forgotten (no handle left anywhere), unless detached.
 ACTOR_ANNOTATION = "daskgen_actor"
 ACTOR_END_OP = "daskgen-actor-end"  # scheduler -> worker: no handle of this actor is left
-ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every client
+ACTOR_DIED_OP = "daskgen-actor-died"  # scheduler -> every daskgen client
+# client -> scheduler, first on each connection daskgen's plugin serves: this client is
+# daskgen's (it gets ACTOR_DIED_OP; a plain Dask client of the cluster never gets daskgen ops).
+CLIENT_OP = "daskgen-client"
 PLUGIN_NAME = "daskgen"
 # A direct actor call's own result, announced like a yield at this index (see _actor_host).
 OUTCOME_INDEX = -1

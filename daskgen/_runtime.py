@@ -19,6 +19,7 @@ import distributed
 from distributed import Client
 
 from . import _dask_internals as dx
+from ._protocol import CLIENT_OP
 
 session: Any = None  # this process's _client.session.Session, between init() and shutdown()
 
@@ -120,6 +121,7 @@ def send(client: Client, msg: dict[str, Any]) -> None:
     if client.scheduler_comm is not None and served_by_worker(client):
         with _served_lock:
             _served[client] = client.scheduler_comm
+        dx.client_send(client, {"op": CLIENT_OP})
         dx.client_send(client, msg)
         return
     with _served_lock:
@@ -135,6 +137,7 @@ def served(client: Client) -> None:
     with _served_lock:
         _served[client] = client.scheduler_comm
         held = _held.pop(client, [])
+    dx.client_send(client, {"op": CLIENT_OP})
     for msg in held:
         dx.client_send(client, msg)
 

@@ -345,3 +345,31 @@ def test_a_shared_cluster_after_the_driver_left_takes_workers_without_daskgen(dg
             )
             assert bad.poll() is None
         _no_daskgen_trouble(cluster)
+
+
+def test_a_plain_client_never_gets_daskgens_messages(dg, tmp_path):
+    from daskgen import _dask_internals as dx
+    from daskgen._client import actors
+    from daskgen._protocol import ACTOR_DIED_OP
+
+    with start_cluster(tmp_path / "cluster") as cluster:
+        with cluster.client(set_as_default=False) as plain:
+            got: list = []
+            dx.client_add_stream_handler(plain, ACTOR_DIED_OP, lambda **msg: got.append(msg))
+            dg.init(address=cluster.address)
+
+            @dg.remote
+            class Where:
+                def pid(self):
+                    import os
+
+                    return os.getpid()
+
+            actor = Where.remote()
+            cluster.kill_worker(dg.get(actor.pid.remote(), timeout=HANG))
+            # daskgen's driver hears that the actor died (the scheduler tells its clients) ...
+            wait_until(lambda: actor._actor_id in actors._dead, "the driver heard", HANG)
+            # ... and a report on the plain client's stream, sent after that, finds nothing
+            # of daskgen's before it.
+            assert plain.submit(_plus_one(), 1, pure=False).result(timeout=HANG) == 2
+            assert got == []

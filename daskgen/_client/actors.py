@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -108,6 +108,19 @@ class _MethodMeta:
     is_generator: bool
     is_async: bool
     options: dict[str, Any]
+    # What calls are checked against, in the process that has the class (a handle that came
+    # from elsewhere leaves the check to the actor's worker): the function's signature, and
+    # whether its first parameter is the instance.
+    signature: inspect.Signature | None = field(default=None, compare=False)
+    with_self: bool = field(default=True, compare=False)
+
+    def check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Ray's ``TypeError`` at ``.remote()`` for arguments the method cannot take."""
+        if self.signature is not None:
+            self.signature.bind(*((None, *args) if self.with_self else args), **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _MethodMeta, (self.is_generator, self.is_async, self.options)
 
 
 def _methods_of(cls: type, backpressure: int | None = None) -> dict[str, _MethodMeta]:
@@ -121,10 +134,17 @@ def _methods_of(cls: type, backpressure: int | None = None) -> dict[str, _Method
         options = dict(getattr(fn, _METHOD_OPTIONS, {}))
         if is_generator and backpressure not in (None, -1):
             options.setdefault("_generator_backpressure_num_objects", backpressure)
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        static = inspect.getattr_static(cls, name, None)
         out[name] = _MethodMeta(
             is_generator=is_generator,
             is_async=inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
             options=options,
+            signature=signature,
+            with_self=inspect.isfunction(static),  # not a static or class method
         )
     return out
 
@@ -157,6 +177,10 @@ class ActorClass:
             _check_group(meta.options.get("concurrency_group"), groups, method_name)
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(cls)
+        except (TypeError, ValueError):
+            self._signature = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         name = self._cls.__name__
@@ -170,6 +194,8 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """Create the actor on a worker and return its handle (does not wait for creation)."""
+        if self._signature is not None:
+            self._signature.bind(*args, **kwargs)  # Ray's TypeError, here
         opts = self._options
         name = opts.get("name")
         if name is not None and not isinstance(name, str):
@@ -438,6 +464,7 @@ class ActorMethod:
         ``num_returns`` returns (a ref, N refs, a generator...). The call goes straight to the
         actor's worker (see ``_worker.actor_host``) and runs whether or not its ref is kept."""
         h = self._handle
+        self._meta.check(args, kwargs)
         mode, n = self._mode()
         name = f"{h._class_name}.{self._name}"
         backpressure = self._options.get("_generator_backpressure_num_objects")

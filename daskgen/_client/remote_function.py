@@ -56,6 +56,7 @@ class RemoteFunction:
         self._spec = TaskSpec(
             function, name, mode, n, retry, backpressure if backpressure != -1 else None
         )
+        self._signature = _signature(function)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -76,10 +77,20 @@ class RemoteFunction:
         ``num_returns=0``; an ``ObjectRefGenerator`` for a streaming generator; for
         ``num_returns="dynamic"`` a ref whose value is a ``DynamicObjectRefGenerator``.
         """
+        if self._signature is not None:
+            self._signature.bind(*args, **kwargs)  # Ray's TypeError, here and not in the task
         return submit(self._spec, self._options, args, kwargs)
 
     def __repr__(self) -> str:
         return f"RemoteFunction({self._spec.name})"
+
+
+def _signature(function: Any) -> inspect.Signature | None:
+    """The signature calls are checked against (None: it has none to check, a builtin)."""
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
 
 
 def _resources(options: dict[str, Any]) -> dict[str, float] | None:

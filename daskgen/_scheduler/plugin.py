@@ -54,6 +54,7 @@ from .._protocol import (
     ACTOR_END_OP,
     ACTOR_OP,
     CANCEL_OP,
+    CLIENT_OP,
     CONSUMED_OP,
     DESIRE_OP,
     EXPECT_OP,
@@ -100,6 +101,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.tasks: set[Any] = set()
         self.lacking: dict[str, str] = {}  # worker address -> what it has instead
         self.probing: set[str] = set()  # joined workers being asked what they have
+        self.clients: set[str] = set()  # daskgen's clients (CLIENT_OP): they get actor news
         self.actors: dict[str, set[str]] = {}  # worker address -> actor ids living there
         # Creation task key -> (actor id, detached): the actor lives as long as the key does.
         self.actor_keys: dict[Any, tuple[str, bool]] = {}
@@ -120,6 +122,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             CONSUMED_OP: self.on_consumed,
             DESIRE_OP: self.on_desire,
             RELEASE_OP: self.on_release,
+            CLIENT_OP: self.on_client,
             EXPECT_OP: self.on_expect,
             CANCEL_OP: self.on_cancel,
         }
@@ -132,6 +135,16 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
+
+    def on_client(self, client: str, **_: Any) -> None:
+        """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``)."""
+        self.clients.add(client)
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        """``msg`` to every daskgen client (a plain Dask client never gets daskgen's ops)."""
+        s = self.scheduler
+        for client in [c for c in dx.scheduler_clients(s) if c in self.clients]:
+            dx.scheduler_send_to_client(s, client, dict(msg))
 
     def hello(self) -> str:
         """``daskgen_hello``: the plugin is here, of this version."""
@@ -302,6 +315,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             logger.exception("daskgen: failed to settle the early wants of %s", key)
 
     def remove_client(self, scheduler: Any, client: str) -> None:
+        self.clients.discard(client)
         # What its tasks printed was for it alone: Dask would keep the topic for ever.
         dx.scheduler_forget_topic(scheduler, OUTPUT_TOPIC_PREFIX + client)
         for key in [k for k, clients in self.early_wants.items() if client in clients]:
@@ -575,8 +589,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             "moved_to": worker,
             "restarts_left": entry[1],
         }
-        for client in dx.scheduler_clients(s):
-            dx.scheduler_send_to_client(s, client, dict(msg))
+        self._broadcast(msg)
 
     def _died(self, actor: str, reason: str) -> None:
         self.restartable.pop(actor, None)
@@ -585,8 +598,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         if name is not None:
             self.names.pop(name, None)
         msg = {"op": ACTOR_DIED_OP, "actor": actor, "reason": reason}
-        for client in dx.scheduler_clients(self.scheduler):
-            dx.scheduler_send_to_client(self.scheduler, client, dict(msg))
+        self._broadcast(msg)
 
     def register_actor(self, name: str, state: bytes, actor: str) -> bool:
         if name in self.names:
