@@ -73,7 +73,7 @@ _held: weakref.WeakKeyDictionary[Client, list[dict[str, Any]]] = weakref.WeakKey
 _served_lock = threading.Lock()
 
 # Set by the client layer: (re)register daskgen's scheduler plugin for ``client`` (on its loop),
-# then call ``served`` (or ``held_back_failed``).
+# then call ``served`` (or take the held messages with ``held_back`` if it cannot).
 prepare_scheduler: Callable[[Client], None] | None = None
 
 
