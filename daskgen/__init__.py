@@ -14,6 +14,7 @@ from . import actor, exceptions, remote_function
 from ._client.actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._client.api import cancel, get, put, wait
 from ._client.context import get_runtime_context, progress
+from ._client.introspection import available_resources, cluster_resources, get_gpu_ids, nodes
 from ._client.remote_function import RemoteFunction, remote
 from ._client.session import get_client, init, is_initialized, shutdown
 from ._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
@@ -34,6 +35,10 @@ __all__ = [
     "cancel",
     "get_runtime_context",
     "progress",
+    "cluster_resources",
+    "available_resources",
+    "nodes",
+    "get_gpu_ids",
     "kill",
     "get_actor",
     "method",

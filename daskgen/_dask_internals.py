@@ -920,6 +920,23 @@ def scheduler_key_restrictions(scheduler: Scheduler, key: Key) -> set[str]:
     return set(ts.worker_restrictions or ()) if ts is not None else set()
 
 
+def scheduler_worker_states(scheduler: Scheduler) -> list[dict[str, Any]]:
+    """What the scheduler knows of each worker that cluster introspection reports."""
+    return [
+        {
+            "address": address,
+            "host": ws.host,
+            "nthreads": ws.nthreads,
+            "memory_limit": ws.memory_limit or 0,
+            "resources": dict(ws.resources),
+            "used_resources": dict(ws.used_resources),
+            "processing": len(ws.processing),
+            "status": ws.status.name,
+        }
+        for address, ws in scheduler.workers.items()
+    ]
+
+
 def scheduler_worker_busy(scheduler: Scheduler) -> dict[str, float]:
     """Each worker's address -> its tasks running or assigned, per thread (1.0: all busy)."""
     return {a: len(ws.processing) / max(ws.nthreads, 1) for a, ws in scheduler.workers.items()}

@@ -91,6 +91,7 @@ OUTPUT_TOPIC_PREFIX = "daskgen-print-"
 # is daskgen's plugin there, and of which version?
 HELLO_OP = "daskgen_hello"
 WORKERS_OP = "daskgen_workers"  # client -> scheduler request: workers able to host an actor
+CLUSTER_OP = "daskgen_cluster"  # client -> scheduler request: every worker's host and resources
 
 Key = Any  # a Dask key: str or tuple
 

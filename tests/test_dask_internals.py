@@ -665,3 +665,14 @@ def test_a_worker_asks_its_scheduler(inproc):
         assert client.sync(dx.worker_ask_scheduler, worker, "daskgen-test-ask") == "answered"
     finally:
         del scheduler.handlers["daskgen-test-ask"]
+
+
+def test_the_scheduler_describes_its_workers_for_introspection(inproc):
+    client, scheduler, worker = inproc
+    _has(
+        next(iter(scheduler.workers.values())), "host", "nthreads", "memory_limit", "used_resources"
+    )
+    (state,) = dx.scheduler_worker_states(scheduler)
+    assert state["address"] == worker.address and state["nthreads"] == 2
+    assert state["resources"] == {"CPU": 2} and state["status"] == "running"
+    assert set(state) >= {"host", "memory_limit", "used_resources", "processing"}

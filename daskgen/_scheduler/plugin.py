@@ -55,6 +55,7 @@ from .._protocol import (
     ACTOR_OP,
     CANCEL_OP,
     CLIENT_OP,
+    CLUSTER_OP,
     CONSUMED_OP,
     DESIRE_OP,
     EXPECT_OP,
@@ -135,6 +136,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
+        dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
 
     def on_client(self, client: str, **_: Any) -> None:
         """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``)."""
@@ -145,6 +147,11 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         s = self.scheduler
         for client in [c for c in dx.scheduler_clients(s) if c in self.clients]:
             dx.scheduler_send_to_client(s, client, dict(msg))
+
+    def cluster(self) -> list[dict[str, Any]]:
+        """``daskgen_cluster``: every worker's host, threads, memory and resources (declared
+        and in use), for ``cluster_resources``, ``available_resources`` and ``nodes``."""
+        return dx.scheduler_worker_states(self.scheduler)
 
     def hello(self) -> str:
         """``daskgen_hello``: the plugin is here, of this version."""

@@ -1,0 +1,52 @@
+"""Ray's cluster introspection as scripts use it: ``cluster_resources()``,
+``available_resources()``, ``nodes()`` and ``get_gpu_ids()`` (the session's cluster: 2 CPUs)."""
+
+from __future__ import annotations
+
+from realcluster import HANG, wait_until
+
+
+def test_cluster_resources_count_the_cpus_memory_and_nodes(ray):
+    total = ray.cluster_resources()
+    assert total["CPU"] == 2.0
+    assert total["memory"] > 0
+    assert any(k.startswith("node:") and v == 1.0 for k, v in total.items())
+    assert all(isinstance(v, float) for v in total.values())
+
+
+def test_available_resources_drop_while_a_task_holds_a_cpu_then_come_back(ray, tmp_path):
+    import realcluster
+
+    mark, wait_for = realcluster.file_signals()
+
+    @ray.remote
+    def hold(directory):
+        mark(directory, "started")
+        return wait_for(directory, "go", 60)
+
+    held = hold.remote(str(tmp_path))
+    wait_until(lambda: (tmp_path / "started").exists(), "the task started", HANG)
+    assert ray.available_resources().get("CPU", 0.0) <= 1.0
+    mark(str(tmp_path), "go")
+    assert ray.get(held, timeout=HANG) is True
+    wait_until(lambda: ray.available_resources().get("CPU") == 2.0, "the CPU is free", HANG)
+
+
+def test_nodes_lists_each_node_with_rays_keys(ray):
+    found = ray.nodes()
+    assert found
+    for node in found:
+        assert node["Alive"] is True and node["alive"] is True
+        assert isinstance(node["NodeManagerAddress"], str) and node["NodeManagerAddress"]
+        assert isinstance(node["NodeID"], str)
+        assert node["Resources"]["CPU"] >= 1.0
+    assert sum(n["Resources"]["CPU"] for n in found) == 2.0
+
+
+def test_get_gpu_ids_is_empty_without_gpus_in_the_driver_and_in_tasks(ray):
+    @ray.remote
+    def gpus():
+        return ray.get_gpu_ids()
+
+    assert ray.get_gpu_ids() == []
+    assert ray.get(gpus.remote(), timeout=HANG) == []
