@@ -287,11 +287,9 @@ def _spinning_task(ray, *, ignore_interrupt=False):
     def spin(directory):
         import time
 
+        mark(directory, "started")
         deadline = time.monotonic() + HANG
         try:
-            # Inside the try: the test cancels as soon as the file exists, which may be before
-            # mark() has returned.
-            mark(directory, "started")
             while time.monotonic() < deadline:  # pure Python: interruptible at any bytecode
                 pass
         except KeyboardInterrupt:
