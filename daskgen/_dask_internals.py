@@ -909,11 +909,6 @@ def scheduler_workers(scheduler: Scheduler) -> list[str]:
     return list(scheduler.workers)
 
 
-def scheduler_worker_resources(scheduler: Scheduler) -> dict[str, dict[str, float]]:
-    """Each worker's address -> the resources it declares (``dask worker --resources``)."""
-    return {address: dict(ws.resources) for address, ws in scheduler.workers.items()}
-
-
 def scheduler_key_restrictions(scheduler: Scheduler, key: Key) -> set[str]:
     """The workers the task ``key`` may run on (empty: any, or no such task)."""
     ts = scheduler.tasks.get(key)
@@ -921,7 +916,9 @@ def scheduler_key_restrictions(scheduler: Scheduler, key: Key) -> set[str]:
 
 
 def scheduler_worker_states(scheduler: Scheduler) -> list[dict[str, Any]]:
-    """What the scheduler knows of each worker that cluster introspection reports."""
+    """What the scheduler knows of each worker that actor placement and cluster introspection
+    use: its resources (declared with ``dask worker --resources``, and in use), threads and
+    tasks running or assigned there."""
     return [
         {
             "address": address,
@@ -935,11 +932,6 @@ def scheduler_worker_states(scheduler: Scheduler) -> list[dict[str, Any]]:
         }
         for address, ws in scheduler.workers.items()
     ]
-
-
-def scheduler_worker_busy(scheduler: Scheduler) -> dict[str, float]:
-    """Each worker's address -> its tasks running or assigned, per thread (1.0: all busy)."""
-    return {a: len(ws.processing) / max(ws.nthreads, 1) for a, ws in scheduler.workers.items()}
 
 
 def scheduler_restrict(

@@ -194,8 +194,7 @@ def validate(options: dict[str, Any], *, kind: str = "remote functions") -> dict
     checks = {**_CHECKS, **_ACTOR_CHECKS} if actors else _CHECKS
     if actors:
         checks = {k: c for k, c in checks.items() if k not in TASK_ONLY_OPTIONS}
-    valid = sorted([*checks, *IGNORED] + (list(ACTOR_OPTIONS) if actors else []))
-    valid = sorted(set(valid))
+    valid = sorted({*checks, *IGNORED, *(ACTOR_OPTIONS if actors else ())})
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key in IGNORED:

@@ -119,9 +119,7 @@ def send(client: Client, msg: dict[str, Any]) -> None:
         dx.client_send(client, msg)
         return
     if client.scheduler_comm is not None and served_by_worker(client):
-        with _served_lock:
-            _served[client] = client.scheduler_comm
-        dx.client_send(client, {"op": CLIENT_OP})
+        served(client)
         dx.client_send(client, msg)
         return
     with _served_lock:
@@ -133,7 +131,7 @@ def send(client: Client, msg: dict[str, Any]) -> None:
 
 
 def served(client: Client) -> None:
-    """On the client's loop: daskgen's plugin serves the current connection; send what waited."""
+    """Daskgen's plugin serves the current connection (any thread): send what waited."""
     with _served_lock:
         _served[client] = client.scheduler_comm
         held = _held.pop(client, [])

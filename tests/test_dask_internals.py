@@ -520,7 +520,9 @@ def test_a_worker_is_held_paused_and_its_status_reports_deferred(inproc):
 def test_tasks_are_restricted_to_workers_queued_running_or_stuck(inproc):
     client, scheduler, worker = inproc
     assert dx.scheduler_workers(scheduler) == [worker.address]
-    assert dx.scheduler_worker_resources(scheduler) == {worker.address: {"CPU": 2}}
+    assert {w["address"]: w["resources"] for w in dx.scheduler_worker_states(scheduler)} == {
+        worker.address: {"CPU": 2}
+    }
     _has(next(iter(scheduler.workers.values())), "resources")
 
     running, event = _blocked_task(client, "daskgen-test-restrict")
@@ -532,7 +534,8 @@ def test_tasks_are_restricted_to_workers_queued_running_or_stuck(inproc):
     def restrict(keys, workers):
         return _call(client, dx.scheduler_restrict, scheduler, keys, workers)
 
-    assert dx.scheduler_worker_busy(scheduler) == {worker.address: 0.5}  # 1 of 2 threads
+    (state,) = dx.scheduler_worker_states(scheduler)
+    assert state["processing"] / state["nthreads"] == 0.5  # 1 of 2 threads busy
     # A running task keeps running, restricted for any re-run.
     assert restrict([running.key], [worker.address]) == []
     assert scheduler.tasks[running.key].worker_restrictions == {worker.address}

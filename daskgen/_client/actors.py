@@ -496,7 +496,7 @@ class ActorMethod:
             "owner": owner_of_new_calls(client),
             "group": self._options.get("concurrency_group"),
         }
-        waits = _arguments_to_wait_for(client, deps, lent, where(h))
+        waits = _arguments_to_wait_for(client, deps, lent, ch.address)
         msg["wait"] = bool(waits)
         out, on_failed = _call_result(client, key, mode, n, backpressure, lent, ch)
         tries = h._config.get("max_task_retries")

@@ -163,17 +163,18 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         creation to one of them); ``busy``, their tasks per thread, and ``actors``, the actors
         each hosts (the client prefers a worker with a free thread, then the fewest actors);
         ``lacking``, the workers that cannot run daskgen's tasks and what they have."""
-        skip = self.lacking.keys() | self.probing
-        every = dx.scheduler_worker_resources(self.scheduler)
-        able = {w: resources for w, resources in every.items() if w not in skip}
-        busy = dx.scheduler_worker_busy(self.scheduler)
+        able = [w for w in dx.scheduler_worker_states(self.scheduler) if self._able(w["address"])]
         return {
-            "able": able,
-            "busy": {w: busy.get(w, 0.0) for w in able},
-            "actors": {w: len(self.actors.get(w, ())) for w in able},
+            "able": {w["address"]: w["resources"] for w in able},
+            "busy": {w["address"]: w["processing"] / max(w["nthreads"], 1) for w in able},
+            "actors": {w["address"]: len(self.actors.get(w["address"], ())) for w in able},
             "lacking": dict(self.lacking),
             "probing": sorted(self.probing),
         }
+
+    def _able(self, worker: str) -> bool:
+        """Whether ``worker`` is known to run daskgen's tasks (asked, and it has daskgen)."""
+        return worker not in self.lacking and worker not in self.probing
 
     def on_publish(self, worker: str, task: str, caller: str, items: list, **_: Any) -> None:
         try:
@@ -570,11 +571,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         entry = self.restartable.get(actor)
         s = self.scheduler
         if entry is not None and entry[1] != 0 and dx.scheduler_key_state(s, entry[0]):
-            able = [
-                w
-                for w in dx.scheduler_workers(s)
-                if w not in self.lacking and w not in self.probing and w != worker
-            ]
+            able = [w for w in dx.scheduler_workers(s) if self._able(w) and w != worker]
             if able:
                 new = min(able, key=lambda w: (len(self.actors.get(w, ())), w))
                 self._restart_on(actor, entry, new, reason)
