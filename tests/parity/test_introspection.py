@@ -7,8 +7,10 @@ from realcluster import HANG, wait_until
 
 
 def test_cluster_resources_count_the_cpus_memory_and_nodes(ray):
+    # A worker that an earlier test's actor killed is back within seconds (its nanny restarts
+    # it); until then Dask, unlike Ray, really has one CPU fewer: bounded polling.
+    wait_until(lambda: ray.cluster_resources().get("CPU") == 2.0, "both CPUs are listed", HANG)
     total = ray.cluster_resources()
-    assert total["CPU"] == 2.0
     assert total["memory"] > 0
     assert any(k.startswith("node:") and v == 1.0 for k, v in total.items())
     assert all(isinstance(v, float) for v in total.values())
