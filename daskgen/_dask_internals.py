@@ -216,11 +216,16 @@ def on_client_loop(client: Client, fn: Callable[..., Any], *args: Any) -> None:
 
 def on_loop_thread(client: Client) -> bool:
     """Whether this thread runs the client's event loop (where waiting for it deadlocks)."""
+    return on_loop_of(client.loop)
+
+
+def on_loop_of(loop: Any) -> bool:
+    """Whether this thread runs ``loop`` (a Tornado loop of Dask's, as ``Worker.loop``)."""
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    return getattr(client.loop, "asyncio_loop", None) is running
+    return getattr(loop, "asyncio_loop", None) is running
 
 
 def key_token(key: Key) -> str:

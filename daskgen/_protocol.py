@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,3 +248,49 @@ class GenOutcome:
     def keys(self) -> list[tuple[str, int]]:
         prefix = yield_prefix(self.task)
         return [(prefix, i) for i in range(self.count)]
+
+
+# ------------------------------------------------------------------ the actor wire's framing
+
+_WIRE_HEADER = struct.Struct("!Q")
+WIRE_TOKEN_BYTES = 32
+WIRE_READ_BYTES = 1 << 18
+# A result that cannot be written within this many seconds (the caller stopped reading) closes
+# its connection: the caller sees its calls fail, the worker's loop is never held longer.
+WIRE_WRITE_TIMEOUT_S = 10.0
+
+
+def wire_socket(sock: Any) -> None:
+    """Set up a socket of the actor wire: no Nagle delay, and blocking, with the kernel
+    bounding each write (``SO_SNDTIMEO``) rather than Python (a Python timeout makes every
+    send and receive poll first: two system calls, each giving up and taking back the GIL)."""
+    import socket
+
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    seconds = int(WIRE_WRITE_TIMEOUT_S)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
+
+
+def wire_frame(msgs: list[dict[str, Any]]) -> bytes:
+    """Messages as one frame of the actor wire (``_worker.actor_wire``)."""
+    payload = pickle.dumps(msgs, protocol=5)
+    return _WIRE_HEADER.pack(len(payload)) + payload
+
+
+def cut_frames(buf: bytearray) -> list[list[dict[str, Any]]]:
+    """The whole frames at the start of ``buf``, removed from it (the rest waits for more)."""
+    out = []
+    start = 0
+    with memoryview(buf) as view:
+        while len(buf) - start >= _WIRE_HEADER.size:
+            (size,) = _WIRE_HEADER.unpack_from(buf, start)
+            end = start + _WIRE_HEADER.size + size
+            if end > len(buf):
+                break
+            with view[start + _WIRE_HEADER.size : end] as payload:
+                out.append(pickle.loads(payload))
+            start = end
+    if start:
+        del buf[:start]
+    return out

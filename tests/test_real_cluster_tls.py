@@ -117,6 +117,30 @@ def test_a_task_inside_a_task_runs_over_tls(dg, tls_cluster, certs):
     assert dg.get(outer.remote(1), timeout=HANG) == 2
 
 
+def test_actor_calls_run_over_tls_on_dasks_comm_layer(dg, tls_cluster, certs):
+    """A TLS cluster's workers offer no actor wire (it is plain TCP): calls, in order, and a
+    generator method, go over Dask's comm layer, encrypted as the rest."""
+    from daskgen._worker.actor_host import install
+
+    @daskgen.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+        def upto(self, n):
+            yield from range(n)
+
+    dg.init(address=tls_cluster.address, security=certs.security())
+    counter = Counter.remote()
+    assert dg.get([counter.add.remote(1) for _ in range(50)], timeout=HANG) == list(range(1, 51))
+    assert [dg.get(r, timeout=HANG) for r in counter.upto.remote(3)] == [0, 1, 2]
+    assert set(dg.get_client().run(install).values()) == {None}
+
+
 def _refused(dg, address, **kwargs):
     start = time.monotonic()
     with pytest.raises(Exception) as exc_info:

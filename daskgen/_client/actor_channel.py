@@ -3,6 +3,12 @@ to the actors on that worker, and the results coming back. Runs in the caller's 
 driver, or a worker whose task calls actors); ``_worker.actor_host`` is the other half and
 documents the messages.
 
+The connection is the actor wire (``actor_wire``: calls written from the calling thread, results
+read by a thread of its own, which hands a small result straight to a ``get`` waiting in another
+thread) when the worker offers one and it can be reached; otherwise Dask's comm layer (a
+``BatchedSend``, read on the client's loop). Either way, what a reply changes (the ref's future,
+the pending calls) is changed on the client's loop.
+
 A direct call's ref is an ``ObjectRef`` like any other, on a key the scheduler does not know
 until it must: the connection owns it (``_objects.promotion``). Its small result comes inline
 on the connection; dropping the ref sends ``release`` to the host instead of the scheduler; and
@@ -23,10 +29,12 @@ from distributed.comm import CommClosedError, connect
 
 from .. import _dask_internals as dx
 from .._objects import promotion
-from .._objects.refs import deliver_result
+from .._objects.refs import deliver_result, early_result, has_result
 from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, as_key
+from .._waiting import wakes
 from .._worker.actor_host import install
 from ..exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
+from .actor_wire import WireLink
 
 logger = logging.getLogger("daskgen")
 
@@ -106,6 +114,57 @@ def channel(client: Client, address: str) -> Channel:
         return ch
 
 
+def close_channels(client: Client) -> None:
+    """The session ends: close ``client``'s actor connections (a wire's socket and thread
+    too), so that nothing of this caller is left on the workers."""
+    with _channels_lock:
+        mine = [k for k in _channels if k[0] == id(client)]
+        closing = [_channels.pop(k) for k in mine]
+    for ch in closing:
+        with ch._send_lock, ch._lock:
+            ch.closed = True
+            ch.failure = ActorDiedError("The actor is unreachable: daskgen was shut down.")
+            link, ch._link = ch._link, None
+        if link is not None:
+            link.close()
+        ch._wake(list(ch._waiters))
+
+
+class _DaskLink:
+    """A channel's connection over Dask's comm layer: messages from any thread go, in order,
+    through the client's loop to a ``BatchedSend``."""
+
+    def __init__(self, client: Client, comm: Any) -> None:
+        self.client = client
+        self.batched = dx.batched_send(comm, SEND_INTERVAL)
+
+    def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        try:
+            dx.on_client_loop(self.client, self._send, msgs)
+        except Exception:  # the client is closing: its calls end with it
+            pass
+
+    def _send(self, msgs: list[dict[str, Any]]) -> None:
+        try:
+            for msg in msgs:
+                self.batched.send(msg)
+        except CommClosedError:
+            pass  # the reader sees the connection closed and fails the calls on it
+
+    def close(self) -> None:
+        self.batched.abort()
+
+
+class _Waiter:
+    """A thread in ``get`` waiting for the results of some direct calls (``wait_settled``)."""
+
+    __slots__ = ("left", "event")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.event = threading.Event()
+
+
 class Channel:
     """Calls to the actors of one worker, and their results (see the module's docstring)."""
 
@@ -116,10 +175,15 @@ class Channel:
         self.pending: dict[Key, tuple[str, Callable[[Any], None] | None]] = {}
         self.closed = False
         self.failure: BaseException | None = None
-        self._outbox: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._batched: Any = None
+        self._outbox: list[dict[str, Any]] = []  # sent before the connection was open
+        self._lock = threading.Lock()  # pending calls and waiters (never held across I/O)
+        self._send_lock = threading.Lock()  # the order of messages from any thread
+        self._link: WireLink | _DaskLink | None = None
         self._connecting = False
+        self._waiters: dict[Key, list[_Waiter]] = {}
+        # Results the wire's reader took out of ``pending`` (get may return them at once),
+        # still to be delivered on the client's loop.
+        self._arrived: dict[Key, tuple[str, Callable[[Any], None] | None]] = {}
 
     def pending_for(self, actor: str) -> int:
         """Calls to ``actor`` sent on this channel without their result yet."""
@@ -149,28 +213,26 @@ class Channel:
         self.send(msg)
 
     def send(self, msg: dict[str, Any]) -> None:
-        with self._lock:
+        """Send ``msg`` (any thread): on the wire, written by this very thread."""
+        with self._send_lock:
             if self.closed:
+                return
+            if self._link is not None:
+                self._link.send_many([msg])
                 return
             self._outbox.append(msg)
             first = len(self._outbox) == 1
         if first:
             try:
-                dx.on_client_loop(self.client, self._flush)
+                dx.on_client_loop(self.client, self._open)
             except Exception:  # the client is closing: its calls end with it
                 pass
 
-    def _flush(self) -> None:
-        """On the client's loop: hand the queued messages to the connection, opening it once."""
-        if self._batched is None:
-            if not self._connecting:
-                self._connecting = True
-                asyncio.ensure_future(self._connect())
-            return
-        with self._lock:
-            msgs, self._outbox = self._outbox, []
-        for msg in msgs:
-            self._batched.send(msg)
+    def _open(self) -> None:
+        """On the client's loop: open the connection once (the outbox goes when it is)."""
+        if self._link is None and not self._connecting:
+            self._connecting = True
+            asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -191,12 +253,16 @@ class Channel:
         try:
             # The handler is registered by the actor's creation task; registering it here too
             # (idempotent) means a caller never races a creation still under way.
-            await self.client.run(
+            contacts = await self.client.run(
                 install, workers=[self.address], on_error="raise", asynchronous=True
             )
-            comm = await connect(self.address, **self.client.connection_args)
-            comm.name = "daskgen->actors"
-            await comm.write({"op": ACTOR_STREAM_OP, "client": self.client.id, "reply": False})
+            link = await self._open_wire(contacts.get(self.address))
+            if link is None:
+                comm = await connect(self.address, **self.client.connection_args)
+                comm.name = "daskgen->actors"
+                await comm.write({"op": ACTOR_STREAM_OP, "client": self.client.id, "reply": False})
+                link = _DaskLink(self.client, comm)
+                asyncio.ensure_future(self._read(comm))
         except Exception as exc:
             self._lost(
                 ActorDiedError(
@@ -205,36 +271,97 @@ class Channel:
                 )
             )
             return
-        self._batched = dx.batched_send(comm, SEND_INTERVAL)
-        self._connecting = False
-        self._flush()
-        asyncio.ensure_future(self._read(comm))
+        with self._send_lock:
+            self._connecting = False
+            if self.closed:
+                link.close()
+                return
+            self._link = link
+            msgs, self._outbox = self._outbox, []
+            if msgs:
+                link.send_many(msgs)
+
+    async def _open_wire(self, contact: Any) -> WireLink | None:
+        """The actor wire to the worker, if it offers one and it answers (else None: Dask's
+        comm layer carries the calls)."""
+        if contact is None:
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, WireLink, contact, self.client.id, self._on_wire_replies, self._on_wire_end
+            )
+        except OSError as exc:
+            logger.warning(
+                "daskgen: the actor wire of %s (port %s) cannot be reached (%r); actor calls "
+                "to it take Dask's comm layer",
+                self.address,
+                contact[1],
+                exc,
+            )
+            return None
 
     # -- receiving (on the client's loop) -----------------------------------------------------
 
     async def _read(self, comm: Any) -> None:
+        """Dask's comm: read the replies on the client's loop."""
         try:
             while True:
-                for msg in await comm.read():
-                    self._on_reply(msg)
+                self._on_replies(await comm.read())
         except (CommClosedError, OSError):
             pass
         except Exception:
             logger.exception("daskgen: bad reply on the actor connection to %s", self.address)
-        self._lost(
-            ActorDiedError(
-                "The actor died unexpectedly before finishing this task.\n"
-                f"The actor is dead because its worker {self.address} closed the connection "
-                "(it left the cluster, or its process died)."
-            )
+        self._lost(self._closed_error())
+
+    def _closed_error(self) -> ActorDiedError:
+        return ActorDiedError(
+            "The actor died unexpectedly before finishing this task.\n"
+            f"The actor is dead because its worker {self.address} closed the connection "
+            "(it left the cluster, or its process died)."
         )
+
+    def _on_wire_replies(self, msgs: list[dict[str, Any]]) -> None:
+        """The wire's reader thread: small results go straight to the threads waiting in
+        ``get`` for them; the rest of each reply is handled on the client's loop."""
+        arrived = []
+        with self._lock:
+            for msg in msgs:
+                if msg["op"] == "result":
+                    key = as_key(msg["key"])
+                    entry = self.pending.pop(key, None)
+                    if entry is not None:
+                        self._arrived[key] = entry
+                        early_result(key, msg["blob"])
+                        arrived.append(key)
+        if arrived:
+            self._wake(arrived)
+        try:
+            dx.on_client_loop(self.client, self._on_replies, msgs)
+        except Exception:  # the client is closing: its calls end with it
+            pass
+
+    def _on_wire_end(self, error: BaseException | None) -> None:
+        """The wire's reader thread: the connection ended."""
+        if self.closed:
+            return  # closed from this side (_lost)
+        if error is not None:
+            logger.error("daskgen: bad reply on the actor wire to %s: %r", self.address, error)
+        try:
+            dx.on_client_loop(self.client, self._lost, self._closed_error())
+        except Exception:  # the client is closing: nothing waits for its loop any more
+            self._wake(list(self._waiters))
+
+    def _on_replies(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
+            self._on_reply(msg)
+        self._wake([as_key(msg["key"]) for msg in msgs])
 
     def _on_reply(self, msg: dict[str, Any]) -> None:
         key = as_key(msg["key"])
         if retries:
             retries.pop(key, None)
         if msg["op"] == "result":
-            if self.pending.pop(key, None) is None:
+            if self.pending.pop(key, None) is None and self._arrived.pop(key, None) is None:
                 return  # it failed already (its actor died), or its ref was dropped
             deliver_result(self.client, key, msg["blob"])
         elif msg["op"] == "failed":  # a generator call that ended without its outcome
@@ -247,23 +374,66 @@ class Channel:
     def completed(self, key: Key) -> None:
         """The scheduler announced ``key`` (published by the host): it is a real key now."""
         self.pending.pop(key, None)
+        self._arrived.pop(key, None)
         retries.pop(key, None)
+        self._wake([key])
 
     def released(self, key: Key) -> None:
         """The caller dropped the ref of ``key`` (the host is told by the release message)."""
         self.pending.pop(key, None)
+        self._arrived.pop(key, None)
         retries.pop(key, None)
+
+    # -- waiting in a thread ------------------------------------------------------------------
+
+    def wait_settled(self, keys: list[Key], timeout: float | None) -> bool:
+        """Block this thread until each of ``keys`` (calls on this channel) has its result
+        or has failed, or ``timeout`` s passed (False). Cut short by an interrupt of the task
+        this thread runs (``_waiting.wakes``); the caller then looks at the refs as usual."""
+        with self._lock:
+            left = [k for k in keys if k in self.pending and not has_result(k)]
+            if not left:
+                return True
+            waiter = _Waiter(len(left))
+            for key in left:
+                self._waiters.setdefault(key, []).append(waiter)
+        try:
+            with wakes(waiter.event.set):
+                return waiter.event.wait(timeout)
+        finally:
+            with self._lock:
+                for key in left:
+                    waiting = self._waiters.get(key)
+                    if waiting is not None and waiter in waiting:
+                        waiting.remove(waiter)
+                        if not waiting:
+                            del self._waiters[key]
+
+    def _wake(self, keys: list[Key]) -> None:
+        """``keys`` have their result or failed (any thread): wake who waits for them."""
+        if not self._waiters:
+            return
+        with self._lock:
+            for key in keys:
+                for waiter in self._waiters.pop(key, ()):
+                    waiter.left -= 1
+                    if waiter.left <= 0:
+                        waiter.event.set()
 
     def _fail(self, key: Key, on_failed: Callable[[Any], None] | None, error: Any) -> None:
         _fail_key(self.client, key, on_failed, error)
+        self._wake([key])
 
     def _lost(self, error: BaseException) -> None:
         """The connection is gone: every call on it without a result fails with ``error``."""
-        with self._lock:
+        with self._send_lock, self._lock:
             self.closed = True
             self.failure = error
             pending, self.pending = self.pending, {}
             self._outbox.clear()
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
         with _channels_lock:
             if _channels.get((id(self.client), self.address)) is self:
                 del _channels[(id(self.client), self.address)]
@@ -275,6 +445,7 @@ class Channel:
             else:
                 self._fail(key, on_failed, error)
         promotion.owner_lost(self, error)
+        self._wake(list(self._waiters))  # those not failed above (retried later) look again
 
     def fail_actor(self, actor: str, error: BaseException) -> None:
         """The actor died (the scheduler says so, or it was killed): its calls without a
@@ -284,6 +455,7 @@ class Channel:
             if isinstance(error, ActorUnavailableError) and _retry_later(
                 self, key, actor, on_failed
             ):
+                self._wake([key])  # a get waiting for it waits for the retry instead
                 continue
             self._fail(key, on_failed, error)
 

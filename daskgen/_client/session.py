@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import sys
 import threading
+import traceback
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from .._cluster.embedded import start_cluster, tune, untune
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
 from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from .actor_channel import close_channels
 from .actors import on_actor_died
 from .install import check_cluster, install
 from .output import forward_to
@@ -102,7 +105,7 @@ def init(
                 raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
             session = _Session(client, None, owns_client=False)
         elif address is not None:
-            session = _Session(Client(address, **cluster_kwargs), None, owns_client=True)
+            session = _Session(_connect(address, cluster_kwargs), None, owns_client=True)
         else:
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
         session.log_to_driver = log_to_driver
@@ -183,6 +186,21 @@ def worker_resources(refresh: bool = False) -> list[dict[str, float]]:
     return [dict(r) for r in session.resources]
 
 
+def _connect(address: str, kwargs: dict[str, Any]) -> Client:
+    """A Dask client of the cluster at ``address``.
+
+    One that is refused is left half-made, and Dask's ``Client.__del__`` closes it whenever it
+    is collected: run inside another client's start (which holds Dask's class-wide
+    ``LoopRunner`` lock), that close deadlocks the process. So it is collected here, at once.
+    """
+    try:
+        return Client(address, **kwargs)
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # the half-made client in Client.__init__
+        gc.collect()
+        raise
+
+
 def shutdown() -> None:
     """Disconnect; stop the embedded cluster if daskgen started it. Safe to call twice."""
     with _lock:
@@ -192,6 +210,7 @@ def shutdown() -> None:
 
 
 def _close(session: _Session) -> None:
+    close_channels(session.client)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if session.owns_client:

@@ -224,6 +224,22 @@ def on_result_message(key: Key, blob: bytes, **_: Any) -> None:
         cell.arrive(blob)
 
 
+def early_result(key: Key, blob: bytes) -> bool:
+    """A direct call's small result, read by the actor wire's thread: ``get`` may take it at
+    once; ``deliver_result`` follows on the client's loop. False if nobody holds the ref."""
+    cell = _result_cells.get(key)
+    if cell is None:
+        return False
+    cell.blob = blob
+    return True
+
+
+def has_result(key: Key) -> bool:
+    """Whether the small result of ``key`` is here already."""
+    cell = _result_cells.get(key)
+    return cell is not None and cell.blob is not None
+
+
 def deliver_result(client: Client, key: Key, blob: bytes | None) -> None:
     """A result that came on its own (a direct actor call's): the value, if it came inline,
     and the ref's future marked finished (on the client's loop)."""

@@ -22,6 +22,7 @@ from .._protocol import ErrorValue, GenOutcome, Put
 from .._waiting import blocking
 from .._waiting import sync as interruptible_sync
 from ..exceptions import GetTimeoutError, TaskCancelledError, fresh, translate
+from . import promotion
 from . import refs as _refs
 from .generators import outcome_value
 from .refs import ObjectRef
@@ -34,6 +35,14 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
     if not remote:
         return out
     with blocking():
+        if _wait_direct(refs, remote, timeout):
+            remote = _take_inline(refs, remote, out)
+            if not remote:
+                return out
+        else:
+            raise GetTimeoutError(
+                f"Get timed out after {timeout} s: {len(remote)} value(s) not ready."
+            )
         pending = [refs[i] for i in remote]
         failed = next((r._future for r in pending if failed_future(r._future)), None)
         if failed is None and not all(r._is_done() for r in pending):
@@ -67,6 +76,20 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
     for i, value in zip(rest, values, strict=True):
         out[i] = unwrap(value)
     return out
+
+
+def _wait_direct(refs: list[ObjectRef], indices: list[int], timeout: float | None) -> bool:
+    """Refs that are all direct actor calls on one connection: wait in this thread for their
+    results, which the connection's reader hands over without a turn of the client's loop.
+    False if ``timeout`` s passed; True otherwise (also when this does not apply)."""
+    owner = promotion.owner_of(refs[indices[0]].key)
+    wait_settled = getattr(owner, "wait_settled", None)
+    if wait_settled is None or timeout == 0:
+        return True
+    keys = [refs[i].key for i in indices]
+    if any(promotion.owner_of(key) is not owner for key in keys):
+        return True
+    return bool(wait_settled(keys, timeout))
 
 
 def _get_one(ref: ObjectRef) -> Any:

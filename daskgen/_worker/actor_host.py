@@ -4,9 +4,11 @@ caller's half; ``_client.actors`` the API).
 
 How a call travels
 ------------------
-* Each caller process opens one connection to each worker hosting its actors, to the
-  ``daskgen_actor_stream`` handler :func:`install` registers on the worker (Dask's comm layer),
-  and sends batches of messages on it (``BatchedSend``):
+* Each caller process opens one connection to each worker hosting its actors: the actor wire
+  (``actor_wire``: a plain socket, the caller's thread writes calls and an actor's thread its
+  result, no event-loop hop on the way) where the worker is on ``tcp://``, otherwise the
+  ``daskgen_actor_stream`` handler :func:`install` registers on the worker (Dask's comm layer,
+  batches of messages on a ``BatchedSend``). Both carry the same messages:
 
   - ``call`` {actor, key, method, packed, deps, mode, n, backpressure}: run a method;
   - ``cancel`` {key}; ``release`` {keys}: results the caller dropped before passing them on;
@@ -42,6 +44,7 @@ import inspect
 import logging
 import pickle
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +67,7 @@ from .._protocol import (
 )
 from .._runtime import current_actor, current_call
 from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
+from . import actor_wire
 from .output import origin_for, task_origin
 from .publish import Producer, _producers, inline_bytes
 from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
@@ -82,13 +86,27 @@ _calls: dict[Key, HostedCall] = {}  # calls not finished yet, for cancel
 # ----------------------------------------------------------------------------- the connection
 
 
-def install(dask_worker: Any) -> bool:
-    """Register the actor-stream handler on the worker (on its loop; idempotent). Run by the
-    creation task, and by ``Client.run`` from a caller before it connects."""
+_wires: weakref.WeakKeyDictionary[Any, actor_wire.WireServer] = weakref.WeakKeyDictionary()
+
+
+def install(dask_worker: Any) -> tuple[str, int, bytes] | None:
+    """Register the actor-stream handler on the worker and open its actor wire (on its loop;
+    idempotent). Run by the creation task, and by ``Client.run`` from a caller before it
+    connects, which gets where the wire listens (None: Dask's comm layer only)."""
     if not dx.worker_has_handler(dask_worker, ACTOR_STREAM_OP):
         dx.worker_add_handler(dask_worker, ACTOR_STREAM_OP, _Server(dask_worker).serve)
         dx.worker_add_stream_handler(dask_worker, ACTOR_END_OP, _on_unreferenced)
-    return True
+    wire = _wires.get(dask_worker)
+    if wire is None and str(dask_worker.address).startswith("tcp://"):
+        try:
+            wire = _wires[dask_worker] = actor_wire.WireServer(dask_worker, _caller_stream)
+        except OSError as exc:  # no port to be had: callers keep to Dask's comm layer
+            logger.warning("daskgen: no actor wire on %s: %r", dask_worker.address, exc)
+    return wire.contact() if wire is not None else None
+
+
+def _caller_stream(connection: Any, worker: Any, client: str) -> CallerStream:
+    return CallerStream(connection, client, worker)
 
 
 def _on_unreferenced(actor: str, **_: Any) -> None:
@@ -105,7 +123,7 @@ class _Server:
 
     async def serve(self, comm: Any, client: str, **_: Any) -> None:
         """One caller process's connection: read its batches until it closes."""
-        stream = CallerStream(comm, client, self.worker)
+        stream = CallerStream(_DaskReplies(comm, self.worker), client, self.worker)
         try:
             while True:
                 batch = await comm.read()
@@ -117,13 +135,40 @@ class _Server:
             stream.closed()
 
 
-class CallerStream:
-    """One caller process, as this worker sees it (on the worker's loop)."""
+class _DaskReplies:
+    """Replies on a Dask comm (``BatchedSend``), from any thread."""
 
-    def __init__(self, comm: Any, client: str, worker: Any) -> None:
+    direct = False  # an actor's thread does not write results itself
+
+    def __init__(self, comm: Any, worker: Any) -> None:
+        self.batched = dx.batched_send(comm, REPLY_INTERVAL)
+        self.loop = worker.loop
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if dx.on_loop_of(self.loop):
+            self.batched.send(msg)
+        else:
+            self.loop.add_callback(self._send, msg)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.batched.send(msg)
+        except CommClosedError:
+            pass
+
+    def abort(self) -> None:
+        self.batched.abort()
+
+
+class CallerStream:
+    """One caller process, as this worker sees it (on the worker's loop; ``send`` from any
+    thread). ``replies``: the connection back, an actor wire or a Dask comm."""
+
+    def __init__(self, replies: Any, client: str, worker: Any) -> None:
         self.client = client
         self.worker = worker
-        self.replies = dx.batched_send(comm, REPLY_INTERVAL)
+        self.replies = replies
+        self.direct: bool = replies.direct  # results go back from the actor's thread
         self.held: set[Key] = set()  # results stored here, not promoted, not released
         self.open = True
 
@@ -537,19 +582,31 @@ class ActorHost:
     def _finished(self, call: HostedCall, value: Any) -> None:
         """From the actor's thread or loop: hand the result to the worker's loop."""
         blob = inline_bytes(value)  # pickled here, off the worker's loop
+        # On the actor wire a small result goes back from this thread at once; it is stored
+        # by _deliver, queued before it leaves, so whatever the caller says about it next
+        # (release, promote) is handled after the store.
+        direct = (
+            call.stream.direct
+            and blob is not None
+            and call.mode == "plain"
+            and call.wanted
+            and not call.promote
+        )
         with self._done_lock:
-            self._done.append((call, value, blob))
+            self._done.append((call, value, blob, direct))
             first = len(self._done) == 1
         if first:
             self.worker.loop.add_callback(self._deliver)
+        if direct:
+            call.stream.send({"op": "result", "key": call.key, "blob": blob})
 
     def _deliver(self) -> None:
         with self._done_lock:
             done, self._done = self._done, []
         stored = dx.worker_store(
-            self.worker, {c.key: value for c, value, _ in done if c.wanted and c.stream.open}
+            self.worker, {c.key: value for c, value, _, _ in done if c.wanted and c.stream.open}
         )
-        for call, value, blob in done:
+        for call, value, blob, sent in done:
             call.state = "done"
             call.finished.set()
             _calls.pop(call.key, None)
@@ -557,8 +614,9 @@ class ActorHost:
                 continue  # the caller dropped it, or left
             if blob is not None and not call.promote:
                 call.stream.held.add(call.key)
-                call.stream.send({"op": "result", "key": call.key, "blob": blob})
-            else:
+                if not sent:
+                    call.stream.send({"op": "result", "key": call.key, "blob": blob})
+            else:  # to publish (also if the caller passed the ref on while its result flew)
                 publish_value(self.worker, call.stream.client, call.key, value, blob)
         if self.unreferenced:
             self.maybe_end()

@@ -1,0 +1,83 @@
+"""The caller's end of the actor wire (``_worker.actor_wire`` says why it exists and what it
+carries): calls are written from the thread that makes them, and a thread of the link's own
+reads the results, so a sequential call (``get`` after each) crosses no event loop here.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._protocol import WIRE_READ_BYTES, cut_frames, wire_frame, wire_socket
+
+CONNECT_TIMEOUT_S = 5.0  # a port that does not answer (a firewall): Dask's comm layer instead
+
+
+class WireLink:
+    """One open wire to a worker. ``on_replies(msgs)`` is called in the link's reader thread
+    for each batch that arrives; ``on_closed(error)`` once, in that thread, when it ends."""
+
+    def __init__(
+        self,
+        contact: tuple[str, int, bytes],
+        client_id: str,
+        on_replies: Callable[[list[dict[str, Any]]], None],
+        on_closed: Callable[[BaseException | None], None],
+    ) -> None:
+        """Connect (blocking, bounded: run it off the client's loop); raises ``OSError``."""
+        host, port, token = contact
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        wire_socket(sock)  # blocking; each write bounded
+        sock.sendall(token + wire_frame([{"client": client_id}]))
+        self.sock = sock
+        self._lock = threading.Lock()
+        self._closed = False
+        self._on_replies = on_replies
+        self._on_closed = on_closed
+        threading.Thread(target=self._read, daemon=True, name="daskgen-actor-wire").start()
+
+    def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        """Write ``msgs`` now (any thread; in order across threads). A failed write ends the
+        link: the reader thread then reports it closed, and the calls on it fail."""
+        data = wire_frame(msgs)
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self._shut()
+
+    def close(self) -> None:
+        with self._lock:
+            self._shut()
+
+    def _shut(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        buf = bytearray()
+        error: BaseException | None = None
+        try:
+            while True:
+                data = self.sock.recv(WIRE_READ_BYTES)
+                if not data:
+                    break
+                buf += data
+                for batch in cut_frames(buf):
+                    self._on_replies(batch)
+        except OSError:
+            pass
+        except Exception as exc:  # a bad frame: the link cannot be trusted any more
+            error = exc
+        with self._lock:
+            self._shut()
+            self.sock.close()
+        self._on_closed(error)
