@@ -22,8 +22,9 @@ Who sends what to whom::
                                       daskgen-actor    <───────────────────── actor made/killed
     <─── daskgen-actor-died           (worker left, actor killed)
 
-    actor calls, straight to the actor's worker (no scheduler hop):
-    daskgen_actor_stream ────────────────────────────────────────────────────> call, cancel,
+    actor calls, straight to the actor's worker (no scheduler hop), on the actor wire
+    (``_worker.actor_wire``), or on TLS clusters the daskgen_actor_stream handler:
+    ─────────────────────────────────────────────────────────────────────────> call, cancel,
     <──────────────────────────────────────────────────────────────────────── result, failed
                                                                                release, promote,
                                                                                ready, consumed

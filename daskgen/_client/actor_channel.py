@@ -155,6 +155,9 @@ class _DaskLink:
         self.batched.abort()
 
 
+_Pending = tuple[str, Callable[[Any], None] | None, Any]
+
+
 class _Waiter:
     """A thread in ``get`` waiting for the results of some direct calls (``wait_settled``)."""
 
@@ -171,8 +174,9 @@ class Channel:
     def __init__(self, client: Client, address: str) -> None:
         self.client = client
         self.address = address
-        # Calls sent without a result yet: key -> (actor, what to tell if it fails).
-        self.pending: dict[Key, tuple[str, Callable[[Any], None] | None]] = {}
+        # Calls sent without a result yet: key -> (actor, what to tell if it fails, what the
+        # call keeps alive until then: its handle's claim on the actor).
+        self.pending: dict[Key, _Pending] = {}
         self.closed = False
         self.failure: BaseException | None = None
         self._outbox: list[dict[str, Any]] = []  # sent before the connection was open
@@ -183,11 +187,11 @@ class Channel:
         self._waiters: dict[Key, list[_Waiter]] = {}
         # Results the wire's reader took out of ``pending`` (get may return them at once),
         # still to be delivered on the client's loop.
-        self._arrived: dict[Key, tuple[str, Callable[[Any], None] | None]] = {}
+        self._arrived: dict[Key, _Pending] = {}
 
     def pending_for(self, actor: str) -> int:
         """Calls to ``actor`` sent on this channel without their result yet."""
-        return sum(1 for a, _ in list(self.pending.values()) if a == actor)
+        return sum(1 for entry in list(self.pending.values()) if entry[0] == actor)
 
     # -- sending (any thread) ----------------------------------------------------------------
 
@@ -197,15 +201,18 @@ class Channel:
         msg: dict[str, Any],
         on_failed: Callable[[Any], None] | None,
         actor: str,
+        keep: Any = None,
     ) -> None:
         """Send a call to ``actor``; its result arrives for ``key``. ``on_failed(error)`` is
-        told if the call ends without a result on the scheduler's path (a generator call)."""
+        told if the call ends without a result on the scheduler's path (a generator call).
+        ``keep`` (the handle's claim on the actor) lives until then: a handle dropped right
+        after a call cannot end the actor before the call reaches it, as in Ray."""
         with self._lock:
             if self.closed:
                 failure = self.failure
             else:
                 failure = None
-                self.pending[key] = (actor, on_failed)
+                self.pending[key] = (actor, on_failed, keep)
                 promotion.own(key, self)  # the scheduler does not know the key yet
         if failure is not None:
             dx.on_client_loop(self.client, self._fail, key, on_failed, failure)
@@ -437,7 +444,7 @@ class Channel:
         with _channels_lock:
             if _channels.get((id(self.client), self.address)) is self:
                 del _channels[(id(self.client), self.address)]
-        for key, (actor, on_failed) in pending.items():
+        for key, (actor, on_failed, _) in pending.items():
             if actor in restartable:
                 if not _retry_later(self, key, actor, on_failed):
                     why = f"its worker {self.address} left"
@@ -450,8 +457,8 @@ class Channel:
     def fail_actor(self, actor: str, error: BaseException) -> None:
         """The actor died (the scheduler says so, or it was killed): its calls without a
         result fail (on the client's loop)."""
-        for key in [k for k, (a, _) in self.pending.items() if a == actor]:
-            _, on_failed = self.pending.pop(key)
+        for key in [k for k, entry in self.pending.items() if entry[0] == actor]:
+            on_failed = self.pending.pop(key)[1]
             if isinstance(error, ActorUnavailableError) and _retry_later(
                 self, key, actor, on_failed
             ):

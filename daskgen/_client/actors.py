@@ -502,7 +502,7 @@ class ActorMethod:
         tries = h._config.get("max_task_retries")
         if tries and h._config.get("max_restarts") and mode == "plain":
             retries[key] = [msg, tries]  # sent again if the actor restarts before it ran
-        ch.call(key, msg, on_failed, h._actor_id)
+        ch.call(key, msg, on_failed, h._actor_id, h._ref)
         if waits:
             _send_when_ready(ch, key, waits)
         return out

@@ -296,6 +296,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             return
         if finish == "forgotten" and key in self.actor_keys:
             self._unreferenced(*self.actor_keys.pop(key))
+        elif finish == "memory" and key in self.actor_keys:
+            # A creation task finished: its actor lives where its result is. Known here before
+            # any caller can reach the actor, which the worker's own "alive" message is not (a
+            # caller may see the actor answer, and kill its worker, before that message left).
+            actor = self.actor_keys[key][0]
+            for worker in dx.scheduler_holders(self.scheduler, key):
+                self.actors.setdefault(worker, set()).add(actor)
         self.tasks.discard(key)
         if key in self.fire_and_forget:
             self.fire_and_forget.discard(key)

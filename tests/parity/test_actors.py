@@ -59,6 +59,14 @@ def test_a_hundred_interleaved_calls_run_in_call_order(ray):
     assert ray.get(refs, timeout=120) == expected
 
 
+def test_a_call_on_a_handle_dropped_at_once_still_runs(ray):
+    """``Cls.remote().method.remote()``: the handle is gone before the call reaches the actor;
+    the call runs (and then the actor ends)."""
+    counter = _counter(ray)
+    refs = [counter.remote(i).incr.remote() for i in range(10)]
+    assert ray.get(refs, timeout=120) == list(range(1, 11))
+
+
 def test_a_method_result_is_a_real_ref_usable_as_a_task_argument(ray):
     counter = _counter(ray).remote(20)
 
