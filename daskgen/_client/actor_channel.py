@@ -263,7 +263,7 @@ class Channel:
             contacts = await self.client.run(
                 install, workers=[self.address], on_error="raise", asynchronous=True
             )
-            link = await self._open_wire(contacts.get(self.address))
+            link: WireLink | _DaskLink | None = await self._open_wire(contacts.get(self.address))
             if link is None:
                 comm = await connect(self.address, **self.client.connection_args)
                 comm.name = "daskgen->actors"
@@ -278,6 +278,7 @@ class Channel:
                 )
             )
             return
+        assert link is not None
         with self._send_lock:
             self._connecting = False
             if self.closed:

@@ -376,7 +376,7 @@ class ActorHost:
         self.callers: set[CallerStream] = set()
         self.unreferenced = False
         self._dispatching = False
-        self._done: list[tuple[HostedCall, Any, bytes | None]] = []
+        self._done: list[tuple[HostedCall, Any, bytes | None, bool]] = []
         self._done_lock = threading.Lock()
         # ``ctx`` (the worker's context, plus the actor id) makes get_worker() and
         # get_runtime_context() work in the actor's own threads.
