@@ -180,6 +180,7 @@ class Channel:
         self.closed = False
         self.failure: BaseException | None = None
         self._outbox: list[dict[str, Any]] = []  # sent before the connection was open
+        self._burst: list[dict[str, Any]] = []  # sent while other calls are in flight (wire)
         self._lock = threading.Lock()  # pending calls and waiters (never held across I/O)
         self._send_lock = threading.Lock()  # the order of messages from any thread
         self._link: WireLink | _DaskLink | None = None
@@ -220,20 +221,40 @@ class Channel:
         self.send(msg)
 
     def send(self, msg: dict[str, Any]) -> None:
-        """Send ``msg`` (any thread): on the wire, written by this very thread."""
+        """Send ``msg`` (any thread). On the wire, a lone call is written by this very thread
+        (no hop: what a sequential caller waits on); while other calls are in flight, the
+        messages sent meanwhile go together in one write from the client's loop (a burst of
+        calls costs one system call per batch, not one per call)."""
         with self._send_lock:
             if self.closed:
                 return
-            if self._link is not None:
-                self._link.send_many([msg])
+            link = self._link
+            if isinstance(link, WireLink):
+                if not self._burst and len(self.pending) <= 1:
+                    link.send_many([msg])
+                    return
+                self._burst.append(msg)
+                if len(self._burst) > 1:
+                    return  # a flush is on its way
+                flush = self._flush_burst
+            elif link is not None:
+                link.send_many([msg])
                 return
-            self._outbox.append(msg)
-            first = len(self._outbox) == 1
-        if first:
-            try:
-                dx.on_client_loop(self.client, self._open)
-            except Exception:  # the client is closing: its calls end with it
-                pass
+            else:
+                self._outbox.append(msg)
+                if len(self._outbox) > 1:
+                    return
+                flush = self._open
+        try:
+            dx.on_client_loop(self.client, flush)
+        except Exception:  # the client is closing: its calls end with it
+            pass
+
+    def _flush_burst(self) -> None:
+        with self._send_lock:
+            msgs, self._burst = self._burst, []
+            if msgs and self._link is not None and not self.closed:
+                self._link.send_many(msgs)
 
     def _open(self) -> None:
         """On the client's loop: open the connection once (the outbox goes when it is)."""

@@ -156,6 +156,10 @@ class _DaskReplies:
         except CommClosedError:
             pass
 
+    def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        for msg in msgs:
+            self.send(msg)
+
     def abort(self) -> None:
         self.batched.abort()
 
@@ -244,6 +248,14 @@ class CallerStream:
         if self.open:
             try:
                 self.replies.send(msg)
+            except CommClosedError:
+                self.open = False
+
+    def send_many(self, msgs: list[dict[str, Any]]) -> None:
+        """Several replies at once (on the wire: one write)."""
+        if self.open:
+            try:
+                self.replies.send_many(msgs)
             except CommClosedError:
                 self.open = False
 
@@ -378,6 +390,10 @@ class ActorHost:
         self._dispatching = False
         self._done: list[tuple[HostedCall, Any, bytes | None, bool]] = []
         self._done_lock = threading.Lock()
+        # Threaded calls handed to the executor and not started yet: while there are some, a
+        # finished call's result waits for _deliver, which sends a batch in one write.
+        self._not_started = 0
+        self._count_lock = threading.Lock()
         # ``ctx`` (the worker's context, plus the actor id) makes get_worker() and
         # get_runtime_context() work in the actor's own threads.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -475,6 +491,8 @@ class ActorHost:
             assert self.loop is not None
             call.future = asyncio.run_coroutine_threadsafe(self._run_async(call), self.loop)
         else:
+            with self._count_lock:
+                self._not_started += 1
             call.future = self._pool(call).submit(self._run_sync, call)
 
     def _pool(self, call: HostedCall) -> concurrent.futures.ThreadPoolExecutor:
@@ -483,6 +501,8 @@ class ActorHost:
     # -- running (in the actor's threads or loop) --------------------------------------------
 
     def _run_sync(self, call: HostedCall) -> None:
+        with self._count_lock:
+            self._not_started -= 1
         if call.cancelled:  # cancelled after it was submitted, before it started
             self._finished(call, ErrorValue(self._cancelled_before(call)))
             return
@@ -582,8 +602,9 @@ class ActorHost:
     def _finished(self, call: HostedCall, value: Any) -> None:
         """From the actor's thread or loop: hand the result to the worker's loop."""
         blob = inline_bytes(value)  # pickled here, off the worker's loop
-        # On the actor wire a small result goes back from this thread at once; it is stored
-        # by _deliver, queued before it leaves, so whatever the caller says about it next
+        # On the actor wire a small result goes back from this thread at once, unless more
+        # calls wait to start (then _deliver sends the results together). It is stored by
+        # _deliver, queued before it leaves, so whatever the caller says about it next
         # (release, promote) is handled after the store.
         direct = (
             call.stream.direct
@@ -591,6 +612,7 @@ class ActorHost:
             and call.mode == "plain"
             and call.wanted
             and not call.promote
+            and self._not_started == 0
         )
         with self._done_lock:
             self._done.append((call, value, blob, direct))
@@ -606,6 +628,7 @@ class ActorHost:
         stored = dx.worker_store(
             self.worker, {c.key: value for c, value, _, _ in done if c.wanted and c.stream.open}
         )
+        replies: dict[CallerStream, list[dict[str, Any]]] = {}
         for call, value, blob, sent in done:
             call.state = "done"
             call.finished.set()
@@ -615,9 +638,12 @@ class ActorHost:
             if blob is not None and not call.promote:
                 call.stream.held.add(call.key)
                 if not sent:
-                    call.stream.send({"op": "result", "key": call.key, "blob": blob})
+                    reply = {"op": "result", "key": call.key, "blob": blob}
+                    replies.setdefault(call.stream, []).append(reply)
             else:  # to publish (also if the caller passed the ref on while its result flew)
                 publish_value(self.worker, call.stream.client, call.key, value, blob)
+        for stream, msgs in replies.items():
+            stream.send_many(msgs)
         if self.unreferenced:
             self.maybe_end()
 
