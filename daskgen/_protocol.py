@@ -56,6 +56,11 @@ from typing import Any
 
 import cloudpickle
 
+# Batching of daskgen's own streams on any cluster: its driver's client to the scheduler, and
+# the scheduler to daskgen's clients (Dask hard-codes 10 ms and 2 ms; a sequential round trip
+# waits on both). Other clients' connections keep Dask's.
+DASKGEN_STREAM_INTERVAL_S = 0.001
+
 VERSION = "0.1.0"  # daskgen's version: the driver, scheduler and workers must all have it
 
 PUBLISH_OP = "daskgen-publish"

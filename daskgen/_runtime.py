@@ -19,7 +19,7 @@ import distributed
 from distributed import Client
 
 from . import _dask_internals as dx
-from ._protocol import CLIENT_OP
+from ._protocol import CLIENT_OP, DASKGEN_STREAM_INTERVAL_S
 
 session: Any = None  # this process's _client.session.Session, between init() and shutdown()
 
@@ -71,6 +71,9 @@ def client() -> Client:
 _served: weakref.WeakKeyDictionary[Client, Any] = weakref.WeakKeyDictionary()
 _held: weakref.WeakKeyDictionary[Client, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
 _served_lock = threading.Lock()
+# Clients daskgen made itself (its driver's): their stream to the scheduler batches at
+# DASKGEN_STREAM_INTERVAL_S, set on each connection they make.
+own_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 # Set by the client layer: (re)register daskgen's scheduler plugin for ``client`` (on its loop),
 # then call ``served`` (or take the held messages with ``held_back`` if it cannot).
@@ -135,6 +138,8 @@ def served(client: Client) -> None:
     with _served_lock:
         _served[client] = client.scheduler_comm
         held = _held.pop(client, [])
+    if client in own_clients:
+        dx.set_batching_interval(dx.client_batched_comm(client), DASKGEN_STREAM_INTERVAL_S)
     dx.client_send(client, {"op": CLIENT_OP})
     for msg in held:
         dx.client_send(client, msg)

@@ -347,6 +347,45 @@ def test_a_shared_cluster_after_the_driver_left_takes_workers_without_daskgen(dg
         _no_daskgen_trouble(cluster)
 
 
+def test_only_daskgens_own_streams_batch_at_its_interval(dg, tmp_path):
+    """daskgen shortens the batching of its driver's client and of the scheduler's stream to
+    that client; a plain client of the same cluster, and the workers' streams, keep Dask's."""
+    from daskgen import _dask_internals as dx
+    from daskgen._protocol import DASKGEN_STREAM_INTERVAL_S
+
+    def intervals(dask_scheduler, plain):
+        streams = dx.scheduler_batched_streams(dask_scheduler)
+        return {
+            "plain": dx.scheduler_stream_to(dask_scheduler, plain).interval,
+            "workers": {streams[w].interval for w in dask_scheduler.workers},
+            "clients": {
+                c: dx.scheduler_stream_to(dask_scheduler, c).interval
+                for c in dask_scheduler.clients
+                if c != "fire-and-forget"
+            },
+        }
+
+    with start_cluster(tmp_path / "cluster") as cluster:
+        with cluster.client(set_as_default=False) as plain:
+            dg.init(address=cluster.address)
+            assert dg.get(_plus_one_remote(dg).remote(1), timeout=HANG) == 2
+            ours = dg.get_client()
+            assert dx.client_batched_comm(ours).interval == DASKGEN_STREAM_INTERVAL_S
+            assert dx.client_batched_comm(plain).interval == 0.01  # Dask's own
+            seen = plain.run_on_scheduler(intervals, plain=plain.id)
+            assert seen["plain"] == 0.002 and seen["workers"] == {0.005}
+            assert seen["clients"][ours.id] == DASKGEN_STREAM_INTERVAL_S
+            assert plain.submit(_plus_one(), 1, pure=False).result(timeout=HANG) == 2
+
+
+def _plus_one_remote(dg):
+    @dg.remote
+    def plus_one(x):
+        return x + 1
+
+    return plus_one
+
+
 def test_a_plain_client_never_gets_daskgens_messages(dg, tmp_path):
     from daskgen import _dask_internals as dx
     from daskgen._client import actors

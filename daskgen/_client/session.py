@@ -106,6 +106,7 @@ def init(
             session = _Session(client, None, owns_client=False)
         elif address is not None:
             session = _Session(_connect(address, cluster_kwargs), None, owns_client=True)
+            _runtime.own_clients.add(session.client)
         else:
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
         session.log_to_driver = log_to_driver

@@ -57,6 +57,7 @@ from .._protocol import (
     CLIENT_OP,
     CLUSTER_OP,
     CONSUMED_OP,
+    DASKGEN_STREAM_INTERVAL_S,
     DESIRE_OP,
     EXPECT_OP,
     FIRE_AND_FORGET_ANNOTATION,
@@ -139,8 +140,11 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
 
     def on_client(self, client: str, **_: Any) -> None:
-        """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``)."""
+        """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``); its stream from
+        here batches at daskgen's interval (a plain client's keeps Dask's)."""
         self.clients.add(client)
+        stream = dx.scheduler_stream_to(self.scheduler, client)
+        dx.set_batching_interval(stream, DASKGEN_STREAM_INTERVAL_S)
 
     def _broadcast(self, msg: dict[str, Any]) -> None:
         """``msg`` to every daskgen client (a plain Dask client never gets daskgen's ops)."""
