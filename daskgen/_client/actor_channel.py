@@ -21,6 +21,7 @@ import asyncio
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,10 @@ _channels: dict[tuple[int, str], Channel] = {}
 _channels_lock = threading.Lock()
 restartable: set[str] = set()  # actors with max_restarts (calls in flight: unavailable)
 moved: dict[str, str] = {}  # actor id -> the worker it was restarted on
+# Workers whose connection closed under us (it died, most likely), address -> when: new actors
+# are not placed there while the scheduler has not noticed yet (see actors._workers).
+closed_under_us: dict[str, float] = {}
+GONE_FOR_S = 30.0  # after this, a worker the scheduler still lists is tried again
 
 # max_task_retries: calls to such actors sent without a result yet, key -> [the call's message,
 # tries left (-1: no limit)]; and the calls of an actor being restarted, waiting to be sent to
@@ -340,6 +345,8 @@ class Channel:
             pass
         except Exception:
             logger.exception("daskgen: bad reply on the actor connection to %s", self.address)
+        if not self.closed:
+            closed_under_us[self.address] = time.monotonic()
         self._lost(self._closed_error())
 
     def _closed_error(self) -> ActorDiedError:
@@ -373,6 +380,7 @@ class Channel:
         """The wire's reader thread: the connection ended."""
         if self.closed:
             return  # closed from this side (_lost)
+        closed_under_us[self.address] = time.monotonic()
         if error is not None:
             logger.error("daskgen: bad reply on the actor wire to %s: %r", self.address, error)
         try:

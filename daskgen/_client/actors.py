@@ -74,8 +74,10 @@ from ..exceptions import (
     translate,
 )
 from .actor_channel import (
+    GONE_FOR_S,
     _channels,
     channel,
+    closed_under_us,
     fail_parked,
     moved,
     resend_parked,
@@ -275,7 +277,7 @@ def _workers(client: Client) -> dict[str, Any]:
     """What daskgen's scheduler plugin says of the workers able to run daskgen (those without
     it left out): their resources, load and actors (see ``able_workers`` there); waits
     (bounded) while there is no worker."""
-    found = client.sync(getattr(client.scheduler, WORKERS_OP))
+    found = _not_closed(client.sync(getattr(client.scheduler, WORKERS_OP)))
     deadline = time.monotonic() + NO_WORKER_WAIT_S
     # Right after a worker died none may be left, or its replacement may still be starting or
     # being asked whether it has daskgen: wait (bounded) for one that can host the actor.
@@ -283,7 +285,7 @@ def _workers(client: Client) -> dict[str, Any]:
         if time.monotonic() > deadline:
             break  # the caller reports that no worker can host the actor
         time.sleep(0.05)
-        found = client.sync(getattr(client.scheduler, WORKERS_OP))
+        found = _not_closed(client.sync(getattr(client.scheduler, WORKERS_OP)))
     if not found["able"] and found["lacking"]:
         lacking = ", ".join(f"{w} has {what}" for w, what in sorted(found["lacking"].items()))
         raise RaySystemError(
@@ -292,6 +294,18 @@ def _workers(client: Client) -> dict[str, Any]:
             "them."
         )
     return found  # type: ignore[no-any-return]
+
+
+def _not_closed(found: dict[str, Any]) -> dict[str, Any]:
+    """``found`` without the workers whose actor connection just closed under this process
+    (a worker that died is still listed until the scheduler notices, a moment later)."""
+    now = time.monotonic()
+    for address, when in list(closed_under_us.items()):
+        if address not in found["able"] or now - when > GONE_FOR_S:
+            del closed_under_us[address]
+    if closed_under_us:
+        found["able"] = {a: r for a, r in found["able"].items() if a not in closed_under_us}
+    return found
 
 
 def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:

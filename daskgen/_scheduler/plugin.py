@@ -559,11 +559,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             ]
             self._keep_off_lacking_workers(pending, None)
         lost = self.actors.pop(worker, set())
-        # A restartable actor whose worker died before its "alive" message left: its creation
-        # task was placed there.
+        # An actor whose worker died before the scheduler heard that its creation task ended
+        # (its callers reach it directly, and may have seen it answer): its creation task was
+        # placed there.
         lost |= {
             actor
-            for actor, (key, _) in self.restartable.items()
+            for key, (actor, _) in self.actor_keys.items()
             if dx.scheduler_key_restrictions(scheduler, key) == {worker}
             and dx.scheduler_key_state(scheduler, key) != "memory"
         }
