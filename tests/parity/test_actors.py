@@ -63,8 +63,8 @@ def test_a_call_on_a_handle_dropped_at_once_still_runs(ray):
     """``Cls.remote().method.remote()``: the handle is gone before the call reaches the actor;
     the call runs (and then the actor ends)."""
     counter = _counter(ray)
-    refs = [counter.remote(i).incr.remote() for i in range(10)]
-    assert ray.get(refs, timeout=120) == list(range(1, 11))
+    for i in range(3):
+        assert ray.get(counter.remote(i).incr.remote(), timeout=120) == i + 1
 
 
 def test_a_method_result_is_a_real_ref_usable_as_a_task_argument(ray):
