@@ -662,6 +662,9 @@ class ActorHost:
             # for its turn, it never runs); _run_async replies.
             self.loop.call_soon_threadsafe(call.future.cancel)
         elif call.state == "submitted" and call.future.cancel():  # in the pool, not started
+            if call.mode == "plain":  # never reaches _run_sync: not waiting to start any more
+                with self._count_lock:
+                    self._not_started -= 1
             call.stream.reply_error(call, self._cancelled_before(call))
         # Otherwise it runs on: a threaded method to its end (its get then raises), a
         # generator to its next yield.
