@@ -126,13 +126,18 @@ def close_channels(client: Client) -> None:
         mine = [k for k in _channels if k[0] == id(client)]
         closing = [_channels.pop(k) for k in mine]
     for ch in closing:
-        with ch._send_lock, ch._lock:
-            ch.closed = True
-            ch.failure = ActorDiedError("The actor is unreachable: daskgen was shut down.")
-            link, ch._link = ch._link, None
-        if link is not None:
-            link.close()
-        ch._wake(list(ch._waiters))
+        ch._shut(ActorDiedError("The actor is unreachable: daskgen was shut down."))
+        ch._wake_all()
+
+
+def _on_loop(client: Client, fn: Callable[..., Any], *args: Any) -> bool:
+    """``dx.on_client_loop`` from any thread; False if the client is closing (its actor
+    calls end with it)."""
+    try:
+        dx.on_client_loop(client, fn, *args)
+    except Exception:
+        return False
+    return True
 
 
 class _DaskLink:
@@ -144,10 +149,7 @@ class _DaskLink:
         self.batched = dx.batched_send(comm, SEND_INTERVAL)
 
     def send_many(self, msgs: list[dict[str, Any]]) -> None:
-        try:
-            dx.on_client_loop(self.client, self._send, msgs)
-        except Exception:  # the client is closing: its calls end with it
-            pass
+        _on_loop(self.client, self._send, msgs)
 
     def _send(self, msgs: list[dict[str, Any]]) -> None:
         try:
@@ -250,10 +252,7 @@ class Channel:
                 if len(self._outbox) > 1:
                     return
                 flush = self._open
-        try:
-            dx.on_client_loop(self.client, flush)
-        except Exception:  # the client is closing: its calls end with it
-            pass
+        _on_loop(self.client, flush)
 
     def _flush_burst(self) -> None:
         with self._send_lock:
@@ -345,15 +344,20 @@ class Channel:
             pass
         except Exception:
             logger.exception("daskgen: bad reply on the actor connection to %s", self.address)
-        if not self.closed:
-            closed_under_us[self.address] = time.monotonic()
-        self._lost(self._closed_error())
+        self._worker_closed()
 
-    def _closed_error(self) -> ActorDiedError:
-        return ActorDiedError(
-            "The actor died unexpectedly before finishing this task.\n"
-            f"The actor is dead because its worker {self.address} closed the connection "
-            "(it left the cluster, or its process died)."
+    def _worker_closed(self) -> None:
+        """On the client's loop: the worker's end of the connection closed (unless this side
+        closed it): remember the worker as gone, and fail the calls on the connection."""
+        if self.closed:
+            return
+        closed_under_us[self.address] = time.monotonic()
+        self._lost(
+            ActorDiedError(
+                "The actor died unexpectedly before finishing this task.\n"
+                f"The actor is dead because its worker {self.address} closed the connection "
+                "(it left the cluster, or its process died)."
+            )
         )
 
     def _on_wire_replies(self, msgs: list[dict[str, Any]]) -> None:
@@ -371,22 +375,16 @@ class Channel:
                         arrived.append(key)
         if arrived:
             self._wake(arrived)
-        try:
-            dx.on_client_loop(self.client, self._on_replies, msgs)
-        except Exception:  # the client is closing: its calls end with it
-            pass
+        _on_loop(self.client, self._on_replies, msgs)
 
     def _on_wire_end(self, error: BaseException | None) -> None:
         """The wire's reader thread: the connection ended."""
         if self.closed:
-            return  # closed from this side (_lost)
-        closed_under_us[self.address] = time.monotonic()
+            return  # closed from this side (_shut)
         if error is not None:
             logger.error("daskgen: bad reply on the actor wire to %s: %r", self.address, error)
-        try:
-            dx.on_client_loop(self.client, self._lost, self._closed_error())
-        except Exception:  # the client is closing: nothing waits for its loop any more
-            self._wake(list(self._waiters))
+        if not _on_loop(self.client, self._worker_closed):
+            self._wake_all()  # nothing waits for the client's loop any more
 
     def _on_replies(self, msgs: list[dict[str, Any]]) -> None:
         for msg in msgs:
@@ -446,6 +444,9 @@ class Channel:
                         if not waiting:
                             del self._waiters[key]
 
+    def _wake_all(self) -> None:
+        self._wake(list(self._waiters))
+
     def _wake(self, keys: list[Key]) -> None:
         """``keys`` have their result or failed (any thread): wake who waits for them."""
         if not self._waiters:
@@ -463,14 +464,7 @@ class Channel:
 
     def _lost(self, error: BaseException) -> None:
         """The connection is gone: every call on it without a result fails with ``error``."""
-        with self._send_lock, self._lock:
-            self.closed = True
-            self.failure = error
-            pending, self.pending = self.pending, {}
-            self._outbox.clear()
-            link, self._link = self._link, None
-        if link is not None:
-            link.close()
+        pending = self._shut(error)
         with _channels_lock:
             if _channels.get((id(self.client), self.address)) is self:
                 del _channels[(id(self.client), self.address)]
@@ -482,7 +476,20 @@ class Channel:
             else:
                 self._fail(key, on_failed, error)
         promotion.owner_lost(self, error)
-        self._wake(list(self._waiters))  # those not failed above (retried later) look again
+        self._wake_all()  # those not failed above (retried later) look again
+
+    def _shut(self, error: BaseException) -> dict[Key, _Pending]:
+        """Close the channel: later calls fail with ``error``; returns the calls that were
+        still without a result."""
+        with self._send_lock, self._lock:
+            self.closed = True
+            self.failure = error
+            pending, self.pending = self.pending, {}
+            self._outbox.clear()
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        return pending
 
     def fail_actor(self, actor: str, error: BaseException) -> None:
         """The actor died (the scheduler says so, or it was killed): its calls without a

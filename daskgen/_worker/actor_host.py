@@ -245,14 +245,10 @@ class CallerStream:
                     logger.warning("daskgen: cannot promote %r: not held here", key)
 
     def send(self, msg: dict[str, Any]) -> None:
-        if self.open:
-            try:
-                self.replies.send(msg)
-            except CommClosedError:
-                self.open = False
+        self.send_many([msg])
 
     def send_many(self, msgs: list[dict[str, Any]]) -> None:
-        """Several replies at once (on the wire: one write)."""
+        """Replies (several at once: on the wire, one write)."""
         if self.open:
             try:
                 self.replies.send_many(msgs)

@@ -72,11 +72,7 @@ class WireServer:
 
     def close(self) -> None:
         """Stop listening (the connections made stay open)."""
-        try:
-            self.loop.remove_reader(self.sock.fileno())
-        except Exception:  # the loop is closed already
-            pass
-        self.sock.close()
+        _stop_listening(self.loop, self.sock)
 
     def _accept(self) -> None:
         try:
@@ -90,12 +86,16 @@ class WireServer:
         self.connections.add(WireConnection(self, conn))
 
 
-def _close_server(loop: Any, sock: socket.socket, connections: set[WireConnection]) -> None:
+def _stop_listening(loop: Any, sock: socket.socket) -> None:
     try:
         loop.remove_reader(sock.fileno())
     except Exception:  # the loop is closed already, or the socket
         pass
     sock.close()
+
+
+def _close_server(loop: Any, sock: socket.socket, connections: set[WireConnection]) -> None:
+    _stop_listening(loop, sock)
     for connection in list(connections):
         try:
             loop.call_soon_threadsafe(connection.close)
