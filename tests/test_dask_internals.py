@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 import realcluster
-from distributed import Client, Future, LocalCluster, Worker
+from distributed import Client, Future, LocalCluster, Worker, WorkerPlugin
 from distributed.scheduler import Scheduler
 
 import daskgen
@@ -646,6 +646,32 @@ def test_a_scheduler_plugin_is_registered_from_the_clients_loop(inproc):
     client.sync(dx.client_register_scheduler_plugin, client, Registered(), "daskgen-test-reg")
     assert isinstance(scheduler.plugins["daskgen-test-reg"], Registered)
     client.unregister_scheduler_plugin("daskgen-test-reg")
+
+
+class _Marker(WorkerPlugin):
+    """A worker plugin that leaves a mark on the worker it is set up on."""
+
+    name = "daskgen-test-marker"
+
+    def setup(self, worker):
+        worker.daskgen_test_marked = True
+
+
+def test_a_worker_plugin_registered_on_the_scheduler_reaches_workers_that_join_later(inproc):
+    from distributed import Worker
+
+    client, scheduler, worker = inproc
+
+    async def register_then_start_a_worker():
+        await dx.scheduler_register_worker_plugin(scheduler, _Marker())
+        async with Worker(scheduler.address, nthreads=1) as late:
+            return getattr(late, "daskgen_test_marked", False)
+
+    try:
+        assert client.sync(register_then_start_a_worker) is True
+        assert getattr(worker, "daskgen_test_marked", False)  # the running one too
+    finally:
+        client.unregister_worker_plugin(_Marker.name)
 
 
 def test_the_probe_runs_where_daskgen_cannot_be_imported(inproc):

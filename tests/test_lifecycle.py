@@ -128,6 +128,24 @@ def test_the_embedded_cluster_is_tuned_and_the_tuning_stays_inside_it(daskgen):
     assert not os.path.exists(os.path.dirname(lane))  # its private directory is removed
 
 
+def test_the_embedded_workers_are_forked_by_their_nanny_and_init_waits_for_their_lanes(daskgen):
+    daskgen.init(num_cpus=2)
+    client = daskgen.get_client()
+    lane = client.cluster.scheduler.plugins["daskgen-fast-lane"]
+    # init() returned only once every worker had opened its lane: the first tasks use it
+    assert {end.worker for end in lane.ends} == set(client.scheduler_info()["workers"])
+    # forked: the worker holds what its nanny's process imported (``dask spec``'s command),
+    # which a freshly spawned interpreter would not have
+    forked = client.run(lambda: "distributed.cli.dask_spec" in __import__("sys").modules)
+    assert set(forked.values()) == {True}
+
+
+def test_a_worker_that_cannot_start_fails_init_with_a_clear_error(daskgen):
+    with pytest.raises(RuntimeError, match="worker process 0 exited with code"):
+        daskgen.init(num_cpus=1, worker_kwargs={"no_such_option": 1})
+    assert not daskgen.is_initialized()
+
+
 def test_shutdown_when_not_initialized_does_nothing(daskgen):
     daskgen.shutdown()
     assert not daskgen.is_initialized()

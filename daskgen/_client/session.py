@@ -25,7 +25,7 @@ from distributed import Client, SpecCluster
 
 from .. import _dask_internals as dx
 from .. import _runtime
-from .._cluster.embedded import start_cluster, tune, untune
+from .._cluster.embedded import start_cluster, tune, untune, wait_for_workers
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
 from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
@@ -143,7 +143,7 @@ def _start_embedded(
     cluster = start_cluster(max(n, 1), extra, kwargs)
     try:
         client = Client(cluster)
-        client.wait_for_workers(len(cluster.worker_spec))
+        wait_for_workers(cluster)
         tune(client)
     except BaseException:
         untune()

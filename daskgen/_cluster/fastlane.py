@@ -231,6 +231,8 @@ class _SchedulerEnd(_Frames):
             logger.warning("daskgen: refused a fast-lane connection with a wrong token")
             return False
         self.worker = address.decode()
+        with self.lane.hellos:
+            self.lane.hellos.notify_all()
         return True
 
     def _dispatch(self, msg: Any) -> None:
@@ -297,6 +299,15 @@ class FastLaneScheduler(SchedulerPlugin):
         self.server: Any = None
         self.ends: set[_SchedulerEnd] = set()  # open connections
         self.fetched = 0  # values fetched for the driver
+        self.hellos = threading.Condition()  # notified as each worker's connection is accepted
+
+    def wait_connected(self, n: int, timeout: float) -> bool:
+        """Whether ``n`` workers are connected, waiting up to ``timeout`` seconds for them (from
+        a thread other than the scheduler's loop)."""
+        with self.hellos:
+            return self.hellos.wait_for(
+                lambda: sum(end.worker is not None for end in list(self.ends)) >= n, timeout
+            )
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
