@@ -40,16 +40,17 @@ def _contacts(ray):
 def test_each_tcp_worker_offers_a_wire_on_its_own_host(ray):
     contacts = _contacts(ray)
     assert contacts
-    for address, (host, port, token) in contacts.items():
+    for address, (host, port, token, local_name) in contacts.items():
         assert address.startswith("tcp://") and address.split("//")[1].split(":")[0] == host
         assert port > 0 and len(token) == 32
+        assert local_name.startswith("daskgen-wire-")  # its Unix socket, for this host
     assert _contacts(ray) == contacts  # one wire per worker, however often asked
 
 
 def test_a_connection_without_the_token_is_closed_and_calls_go_on(ray):
     counter = _counter(ray).remote()
     where = ray.get(counter.where.remote(), timeout=HANG)
-    host, port, token = _contacts(ray)[where]
+    host, port, token, _ = _contacts(ray)[where]
     for junk in (b"\x00" * 32 + b"x" * 100, token[:-1] + b"?" + b"more bytes"):
         with socket.create_connection((host, port), timeout=HANG) as sock:
             sock.sendall(junk)

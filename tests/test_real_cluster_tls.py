@@ -141,6 +141,24 @@ def test_actor_calls_run_over_tls_on_dasks_comm_layer(dg, tls_cluster, certs):
     assert set(dg.get_client().run(install).values()) == {None}
 
 
+def test_large_yields_reach_the_driver_over_tls_by_dasks_gather(dg, tls_cluster, certs):
+    """No wire on TLS: a large yield's worker answers the driver's fetch with nothing (over
+    Dask's comm layer), and Dask's gather brings the value, encrypted as the rest."""
+    import numpy as np
+
+    from daskgen._client import fetch
+
+    @daskgen.remote
+    def big(n):
+        for i in range(n):
+            yield np.full(2**18, i, dtype=np.float64)  # 2 MiB
+
+    dg.init(address=tls_cluster.address, security=certs.security())
+    before = fetch.fetched
+    assert [float(dg.get(r, timeout=HANG)[-1]) for r in big.remote(3)] == [0.0, 1.0, 2.0]
+    assert fetch.fetched == before
+
+
 def _refused(dg, address, **kwargs):
     start = time.monotonic()
     with pytest.raises(Exception) as exc_info:

@@ -18,6 +18,7 @@ passing the ref on first promotes it to a real key.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import pickle
 import threading
@@ -175,8 +176,22 @@ class _Waiter:
         self.event = threading.Event()
 
 
+class _Fetch:
+    """One ``fetch`` waiting for its values."""
+
+    __slots__ = ("done", "values")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.values: dict[Key, Any] = {}
+
+
+_fetch_numbers = itertools.count(1)
+
+
 class Channel:
-    """Calls to the actors of one worker, and their results (see the module's docstring)."""
+    """Calls to the actors of one worker, and their results (see the module's docstring);
+    also the large values a ``get`` fetches from that worker (``fetch``)."""
 
     def __init__(self, client: Client, address: str) -> None:
         self.client = client
@@ -196,6 +211,7 @@ class Channel:
         # Results the wire's reader took out of ``pending`` (get may return them at once),
         # still to be delivered on the client's loop.
         self._arrived: dict[Key, _Pending] = {}
+        self._fetches: dict[int, _Fetch] = {}  # large values asked for (see ``fetch``)
 
     def pending_for(self, actor: str) -> int:
         """Calls to ``actor`` sent on this channel without their result yet."""
@@ -253,6 +269,48 @@ class Channel:
                     return
                 flush = self._open
         _on_loop(self.client, flush)
+
+    def ask(self, keys: list[Key]) -> tuple[int, _Fetch] | None:
+        """Ask the worker for the values of ``keys`` (any thread; see ``_client.fetch``);
+        ``wait_fetched`` then returns them. None if the channel is closed."""
+        request = _Fetch()
+        with self._lock:
+            if self.closed:
+                return None
+            number = next(_fetch_numbers)
+            self._fetches[number] = request
+        self.send({"op": "fetch", "id": number, "keys": keys})
+        return number, request
+
+    def wait_fetched(self, asked: tuple[int, _Fetch], timeout: float) -> dict[Key, Any]:
+        """The values the worker sent, waiting up to ``timeout`` s (not on the client's loop).
+        What it does not hold or cannot send, or everything if the channel closes or no answer
+        comes in time, is left out: the caller's Dask gather fetches it."""
+        number, request = asked
+        if not request.done.wait(max(timeout, 0)):
+            with self._lock:
+                self._fetches.pop(number, None)
+            return {}
+        return request.values
+
+    def _fetched(self, msg: dict[str, Any]) -> None:
+        """The worker's answer to a ``fetch`` (the wire's reader thread, or the client's loop
+        on Dask's comm layer): each value is built on the chunks it was received into."""
+        with self._lock:
+            request = self._fetches.pop(msg["id"], None)
+        if request is None:
+            return  # it timed out (or the channel closed): its get asked Dask instead
+        chunks = msg.get("chunks", [])
+        at = 0
+        for key, count in msg["parts"]:
+            try:
+                request.values[as_key(key)] = pickle.loads(
+                    chunks[at], buffers=chunks[at + 1 : at + count]
+                )
+            except Exception:  # its class cannot be imported here...: Dask's gather says why
+                logger.debug("daskgen: cannot unpickle fetched %r", key, exc_info=True)
+            at += count
+        request.done.set()
 
     def _flush_burst(self) -> None:
         with self._send_lock:
@@ -363,6 +421,13 @@ class Channel:
     def _on_wire_replies(self, msgs: list[dict[str, Any]]) -> None:
         """The wire's reader thread: small results go straight to the threads waiting in
         ``get`` for them; the rest of each reply is handled on the client's loop."""
+        if any(msg["op"] == "fetched" for msg in msgs):
+            for msg in msgs:
+                if msg["op"] == "fetched":
+                    self._fetched(msg)
+            msgs = [msg for msg in msgs if msg["op"] != "fetched"]
+            if not msgs:
+                return
         arrived = []
         with self._lock:
             for msg in msgs:
@@ -387,9 +452,14 @@ class Channel:
             self._wake_all()  # nothing waits for the client's loop any more
 
     def _on_replies(self, msgs: list[dict[str, Any]]) -> None:
+        keys = []
         for msg in msgs:
+            if msg["op"] == "fetched":  # on Dask's comm layer: nothing was sent
+                self._fetched(msg)
+                continue
             self._on_reply(msg)
-        self._wake([as_key(msg["key"]) for msg in msgs])
+            keys.append(as_key(msg["key"]))
+        self._wake(keys)
 
     def _on_reply(self, msg: dict[str, Any]) -> None:
         key = as_key(msg["key"])
@@ -487,8 +557,11 @@ class Channel:
             pending, self.pending = self.pending, {}
             self._outbox.clear()
             link, self._link = self._link, None
+            fetches, self._fetches = self._fetches, {}
         if link is not None:
             link.close()
+        for request in fetches.values():
+            request.done.set()  # with nothing: their gets ask Dask
         return pending
 
     def fail_actor(self, actor: str, error: BaseException) -> None:

@@ -10,9 +10,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._protocol import WIRE_READ_BYTES, cut_frames, wire_frame, wire_socket
+from .._protocol import WIRE_READ_BYTES, cut_frames, read_raw, wire_frame, wire_socket
 
 CONNECT_TIMEOUT_S = 5.0  # a port that does not answer (a firewall): Dask's comm layer instead
+
+
+def _connect_local(name: str | None) -> socket.socket | None:
+    """The worker's Unix socket, if it is on this host (its abstract name exists only there:
+    elsewhere the connection is refused at once); else None, and TCP is used."""
+    if name is None or not hasattr(socket, "AF_UNIX"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        sock.connect("\0" + name)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 class WireLink:
@@ -21,14 +36,16 @@ class WireLink:
 
     def __init__(
         self,
-        contact: tuple[str, int, bytes],
+        contact: tuple[str, int, bytes, str | None],
         client_id: str,
         on_replies: Callable[[list[dict[str, Any]]], None],
         on_closed: Callable[[BaseException | None], None],
     ) -> None:
         """Connect (blocking, bounded: run it off the client's loop); raises ``OSError``."""
-        host, port, token = contact
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        host, port, token, local_name = contact
+        sock = _connect_local(local_name) or socket.create_connection(
+            (host, port), timeout=CONNECT_TIMEOUT_S
+        )
         wire_socket(sock)  # blocking; each write bounded
         sock.sendall(token + wire_frame([{"client": client_id}]))
         self.sock = sock
@@ -67,12 +84,20 @@ class WireLink:
         error: BaseException | None = None
         try:
             while True:
+                batches = cut_frames(buf)
+                if (
+                    batches and batches[-1] and batches[-1][-1].get("raw")
+                ):  # a fetched value's chunks follow
+                    last = batches[-1][-1]
+                    last["chunks"] = read_raw(self.sock, buf, last.pop("raw"))
+                for batch in batches:
+                    self._on_replies(batch)
+                if batches:
+                    continue  # more whole frames may follow in ``buf``
                 data = self.sock.recv(WIRE_READ_BYTES)
                 if not data:
                     break
                 buf += data
-                for batch in cut_frames(buf):
-                    self._on_replies(batch)
         except OSError:
             pass
         except Exception as exc:  # a bad frame: the link cannot be trusted any more

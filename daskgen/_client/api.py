@@ -12,6 +12,7 @@ from .._objects.refs import ObjectRef
 from .._objects.resolve import get_values, wait_ready
 from .._options import check_timeout
 from .._protocol import Put, put_key
+from . import fetch as _fetch  # noqa: F401 (get's direct fetches: resolve.fetch_direct)
 from .actor_channel import cancel_actor_call
 from .cancel import cancel_generator, cancel_keys
 from .install import ensure_served

@@ -51,7 +51,7 @@ from typing import Any
 from distributed import SchedulerPlugin, Worker
 
 from .. import _dask_internals as dx
-from .._protocol import PUBLISH_OP, RESULT_OP, dumps
+from .._protocol import FETCH_MIN_BYTES, PUBLISH_OP, RESULT_OP, dumps
 
 logger = logging.getLogger("daskgen")
 
@@ -62,9 +62,6 @@ TOKEN_BYTES = 32
 # Frames up to this size are cut from one rolling buffer; larger ones (the buffers of a fetched
 # value) are received straight into a buffer of their own, which the value then lives in.
 SMALL_FRAME = 1 << 16
-# The driver fetches values at least this large over the lane (an 8 MB array: ~1.3-2 ms over a
-# Unix socket here, against ~3-3.5 ms over local TCP); smaller ones take Dask's path.
-FETCH_MIN_BYTES = 1 << 20
 SOCKET_BUFFER = 8 << 20  # bytes: a large value passes in few writes
 WRITE_CHUNK = 1 << 20  # large buffers are written in pieces of this size
 _MISSING = object()  # a fetch the lane could not serve: Dask's own gather takes over

@@ -45,7 +45,7 @@ from ..exceptions import (
     WorkerCrashedError,
     translate,
 )
-from . import promotion
+from . import locations, promotion
 from .refs import InlineValue, ObjectRef, bind_ref, deliver_result
 
 _registry: weakref.WeakValueDictionary[str, GenState] = weakref.WeakValueDictionary()
@@ -60,7 +60,11 @@ NO_CONSUMER = 2**62
 def on_yield_message(client: Client) -> Callable[..., None]:
     """The client's handler for ``daskgen-yield`` (runs on the client's event loop)."""
 
-    def handler(task: str, items: list, **_: Any) -> None:
+    def handler(
+        task: str, items: list, large: list | None = None, worker: str | None = None, **_: Any
+    ) -> None:
+        if large and worker is not None:
+            locations.note(worker, [as_key(key) for key in large])
         state = _registry.get(task)
         orphans = []
         for key, index, inline, replace in items:

@@ -3,7 +3,8 @@ a task that gets values): wait for refs with one O(n) waiter, then take each val
 it is cheapest, and turn what Dask stored into what the user sees.
 
 Where a value comes from, cheapest first: inline (it came with its announcement or the task's
-result), over the embedded cluster's fast lane (large values, ``_cluster.fastlane``), or Dask's
+result), over the embedded cluster's fast lane (large values, ``_cluster.fastlane``), straight
+from the worker holding it over the wire (large yields elsewhere, ``_client.fetch``), or Dask's
 gather.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed import Client, Future
@@ -26,6 +27,10 @@ from . import promotion
 from . import refs as _refs
 from .generators import outcome_value
 from .refs import ObjectRef
+
+# Set by the client layer (``_client.fetch``): the values of those of the given keys it can take
+# straight from the workers holding them, by key (the others are left out).
+fetch_direct: Callable[[Client, list[Any]], dict[Any, Any]] | None = None
 
 
 def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
@@ -60,8 +65,11 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
         if failed is not None:
             raise_failure(failed)
         remote = _take_inline(refs, remote, out)  # small results arrive with completion
-        # large values, over the embedded cluster's lane; Dask's gather fetches the rest
+        # large values: over the embedded cluster's lane, else straight from the worker
+        # holding them (``_client.fetch``); Dask's gather fetches the rest
         fetched = fetch_large(client, [refs[i].key for i in remote])
+        if fetch_direct is not None and len(fetched) < len(remote):
+            fetched.update(fetch_direct(client, [refs[i].key for i in remote]))
         rest = []
         for i in remote:
             if refs[i].key in fetched:

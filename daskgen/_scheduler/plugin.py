@@ -60,6 +60,7 @@ from .._protocol import (
     DASKGEN_STREAM_INTERVAL_S,
     DESIRE_OP,
     EXPECT_OP,
+    FETCH_MIN_BYTES,
     FIRE_AND_FORGET_ANNOTATION,
     HELLO_OP,
     INTERRUPT,
@@ -223,9 +224,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             # Only keys new to the cluster may skip the queue to a caller in this process: no
             # earlier message can concern them (a republished or replaced yield may have one).
             direct = len(fresh) == len(announce)
-            dx.scheduler_send_to_client(
-                s, caller, {"op": YIELD_OP, "task": task, "items": announce}, direct=direct
-            )
+            msg = {"op": YIELD_OP, "task": task, "items": announce}
+            large = [key for key, nbytes in fresh.items() if nbytes >= FETCH_MIN_BYTES]
+            if large:  # where the caller's get can take them straight from (``_client.fetch``)
+                msg["large"] = large
+                msg["worker"] = worker
+            dx.scheduler_send_to_client(s, caller, msg, direct=direct)
 
     # -- refs bound in other processes ---------------------------------------------------------
 

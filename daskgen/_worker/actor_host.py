@@ -64,6 +64,7 @@ from .._protocol import (
     ErrorValue,
     Key,
     as_key,
+    dumps,
 )
 from .._runtime import current_actor, current_call
 from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
@@ -164,6 +165,42 @@ class _DaskReplies:
         self.batched.abort()
 
 
+_sender: concurrent.futures.ThreadPoolExecutor | None = None
+_sender_lock = threading.Lock()
+
+
+def _fetch_sender() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that writes fetched values (made on first use)."""
+    global _sender
+    with _sender_lock:
+        if _sender is None:
+            _sender = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="daskgen-wire-fetch"
+            )
+        return _sender
+
+
+def _send_values(send_raw: Callable[..., None], number: int, values: dict[Key, Any]) -> None:
+    """Pickle ``values`` with their buffers apart and write them: one message listing each
+    key with how many chunks are its, then the chunks themselves (``_protocol.read_raw``)."""
+    parts = []
+    chunks: list[Any] = []
+    for key, value in values.items():
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            head = dumps(value, buffers)
+            raw = [buffer.raw() for buffer in buffers]
+        except Exception:  # not picklable here: the caller's Dask gather fetches it
+            logger.debug("daskgen: cannot send %r by the wire", key, exc_info=True)
+            continue
+        parts.append((key, 1 + len(raw)))
+        chunks += [head, *raw]
+    msg = {"op": "fetched", "id": number, "parts": parts}
+    if chunks:
+        msg["raw"] = [memoryview(chunk).nbytes for chunk in chunks]
+    send_raw(msg, chunks)
+
+
 class CallerStream:
     """One caller process, as this worker sees it (on the worker's loop; ``send`` from any
     thread). ``replies``: the connection back, an actor wire or a Dask comm."""
@@ -202,6 +239,8 @@ class CallerStream:
                 producer = _producers.get(as_key(msg["key"]))
                 if producer is not None:
                     producer.on_consumed(msg["index"])
+            elif op == "fetch":
+                self._fetch(msg["id"], [as_key(k) for k in msg["keys"]])
             else:
                 logger.warning("daskgen: unknown actor message %r from %s", op, self.client)
         except Exception:  # one bad message must not close the caller's connection
@@ -243,6 +282,24 @@ class CallerStream:
                     call.promote = True  # published as it finishes
                 else:
                     logger.warning("daskgen: cannot promote %r: not held here", key)
+
+    def _fetch(self, number: int, keys: list[Key]) -> None:
+        """The caller's ``get`` wants these large values (see ``_client.fetch``): send those
+        held here, pickled with their buffers out of band, from a thread (an 8 MB value takes
+        a few ms to leave; the worker's loop goes on meanwhile). Keys not held here, and every
+        key when the caller is on Dask's comm layer, are answered as missing: the caller's
+        Dask gather fetches them."""
+        values = {}
+        for key in keys:
+            try:
+                values[key] = dx.worker_value(self.worker, key)
+            except KeyError:
+                pass
+        send_raw = getattr(self.replies, "send_raw", None)
+        if values and send_raw is not None:
+            _fetch_sender().submit(_send_values, send_raw, number, values)
+        else:
+            self.send({"op": "fetched", "id": number, "parts": []})
 
     def send(self, msg: dict[str, Any]) -> None:
         self.send_many([msg])

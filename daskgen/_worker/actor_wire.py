@@ -19,7 +19,12 @@ closed before anything is read from it. Clusters whose workers are not on ``tcp:
 for one) keep actor calls on Dask's comm layer, and so does a caller that cannot reach the
 port (a firewall): both paths carry the same messages (see ``actor_host``).
 
-Framing (``_protocol.wire_frame``): an 8-byte length, then a pickled list of messages.
+Framing (``_protocol.wire_frame``): an 8-byte length, then a pickled list of messages; a
+message with ``raw`` sizes is followed by that many unframed bytes (``_protocol.read_raw``).
+
+The wire also carries large values to a caller's ``get`` (``_client.fetch``): a value of 8 MB
+took ~7.5 ms (median) by Dask's gather from a worker of a real cluster here; a plain socket
+carries it in ~3-3.5 ms, received straight into the buffers the value is built on.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import hmac
 import logging
 import os
 import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -59,24 +65,31 @@ class WireServer:
         self.host = address.hostname or "127.0.0.1"
         self.token = os.urandom(WIRE_TOKEN_BYTES)
         self.sock = socket.create_server((self.host, 0))
-        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
+        self.local_name, self.local = _local_server()
         self.connections: set[WireConnection] = set()
         self.loop = worker.loop.asyncio_loop
-        self.loop.add_reader(self.sock.fileno(), self._accept)
-        weakref.finalize(worker, _close_server, self.loop, self.sock, self.connections)
+        for sock in self._listening():
+            sock.setblocking(False)
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        weakref.finalize(worker, _close_server, self.loop, self._listening(), self.connections)
 
-    def contact(self) -> tuple[str, int, bytes]:
-        """Where callers connect, and what they show first."""
-        return self.host, self.port, self.token
+    def _listening(self) -> list[socket.socket]:
+        return [self.sock] if self.local is None else [self.sock, self.local]
+
+    def contact(self) -> tuple[str, int, bytes, str | None]:
+        """Where callers connect (the TCP host and port, and the name of the Unix socket a
+        caller on this host connects to instead), and what they show first."""
+        return self.host, self.port, self.token, self.local_name
 
     def close(self) -> None:
         """Stop listening (the connections made stay open)."""
-        _stop_listening(self.loop, self.sock)
+        for sock in self._listening():
+            _stop_listening(self.loop, sock)
 
-    def _accept(self) -> None:
+    def _accept(self, listening: socket.socket) -> None:
         try:
-            conn, _ = self.sock.accept()
+            conn, _ = listening.accept()
         except OSError:
             return
         worker = self.worker()
@@ -94,8 +107,29 @@ def _stop_listening(loop: Any, sock: socket.socket) -> None:
     sock.close()
 
 
-def _close_server(loop: Any, sock: socket.socket, connections: set[WireConnection]) -> None:
-    _stop_listening(loop, sock)
+def _local_server() -> tuple[str | None, socket.socket | None]:
+    """A Unix socket in Linux's abstract namespace (no file to clean up; gone with the
+    process), for callers on this host: an 8 MB value crosses it in ~2.6 ms here, against
+    ~3.3-4.3 ms over local TCP. Its name is random, learned like the port, and a caller shows
+    the token on it too. (None, None) elsewhere: callers use TCP."""
+    if not sys.platform.startswith("linux"):
+        return None, None
+    name = "daskgen-wire-" + os.urandom(16).hex()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind("\0" + name)
+        sock.listen()
+    except OSError:
+        sock.close()
+        return None, None
+    return name, sock
+
+
+def _close_server(
+    loop: Any, listening: list[socket.socket], connections: set[WireConnection]
+) -> None:
+    for sock in listening:
+        _stop_listening(loop, sock)
     for connection in list(connections):
         try:
             loop.call_soon_threadsafe(connection.close)
@@ -171,6 +205,22 @@ class WireConnection:
                 self.conn.sendall(data)
                 return
             except OSError:  # the caller left, or stopped reading (timeout)
+                pass
+        self.server.loop.call_soon_threadsafe(self.close)
+
+    def send_raw(self, msg: dict[str, Any], chunks: list[Any]) -> None:
+        """Write ``msg`` and then the unframed ``chunks`` it announces (its ``raw`` sizes; see
+        ``_protocol.read_raw``), none of them copied (any thread; a failed write closes)."""
+        data = wire_frame([msg])
+        with self._write_lock:
+            if not self.open:
+                return
+            try:
+                self.conn.sendall(data)
+                for chunk in chunks:
+                    self.conn.sendall(chunk)
+                return
+            except OSError:
                 pass
         self.server.loop.call_soon_threadsafe(self.close)
 
