@@ -209,6 +209,44 @@ def submit_prebound(
     return {k: lighten(f) for k, f in futures.items()}
 
 
+def update_graph_message(
+    tasks: list[tuple[Key, Callable[..., Any], tuple[Any, ...]]], annotations: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``update-graph`` message that ``Client.submit`` sends for one task, for several
+    tasks at once (``_client.batching``): ``annotations`` as ``_graph_to_futures`` merges them
+    (``dask.get_annotations()``, then resources and retries), the tasks in submission order,
+    Dask's 100 ms FIFO window, no actors. Serialising raises what ``Client.submit`` raises."""
+    from dask._expr import LLGExpr
+    from dask._task_spec import Task, parse_input
+    from distributed.protocol.serialize import ToPickle, serialize, to_serialize
+    from distributed.spans import SpanMetadata
+
+    expr = LLGExpr(
+        {key: Task(key, func, *(parse_input(a) for a in args)) for key, func, args in tasks},
+        _determ_token=key_token(tasks[0][0]),
+    )
+    keys = [key for key, _, _ in tasks]
+    return {
+        "op": "update-graph",
+        "expr_ser": Serialized(*serialize(to_serialize(expr), on_error="raise")),
+        "keys": set(keys),
+        "internal_priority": {key: i for i, key in enumerate(keys)},
+        "submitting_task": None,
+        "fifo_timeout": "100 ms",
+        "actors": False,
+        "code": ToPickle(()),
+        "annotations": ToPickle(annotations),
+        "span_metadata": ToPickle(SpanMetadata(collections=[{"type": "Future"}])),
+    }
+
+
+def client_send_now(client: Client, msg: dict[str, Any]) -> None:
+    """On the client's loop: put ``msg`` on the scheduler stream now, behind what is queued
+    there already (``Client._send_to_scheduler`` would queue it behind the loop's callbacks,
+    after messages the user's thread sent since)."""
+    client._send_to_scheduler_safe(msg)
+
+
 def on_client_loop(client: Client, fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` on the client's event loop (where future states may be changed)."""
     _loop(client).add_callback(fn, *args)

@@ -648,6 +648,28 @@ def test_a_scheduler_plugin_is_registered_from_the_clients_loop(inproc):
     client.unregister_scheduler_plugin("daskgen-test-reg")
 
 
+def test_an_update_graph_message_for_several_tasks_is_what_the_scheduler_takes(inproc):
+    from distributed.scheduler import Scheduler
+
+    client, scheduler, _ = inproc
+    params = inspect.signature(Scheduler.update_graph).parameters
+    keys = [f"daskgen-batch-test-{i}" for i in range(3)]
+    msg = dx.update_graph_message([(k, _double, (i,)) for i, k in enumerate(keys)], {})
+    fields = set(msg) - {"op"}
+    assert fields <= set(params), f"update_graph lost {fields - set(params)}"
+    required = {n for n, p in params.items() if p.default is p.empty} - {"self", "client"}
+    assert required <= fields, f"update_graph needs {required - fields}"
+    assert hasattr(client, "_send_to_scheduler_safe"), "Client._send_to_scheduler_safe moved"
+    futures = [dx.light_future(k, client) for k in keys]
+    dx.on_client_loop(client, dx.client_send_now, client, msg)
+    assert client.gather(futures) == [0, 2, 4]
+    assert [scheduler.tasks[k].priority[-1] for k in keys] == [0, 1, 2]  # submission order
+
+
+def _double(x):
+    return 2 * x
+
+
 class _Marker(WorkerPlugin):
     """A worker plugin that leaves a mark on the worker it is set up on."""
 

@@ -23,6 +23,7 @@ from .._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_
 from .._protocol import FIRE_AND_FORGET_ANNOTATION, MAX_RETRIES_ANNOTATION, task_key
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
+from . import batching
 from .actors import ActorClass
 from .arguments import pack_args
 from .install import ensure_served
@@ -251,15 +252,20 @@ class _Call:
             waits.append(functools.partial(dx.on_client_loop, self.client, promote, key))
         if not waits:
             with self._annotations():
-                future = self.client.submit(
-                    self.fn,
-                    *self.args,
-                    key=self.key,
-                    pure=False,
-                    resources=self.resources,
-                    retries=self.retries,
+                if self.client.asynchronous or _runtime.in_worker_task() is not None:
+                    future = self.client.submit(
+                        self.fn,
+                        *self.args,
+                        key=self.key,
+                        pure=False,
+                        resources=self.resources,
+                        retries=self.retries,
+                    )
+                    return dx.lighten(future)
+                # several calls in a row: one message to the scheduler (see _client.batching)
+                return batching.submit(
+                    self.client, self.key, self.fn, self.args, self.resources, self.retries
                 )
-            return dx.lighten(future)
         future = dx.light_future(self.key, self.client)
         self._remaining = len(waits)
         self._failure: BaseException | None = None

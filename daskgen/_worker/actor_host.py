@@ -90,7 +90,7 @@ _calls: dict[Key, HostedCall] = {}  # calls not finished yet, for cancel
 _wires: weakref.WeakKeyDictionary[Any, actor_wire.WireServer] = weakref.WeakKeyDictionary()
 
 
-def install(dask_worker: Any) -> tuple[str, int, bytes] | None:
+def install(dask_worker: Any) -> tuple[str, int, bytes, str | None] | None:
     """Register the actor-stream handler on the worker and open its actor wire (on its loop;
     idempotent). Run by the creation task, and by ``Client.run`` from a caller before it
     connects, which gets where the wire listens (None: Dask's comm layer only)."""
