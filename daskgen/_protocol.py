@@ -266,6 +266,7 @@ FETCH_MIN_BYTES = 1 << 20
 _WIRE_HEADER = struct.Struct("!Q")
 WIRE_TOKEN_BYTES = 32
 WIRE_READ_BYTES = 1 << 18
+WIRE_SOCKET_BUFFER = 4 << 20  # bytes, each way (see wire_socket)
 SMALL_CHUNK = 1 << 16  # bytes: a received chunk smaller than this is a plain bytearray
 # A result that cannot be written within this many seconds (the caller stopped reading) closes
 # its connection: the caller sees its calls fail, the worker's loop is never held longer.
@@ -280,6 +281,11 @@ def wire_socket(sock: Any) -> None:
 
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Room for a large fetched value to pass in few writes: 8 MB crossed a Unix socket in
+    # ~1.6 ms with 4 MiB buffers, ~2.7 ms with the default ones, here (the kernel takes the
+    # memory only while data waits in them).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WIRE_SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WIRE_SOCKET_BUFFER)
     sock.settimeout(None)
     seconds = int(WIRE_WRITE_TIMEOUT_S)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
