@@ -209,8 +209,18 @@ def submit_prebound(
     return {k: lighten(f) for k, f in futures.items()}
 
 
+def submitting_task() -> Key | None:
+    """The task running in this thread, if any: what ``Client._graph_to_futures`` sends as
+    ``submitting_task`` (read in the submitting thread)."""
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None)
+
+
 def update_graph_message(
-    tasks: list[tuple[Key, Callable[..., Any], tuple[Any, ...]]], annotations: dict[str, Any]
+    tasks: list[tuple[Key, Callable[..., Any], tuple[Any, ...]]],
+    annotations: dict[str, Any],
+    submitting: Key | None = None,
 ) -> dict[str, Any]:
     """The ``update-graph`` message that ``Client.submit`` sends for one task, for several
     tasks at once (``_client.batching``): ``annotations`` as ``_graph_to_futures`` merges them
@@ -231,7 +241,7 @@ def update_graph_message(
         "expr_ser": Serialized(*serialize(to_serialize(expr), on_error="raise")),
         "keys": set(keys),
         "internal_priority": {key: i for i, key in enumerate(keys)},
-        "submitting_task": None,
+        "submitting_task": submitting,
         "fifo_timeout": "100 ms",
         "actors": False,
         "code": ToPickle(()),

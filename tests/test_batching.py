@@ -1,6 +1,7 @@
 """Calls made in a row reach the scheduler together (``daskgen._client.batching``): fewer
-``update-graph`` messages than calls, each call with its own options, in order, and a ref
-dropped at once still runs and is then freed. On the embedded cluster and a real one.
+``update-graph`` messages than calls (from the driver and from inside a task), each call with
+its own options, in order, and a ref dropped at once still runs and is then freed. On the
+embedded cluster and a real one.
 daskgen only (how calls reach the scheduler is Dask's side)."""
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def _check_bursts(api):
 
         assert api.get([burst_item.remote(i) for i in range(300)], timeout=HANG) == list(range(300))
         assert client.run_on_scheduler(_graphs("burst_item")) < 300 / 5
+
+        @api.remote
+        def inner_item(x):
+            return x
+
+        @api.remote
+        def fan_out(n):  # a burst from inside a task: its worker's client batches it too
+            return api.get([inner_item.remote(i) for i in range(n)])
+
+        assert api.get(fan_out.remote(200), timeout=HANG) == list(range(200))
+        assert client.run_on_scheduler(_graphs("inner_item")) < 200 / 5
 
         @api.remote
         def mixed_item(x):

@@ -670,6 +670,17 @@ def _double(x):
     return 2 * x
 
 
+def _my_key():
+    return dx.submitting_task()
+
+
+def test_the_task_running_in_a_thread_is_known_there(inproc):
+    client, _, _ = inproc
+    future = client.submit(_my_key, pure=False)
+    assert future.result() == future.key
+    assert dx.submitting_task() is None  # not in a task
+
+
 class _Marker(WorkerPlugin):
     """A worker plugin that leaves a mark on the worker it is set up on."""
 

@@ -17,8 +17,10 @@ batch holds its calls' futures until it is sent, so a ref dropped at once is rel
 its task was submitted, never before. A batch that cannot be sent (the client closed, a value
 Dask cannot serialise) fails its calls' refs with that error.
 
-Only in a driver's synchronous client: inside a task, Dask records which task submitted
-(``submitting_task``, read in the submitting thread), and a task's calls take ``Client.submit``.
+Inside a task too (its worker's client, whose loop is the worker's): the submitting task,
+which Dask reads in the calling thread, is taken there and sent with the call (a batch's
+messages are split where it changes, as where annotations do). Asynchronous clients keep
+``Client.submit``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class _Batch:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # (key, function, arguments, annotations, the call's future)
-        self.calls: list[tuple[Key, Callable[..., Any], tuple[Any, ...], dict, Future]] = []
+        # (key, function, arguments, (submitting task, annotations), the call's future)
+        self.calls: list[tuple[Key, Callable[..., Any], tuple[Any, ...], tuple, Future]] = []
 
 
 _batches: weakref.WeakKeyDictionary[Client, _Batch] = weakref.WeakKeyDictionary()
@@ -63,13 +65,14 @@ def submit(
         annotations["retries"] = retries
     if resources:
         annotations["resources"] = resources
+    origin = (dx.submitting_task(), annotations)
     future = dx.light_future(key, client)
     with _batches_lock:
         batch = _batches.get(client)
         if batch is None:
             batch = _batches[client] = _Batch()
     with batch.lock:
-        batch.calls.append((key, fn, args, annotations, future))
+        batch.calls.append((key, fn, args, origin, future))
         first = len(batch.calls) == 1
     if first:
         dx.on_client_loop(client, _send, client, batch)
@@ -78,7 +81,7 @@ def submit(
 
 def _send(client: Client, batch: _Batch) -> None:
     """On the client's loop: send the batch, one message per run of calls that share their
-    annotations, in the order they were made."""
+    submitting task and annotations, in the order they were made."""
     with batch.lock:
         calls, batch.calls = batch.calls, []
     start = 0
@@ -88,7 +91,10 @@ def _send(client: Client, batch: _Batch) -> None:
             end += 1
         run = calls[start:end]
         try:
-            msg = dx.update_graph_message([(k, f, a) for k, f, a, _, _ in run], run[0][3])
+            submitting, annotations = run[0][3]
+            msg = dx.update_graph_message(
+                [(k, f, a) for k, f, a, _, _ in run], annotations, submitting
+            )
             dx.client_send_now(client, msg)
         except Exception as exc:  # noqa: BLE001 (each ref raises it, as submit would have)
             for key, *_ in run:

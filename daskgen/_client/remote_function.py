@@ -252,7 +252,7 @@ class _Call:
             waits.append(functools.partial(dx.on_client_loop, self.client, promote, key))
         if not waits:
             with self._annotations():
-                if self.client.asynchronous or _runtime.in_worker_task() is not None:
+                if self.client.asynchronous:
                     future = self.client.submit(
                         self.fn,
                         *self.args,
