@@ -438,6 +438,44 @@ def test_a_yield_lost_with_its_worker_after_the_generator_finished_is_recomputed
                 assert value[0] == 10 * i and len(value[1]) == LARGE
 
 
+def test_large_yields_lost_with_their_worker_come_back_by_the_rerun_not_the_dead_wire(
+    dg, cluster, markers
+):
+    """Yields of 2 MiB come to the driver straight from their worker (``_client.fetch``). Once
+    that worker is killed, the wire to it is gone and its hints are stale: each ``get`` finds
+    the re-run's copy (the re-run's announcements name its worker), with nothing lost or mixed
+    and no wait on the dead worker."""
+    from daskgen._client import fetch
+
+    mark = _mark
+
+    @daskgen.remote
+    def big(marker_dir, n):
+        import os
+
+        import numpy as np
+
+        mark(marker_dir, "pid-1", str(os.getpid()))
+        for i in range(n):
+            yield np.full(2**18, i, dtype=np.float64)  # 2 MiB
+
+    with cluster.client() as observer:
+        gen = big.remote(str(markers), 3)
+        refs = list(gen)
+        before = fetch.fetched
+        assert [float(dg.get(r, timeout=HANG)[0]) for r in refs] == [0.0, 1.0, 2.0]
+        assert fetch.fetched - before == 3  # by the wire
+        wait_until(lambda: _no_task_processing(observer), "the generator task finished")
+
+        _kill_and_settle(cluster, observer, int(read_marker(markers, "pid-1")))
+
+        start = time.monotonic()
+        for i, ref in enumerate(refs):
+            value = dg.get(ref, timeout=HANG)
+            assert value.shape == (2**18,) and (value == i).all()
+        assert time.monotonic() - start < HANG
+
+
 def test_a_put_value_lost_with_its_worker_raises_object_lost(dg, cluster):
     ref = dg.put(b"x" * LARGE)
     with cluster.client() as observer:
