@@ -85,10 +85,8 @@ class WireLink:
         try:
             while True:
                 batches = cut_frames(buf)
-                if (
-                    batches and batches[-1] and batches[-1][-1].get("raw")
-                ):  # a fetched value's chunks follow
-                    last = batches[-1][-1]
+                last = batches[-1][-1] if batches and batches[-1] else {}
+                if last.get("raw"):  # a fetched value's chunks follow its frame, unframed
                     last["chunks"] = read_raw(self.sock, buf, last.pop("raw"))
                 for batch in batches:
                     self._on_replies(batch)

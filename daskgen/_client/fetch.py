@@ -2,8 +2,9 @@
 (``_worker.actor_wire``), where the embedded cluster's lane does not serve them.
 
 Why: Dask's gather of an 8 MB array from a worker of a real cluster took ~7.5 ms (median) here,
-and 20 streamed 8 MB yields reached the driver at ~0.6 GB/s against Ray's ~1 GB/s; a plain
-socket carries the value in ~3-3.5 ms, received straight into the buffers it is built on. The
+and 20 streamed 8 MB yields reached the driver at ~0.6 GB/s against Ray's ~1-1.7 GB/s; the wire
+carries the value in ~2.4 ms (its Unix socket, caller and worker on one host; ~3-3.5 ms over
+TCP), received straight into the buffers it is built on. The
 worker is the one the scheduler named when it announced the yield (``_objects.locations``); the
 connection is the caller's wire to that worker (``actor_channel.Channel``: opened on first use
 through ``Client.run``, so over the cluster's security; TLS clusters answer over Dask's comm
@@ -34,6 +35,7 @@ fetched = 0  # values this process took by the wire (tests look)
 
 def fetch_direct(client: Client, keys: list[Any]) -> dict[Any, Any]:
     """The values of those ``keys`` whose holder is known, by key (see the module's doc)."""
+    global fetched
     if _runtime.in_worker_task() is not None or client.asynchronous:
         return {}
     by_worker = locations.holders(keys)
@@ -42,7 +44,6 @@ def fetch_direct(client: Client, keys: list[Any]) -> dict[Any, Any]:
     asked = [(channel(client, worker), held) for worker, held in by_worker.items()]
     requests = [(ch, ch.ask(held)) for ch, held in asked]
     deadline = time.monotonic() + FETCH_TIMEOUT_S
-    global fetched
     out: dict[Any, Any] = {}
     for ch, request in requests:
         if request is not None:

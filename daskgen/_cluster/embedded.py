@@ -128,11 +128,12 @@ def wait_for_workers(cluster: SpecCluster, timeout: float = START_TIMEOUT) -> No
     average); the events here are set by the registrations and connections themselves. A worker
     process that exits, or workers not all started within ``timeout`` seconds, raise."""
     n = len(cluster.worker_spec)
-    batching = dx.scheduler_plugin(cluster.scheduler, FastBatchingScheduler.name)
+    tuning = dx.scheduler_plugin(cluster.scheduler, FastBatchingScheduler.name)
     lane = dx.scheduler_plugin(cluster.scheduler, _fastlane.FastLaneScheduler.name)
 
     def started(wait: float) -> bool:
-        return batching.all_registered.wait(wait) and (lane is None or lane.wait_connected(n, wait))
+        registered = tuning.all_registered.wait(wait)
+        return registered and (lane is None or lane.wait_connected(n, wait))
 
     deadline = time.monotonic() + timeout
     while not started(0.05):

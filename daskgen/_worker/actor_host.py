@@ -64,6 +64,7 @@ from .._protocol import (
     ErrorValue,
     Key,
     as_key,
+    boxed,
     dumps,
 )
 from .._runtime import current_actor, current_call
@@ -289,10 +290,10 @@ class CallerStream:
 
     def _fetch(self, number: int, keys: list[Key]) -> None:
         """The caller's ``get`` wants these large values (see ``_client.fetch``): send those
-        held here, pickled with their buffers out of band, from a thread (an 8 MB value takes
-        a few ms to leave; the worker's loop goes on meanwhile). Keys not held here, and every
-        key when the caller is on Dask's comm layer, are answered as missing: the caller's
-        Dask gather fetches them."""
+        held here, pickled with their buffers out of band, from this loop up to
+        :data:`SEND_ON_LOOP_BYTES` in all, else from a thread (the loop goes on meanwhile).
+        Keys not held here, and every key when the caller is on Dask's comm layer, are
+        answered as missing: the caller's Dask gather fetches them."""
         values = {}
         for key in keys:
             try:
@@ -662,6 +663,8 @@ class ActorHost:
     def _finished(self, call: HostedCall, value: Any) -> None:
         """From the actor's thread or loop: hand the result to the worker's loop."""
         blob = inline_bytes(value)  # pickled here, off the worker's loop
+        if blob is None:
+            value = boxed(value)  # a large list moves between workers as one pickle (see Put)
         # On the actor wire a small result goes back from this thread at once, unless more
         # calls wait to start (then _deliver sends the results together). It is stored by
         # _deliver, queued before it leaves, so whatever the caller says about it next

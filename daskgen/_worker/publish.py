@@ -85,6 +85,7 @@ from .._protocol import (
     ErrorValue,
     GenOutcome,
     Key,
+    boxed,
     dumps,
     yield_key,
 )
@@ -169,7 +170,9 @@ class Producer:
         # Small values also travel inline, so the caller's get() needs no round trip (as Ray
         # keeps small objects in the owner's memory). Pickled here, in the producer's thread.
         key = self.task if index == OUTCOME_INDEX else yield_key(self.task, index)
-        item = (key, index, value, inline_bytes(value), replace)
+        inline = inline_bytes(value)
+        # a large builtin container is stored boxed: it then moves as one pickle (see Put)
+        item = (key, index, value if inline is not None else boxed(value), inline, replace)
         with self._outbox_lock:
             self._outbox.append(item)
             schedule = not self._drain_scheduled

@@ -24,7 +24,7 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
-from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue
+from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, boxed
 from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from .output import origin_for, task_origin
@@ -33,9 +33,39 @@ from .publish import Producer, inline_bytes
 logger = logging.getLogger("daskgen")
 
 
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range)
+
+
 def arg_value(value: Any) -> Any:
-    """What a task sees for a top-level ref argument: the value, or the upstream error raised."""
-    return unwrap(value)
+    """What a task sees for a top-level ref argument: the value, or the upstream error raised.
+
+    As in Ray, a task cannot change the stored value through its argument: Dask hands every
+    task on a worker the very object that worker holds, so a task that appended to a list it
+    was given changed what the next reader of the ref got. A NumPy array comes as a read-only
+    view (no copy; writing to it raises, as on Ray); any other mutable value as a copy (a
+    pickle round trip, as Ray deserialises it for each task), or as it is if it cannot be
+    pickled here."""
+    value = unwrap(value)
+    if isinstance(value, _IMMUTABLE):
+        return value
+    ndarray = _ndarray_type()
+    if ndarray is not None and type(value) is ndarray:
+        view = value.view()
+        view.flags.writeable = False
+        return view
+    try:
+        return pickle.loads(pickle.dumps(value, protocol=5))
+    except Exception:  # not picklable (a lock, a generator...): the object itself
+        return value
+
+
+@functools.lru_cache(maxsize=1)
+def _ndarray_type() -> Any:
+    try:
+        import numpy
+    except ImportError:  # numpy is a dependency; kept optional here all the same
+        return None
+    return numpy.ndarray
 
 
 def unpack_args(packed: bytes | None, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
@@ -108,12 +138,13 @@ def _send_inline_result(caller: str, result: Any) -> Any:
     that round trip, as Ray returns small results inline. Dask still stores the result as usual.
     """
     blob = inline_bytes(result)
-    if blob is not None:
-        worker = get_worker()
-        msg = {"op": RESULT_OP, "caller": caller, "key": worker.get_current_task(), "blob": blob}
-        # Queued before the task returns; by the fast lane on the embedded cluster, which may
-        # arrive after the task's completion report (then the caller fetches it as usual).
-        send_soon(worker, msg)
+    if blob is None:
+        return boxed(result)  # a large list moves between workers as one pickle (see Put)
+    worker = get_worker()
+    msg = {"op": RESULT_OP, "caller": caller, "key": worker.get_current_task(), "blob": blob}
+    # Queued before the task returns; by the fast lane on the embedded cluster, which may
+    # arrive after the task's completion report (then the caller fetches it as usual).
+    send_soon(worker, msg)
     return result
 
 
