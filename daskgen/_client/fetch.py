@@ -4,11 +4,11 @@
 Why: Dask's gather of an 8 MB array from a worker of a real cluster took ~7.5 ms (median) here,
 and 20 streamed 8 MB yields reached the driver at ~0.6 GB/s against Ray's ~1-1.7 GB/s; the wire
 carries the value in ~2.4 ms (its Unix socket, caller and worker on one host; ~3-3.5 ms over
-TCP), received straight into the buffers it is built on. The
-worker is the one the scheduler named when it announced the yield (``_objects.locations``); the
-connection is the caller's wire to that worker (``actor_channel.Channel``: opened on first use
-through ``Client.run``, so over the cluster's security; TLS clusters answer over Dask's comm
-with nothing, and Dask's gather fetches). Whatever the worker does not hold (a stale hint),
+TCP), received straight into the buffers it is built on. The worker is the one the scheduler
+named when it announced the yield (``_objects.locations``); the connection is the caller's
+wire to that worker (``actor_channel.Channel``: opened on first use through ``Client.run``, so
+over the cluster's security; TLS clusters answer over Dask's comm with nothing, and Dask's
+gather fetches). Whatever the worker does not hold (a stale hint),
 cannot pickle, or does not send within ``FETCH_TIMEOUT_S``, Dask's gather fetches.
 
 Only in a driver (or any process outside a task): inside a task the worker's own client gets
