@@ -190,6 +190,24 @@ class Put:
         return Put, (self.value,)
 
 
+class Packed:
+    """A call's pickled arguments, when large, in the task Dask sends: pickled itself as an
+    out-of-band buffer, so Dask's own pickling of the task (on the client, again on the
+    scheduler for the worker) carries those bytes as a frame of their own instead of copying
+    them into each pickle. Unpickled, ``blob`` is the received buffer."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: Any) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Packed, (pickle.PickleBuffer(self.blob),)
+
+
+OUT_OF_BAND_ARGS = 64 << 10  # bytes: a call's pickled arguments from this size go as Packed
+
+
 _CONTAINERS = (list, tuple, dict, set)
 
 

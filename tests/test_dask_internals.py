@@ -666,6 +666,21 @@ def test_an_update_graph_message_for_several_tasks_is_what_the_scheduler_takes(i
     assert [scheduler.tasks[k].priority[-1] for k in keys] == [0, 1, 2]  # submission order
 
 
+def test_packed_arguments_ride_out_of_band_in_dasks_pickle():
+    """A task's large pickled arguments (``Packed``) are one out-of-band buffer of Dask's
+    pickle, not bytes copied into it, and come back whole."""
+    from distributed.protocol import pickle as dask_pickle
+
+    from daskgen._protocol import Packed
+
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    buffers: list = []
+    head = dask_pickle.dumps(("task", Packed(blob)), buffer_callback=buffers.append)
+    assert len(head) < 1024 and [memoryview(b).nbytes for b in buffers] == [len(blob)]
+    _, back = dask_pickle.loads(head, buffers=buffers)
+    assert type(back) is Packed and bytes(back.blob) == blob
+
+
 def _double(x):
     return 2 * x
 

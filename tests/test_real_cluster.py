@@ -12,7 +12,7 @@ import os
 
 import pytest
 import realcluster
-from realcluster import HANG
+from realcluster import HANG, wait_until
 
 import daskgen
 
@@ -180,6 +180,37 @@ def test_shutdown_releases_every_key_the_driver_held_on_a_cluster_given_by_addre
             f"the scheduler's task count returned to {baseline}",
         )
         del refs
+
+
+def test_large_arguments_by_value_reach_tasks_on_the_cluster_whole(dg, cluster):
+    """Arguments of 64 KiB and more travel as a frame of their own (``_protocol.Packed``):
+    the tasks get them whole, as they were at the call, and the scheduler keeps none of them
+    once the tasks are done."""
+    import numpy as np
+
+    dg.init(address=cluster.address)
+
+    @dg.remote
+    def summary(a, label, *, items):
+        return int(a[0]), int(a[-1]), a.shape, label, len(items)
+
+    a = np.arange(2**20)  # 8 MiB
+    refs = [summary.remote(a, f"call-{i}", items=list(range(50_000))) for i in range(10)]
+    a[0] = -1  # after the calls: each task has the value as it was
+    assert dg.get(refs, timeout=HANG) == [
+        (0, 2**20 - 1, (2**20,), f"call-{i}", 50_000) for i in range(10)
+    ]
+    del refs
+    client = dg.get_client()
+    wait_until(
+        lambda: (
+            not client.run_on_scheduler(
+                lambda dask_scheduler: [k for k in dask_scheduler.tasks if "summary" in str(k)]
+            )
+        ),
+        "the tasks forgotten",
+        HANG,
+    )
 
 
 def test_the_worker_processes_are_the_ones_the_test_started(cluster):

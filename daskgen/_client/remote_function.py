@@ -20,7 +20,13 @@ from .._objects.genstate import GenClaim, GenState, static_refs
 from .._objects.promotion import is_unpromoted, promote
 from .._objects.refs import ObjectRef, result_ref
 from .._options import DEFAULTS, dask_resources, resolve_mode, validate, worker_fits
-from .._protocol import FIRE_AND_FORGET_ANNOTATION, MAX_RETRIES_ANNOTATION, task_key
+from .._protocol import (
+    FIRE_AND_FORGET_ANNOTATION,
+    MAX_RETRIES_ANNOTATION,
+    OUT_OF_BAND_ARGS,
+    Packed,
+    task_key,
+)
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
 from . import batching
@@ -149,7 +155,10 @@ def submit_task(
     generator."""
     client = _runtime.client()
     ensure_served(client)
-    packed, deps, lent = pack_args(spec.name, args, kwargs)
+    pickled, deps, lent = pack_args(spec.name, args, kwargs)
+    packed: bytes | Packed | None = pickled
+    if pickled is not None and len(pickled) >= OUT_OF_BAND_ARGS:
+        packed = Packed(pickled)  # carried as a frame of its own, not copied into each pickle
     key = task_key(spec.name)
     worker = _runtime.in_worker_task()
     if worker is not None:

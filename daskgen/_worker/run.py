@@ -24,7 +24,7 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
-from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, boxed
+from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, Packed, boxed
 from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from .output import origin_for, task_origin
@@ -68,10 +68,12 @@ def _ndarray_type() -> Any:
     return numpy.ndarray
 
 
-def unpack_args(packed: bytes | None, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
+def unpack_args(packed: Any, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
+    """A call's arguments: its pickled ones (bytes, or a large ``Packed``) with each ``Dep``
+    replaced by the value of that dependency."""
     if packed is None:
         return [], {}
-    args, kwargs = cloudpickle.loads(packed)
+    args, kwargs = cloudpickle.loads(packed.blob if type(packed) is Packed else packed)
     args = [arg_value(deps[a.index]) if type(a) is Dep else a for a in args]
     for k, v in kwargs.items():
         if type(v) is Dep:
@@ -254,7 +256,7 @@ class TaskSpec:
                 self._pickling = False
         return (_spec_from_blob, (pickle.PickleBuffer(self._blob),))
 
-    def __call__(self, call: tuple[str, str | None], packed: bytes | None, *deps: Any) -> Any:
+    def __call__(self, call: tuple[str, str | None], packed: Any, *deps: Any) -> Any:
         """``call``: the caller's client id (who holds the results) and the output's owner
         (whose terminal shows what the task prints; None: not forwarded)."""
         caller, owner = call

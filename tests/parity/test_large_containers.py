@@ -100,3 +100,14 @@ def test_an_array_given_as_a_ref_is_read_only_in_the_task(ray):
     ref = ray.put(np.arange(1_000_000))
     assert ray.get(try_write.remote(ref), timeout=HANG) == "read-only"
     assert ray.get(ref, timeout=HANG)[0] == 0
+
+
+def test_a_large_argument_by_value_is_the_value_at_the_call(ray):
+    @ray.remote
+    def ends(x):
+        return int(x[0]), int(x[-1])
+
+    a = np.arange(500_000)  # 4 MB
+    ref = ends.remote(a)
+    a[0] = -1  # after the call
+    assert ray.get(ref, timeout=HANG) == (0, 499_999)
