@@ -69,7 +69,8 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
         # holding them (``_client.fetch``); Dask's gather fetches the rest
         fetched = fetch_large(client, [refs[i].key for i in remote])
         if fetch_direct is not None and len(fetched) < len(remote):
-            fetched.update(fetch_direct(client, [refs[i].key for i in remote]))
+            unfetched = [refs[i].key for i in remote if refs[i].key not in fetched]
+            fetched.update(fetch_direct(client, unfetched))
         rest = []
         for i in remote:
             if refs[i].key in fetched:
