@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import numpy
 from distributed import Worker, get_worker
 from distributed.comm import get_address_host
 from distributed.utils import sync
@@ -48,8 +49,7 @@ def arg_value(value: Any) -> Any:
     value = unwrap(value)
     if isinstance(value, _IMMUTABLE):
         return value
-    ndarray = _ndarray_type()
-    if ndarray is not None and type(value) is ndarray:
+    if type(value) is numpy.ndarray:
         view = value.view()
         view.flags.writeable = False
         return view
@@ -57,15 +57,6 @@ def arg_value(value: Any) -> Any:
         return pickle.loads(pickle.dumps(value, protocol=5))
     except Exception:  # not picklable (a lock, a generator...): the object itself
         return value
-
-
-@functools.lru_cache(maxsize=1)
-def _ndarray_type() -> Any:
-    try:
-        import numpy
-    except ImportError:  # numpy is a dependency; kept optional here all the same
-        return None
-    return numpy.ndarray
 
 
 def unpack_args(packed: Any, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
