@@ -191,21 +191,58 @@ class Put:
 
 
 class Packed:
-    """A call's pickled arguments, when large, in the task Dask sends: pickled itself as an
-    out-of-band buffer, so Dask's own pickling of the task (on the client, again on the
-    scheduler for the worker) carries those bytes as a frame of their own instead of copying
-    them into each pickle. Unpickled, ``blob`` is the received buffer."""
+    """A call's pickled arguments, when large, in the task Dask sends: ``blob`` the pickle,
+    ``buffers`` the large buffers it refers to (NumPy arrays' memory, pickled out of band by
+    ``_client.arguments``). Pickled itself with every one of them as an out-of-band buffer, so
+    Dask's own pickling of the task (on the client, again on the scheduler for the worker)
+    carries those bytes as frames of their own instead of copying them into each pickle.
+    Unpickled, they are the received buffers."""
 
-    __slots__ = ("blob",)
+    __slots__ = ("blob", "buffers")
 
-    def __init__(self, blob: Any) -> None:
+    def __init__(self, blob: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> None:
         self.blob = blob
+        self.buffers = buffers
+
+    @property
+    def nbytes(self) -> int:
+        return memoryview(self.blob).nbytes + sum(memoryview(b).nbytes for b in self.buffers)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return Packed, (pickle.PickleBuffer(self.blob),)
+        return Packed, (
+            pickle.PickleBuffer(self.blob),
+            [pickle.PickleBuffer(b) for b in self.buffers],
+        )
+
+
+@sizeof.register(Packed)
+def _sizeof_packed(packed: Packed) -> int:
+    return packed.nbytes
 
 
 OUT_OF_BAND_ARGS = 64 << 10  # bytes: a call's pickled arguments from this size go as Packed
+
+
+class Stored:
+    """A call's pickled arguments, when larger still, stored as a key of their own on the
+    submitter's side of the cluster (``_client.stored_args``) and passed as the task's
+    dependency number ``index``: the task's message stays small, and the bytes move from
+    worker to worker only if the task does not run where they are."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Stored, (self.index,)
+
+
+STORED_ARGS = 1 << 20  # bytes: a call's pickled arguments from this size go as Stored
+
+
+def stored_args_key() -> str:
+    return f"daskgen-args-{new_token()}"
 
 
 _CONTAINERS = (list, tuple, dict, set)
@@ -372,21 +409,52 @@ def _uninitialized(size: int) -> Any:
     return numpy.empty(size, dtype=numpy.uint8)
 
 
+class RawChunks:
+    """The unframed chunks of ``sizes`` bytes that follow a frame (see ``cut_frames``), as they
+    arrive: first what ``buf`` holds already (removed from it), the rest received straight into
+    each chunk's own buffer (``space``, then ``received``), which the value unpickled from them
+    then lives in (no copy)."""
+
+    def __init__(self, buf: bytearray, sizes: list[int]) -> None:
+        self.chunks = [_uninitialized(size) for size in sizes]
+        self._views = [memoryview(chunk).cast("B") for chunk in self.chunks]
+        self._at = 0  # the chunk being filled
+        self._have = 0  # bytes of it received
+        self._skip_full()
+        while buf and not self.done:
+            view = self.space()
+            take = min(len(buf), len(view))
+            view[:take] = buf[:take]
+            del buf[:take]
+            self.received(take)
+
+    @property
+    def done(self) -> bool:
+        return self._at == len(self._views)
+
+    def space(self) -> memoryview:
+        """Where the next bytes go."""
+        return self._views[self._at][self._have :]
+
+    def received(self, count: int) -> bool:
+        """``count`` bytes were written into ``space()``; True once every chunk is full."""
+        self._have += count
+        self._skip_full()
+        return self.done
+
+    def _skip_full(self) -> None:
+        while self._at < len(self._views) and self._have == len(self._views[self._at]):
+            self._views[self._at].release()
+            self._at += 1
+            self._have = 0
+
+
 def read_raw(sock: Any, buf: bytearray, sizes: list[int]) -> list[Any]:
-    """The unframed chunks of ``sizes`` bytes that follow a frame (see ``cut_frames``): first
-    from what ``buf`` holds already (removed from it), the rest received straight into each
-    chunk's own buffer, which the value unpickled from them then lives in (no copy)."""
-    chunks = []
-    for size in sizes:
-        chunk = _uninitialized(size)
-        have = min(len(buf), size)
-        with memoryview(chunk) as view:
-            view[:have] = buf[:have]
-            del buf[:have]
-            while have < size:
-                got = sock.recv_into(view[have:])
-                if not got:
-                    raise ConnectionError("the wire closed inside a fetched value")
-                have += got
-        chunks.append(chunk)
-    return chunks
+    """``RawChunks`` read from a blocking socket."""
+    raw = RawChunks(buf, sizes)
+    while not raw.done:
+        got = sock.recv_into(raw.space())
+        if not got:
+            raise ConnectionError("the wire closed inside a value it carried")
+        raw.received(got)
+    return raw.chunks

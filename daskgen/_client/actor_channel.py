@@ -32,7 +32,7 @@ from distributed.comm import CommClosedError, connect
 from .. import _dask_internals as dx
 from .._objects import promotion
 from .._objects.refs import deliver_result, early_result, has_result
-from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, as_key
+from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, Packed, as_key
 from .._waiting import wakes
 from .._worker.actor_host import install
 from ..exceptions import ActorDiedError, ActorUnavailableError, TaskCancelledError
@@ -269,6 +269,20 @@ class Channel:
                     return
                 flush = self._open
         _on_loop(self.client, flush)
+
+    def store(self, key: Key, packed: Packed) -> None:
+        """Send a call's stored arguments (``_client.stored_args``), their buffers the
+        caller's own memory: written at once from this thread where the wire is open and
+        idle (the kernel has them when this returns), else copied and queued."""
+        msg: dict[str, Any] = {"op": "store", "key": key}
+        with self._send_lock:
+            if isinstance(self._link, WireLink) and not self._burst and not self.closed:
+                msg["chunks"] = [packed.blob, *packed.buffers]
+                self._link.send_many([msg])
+                return
+        # A copy of each (bytes: Dask's comm layer carries them too, on TLS clusters).
+        msg["chunks"] = [packed.blob, *(bytes(memoryview(b).cast("B")) for b in packed.buffers)]
+        self.send(msg)
 
     def ask(self, keys: list[Key]) -> tuple[int, _Fetch] | None:
         """Ask the worker for the values of ``keys`` (any thread; see ``_client.fetch``);

@@ -56,14 +56,29 @@ class WireLink:
         threading.Thread(target=self._read, daemon=True, name="daskgen-actor-wire").start()
 
     def send_many(self, msgs: list[dict[str, Any]]) -> None:
-        """Write ``msgs`` now (any thread; in order across threads). A failed write ends the
-        link: the reader thread then reports it closed, and the calls on it fail."""
-        data = wire_frame(msgs)
+        """Write ``msgs`` now (any thread; in order across threads). A message with
+        ``chunks`` (buffers: a stored argument's bytes) ends its frame, and its chunks follow
+        it unframed, not copied (``_protocol.cut_frames``). A failed write ends the link: the
+        reader thread then reports it closed, and the calls on it fail."""
+        parts: list[Any] = []
+        frame: list[dict[str, Any]] = []
+        for msg in msgs:
+            chunks = msg.get("chunks")
+            if chunks:
+                msg = {k: v for k, v in msg.items() if k != "chunks"}
+                msg["raw"] = [memoryview(chunk).nbytes for chunk in chunks]
+            frame.append(msg)
+            if chunks:
+                parts += [wire_frame(frame), *chunks]
+                frame = []
+        if frame:
+            parts.append(wire_frame(frame))
         with self._lock:
             if self._closed:
                 return
             try:
-                self.sock.sendall(data)
+                for part in parts:
+                    self.sock.sendall(part)
             except OSError:
                 self._shut()
 

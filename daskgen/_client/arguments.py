@@ -4,22 +4,30 @@ nested in them travel as refs (Ray's semantics; Dask would resolve a future nest
 
 from __future__ import annotations
 
+import functools
 import pickle
 from typing import Any
 
 import cloudpickle
+import numpy
 
 from .._objects.refs import ObjectRef, capture_refs
-from .._protocol import Dep
+from .._protocol import Dep, Packed
 
 
 def pack_args(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes | None, list[ObjectRef], list[ObjectRef]]:
-    """Pickle the arguments once, here, so refs nested in them travel as refs.
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out_of_band: bool = False
+) -> tuple[Any, list[ObjectRef], list[ObjectRef]]:
+    """Pickle the arguments once, here, so refs nested in them travel as refs: bytes, or None
+    for no arguments.
 
     Top-level refs become Dask dependencies (the task receives their values); every ref met
     while pickling is returned so the caller can keep it alive while the task may use it.
+
+    ``out_of_band``: large buffers (NumPy arrays' memory, from :data:`OUT_OF_BAND_BUFFER`
+    bytes) are left out of the pickle, and returned with it as a :class:`Packed`: pickled in
+    band, a 10 MB array took ~9 ms here (the pickle grows by copies). They are the caller's
+    own memory, not copied: the caller sends them at once or takes a :func:`snapshot` first.
     """
     deps: list[ObjectRef] = []
 
@@ -37,12 +45,42 @@ def pack_args(
     # receiving it must find them even if the caller dropped its own ref right away.
     if _plain_data(a) and _plain_data(kw):
         return pickle.dumps((a, kw), protocol=5), deps, list(deps)
+    buffers: list[Any] = []
+    callback = functools.partial(_take_large, buffers) if out_of_band else None
     with capture_refs() as lent:
         try:
-            packed = cloudpickle.dumps((a, kw), protocol=5)
+            packed = cloudpickle.dumps((a, kw), protocol=5, buffer_callback=callback)
         except Exception as exc:
             raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
-    return packed, deps, [*deps, *lent]
+    return (Packed(packed, buffers) if buffers else packed), deps, [*deps, *lent]
+
+
+OUT_OF_BAND_BUFFER = 64 << 10  # bytes: a buffer from this size is copied out of the pickle
+
+
+def _take_large(buffers: list[Any], buffer: pickle.PickleBuffer) -> bool:
+    """``buffer_callback`` of ``pack_args``: a large contiguous buffer goes to ``buffers``
+    (False: out of band), not copied; any other stays in the pickle (True)."""
+    try:
+        raw = buffer.raw()
+    except BufferError:  # not contiguous
+        return True
+    if raw.nbytes < OUT_OF_BAND_BUFFER:
+        return True
+    buffers.append(raw)
+    return False
+
+
+def snapshot(packed: Packed) -> Packed:
+    """``packed`` with a copy of each buffer (``pack_args`` leaves them the caller's memory):
+    for arguments that wait before they are sent, which the caller may change meanwhile."""
+    return Packed(packed.blob, [_copy(b) for b in packed.buffers])
+
+
+def _copy(buffer: Any) -> Any:
+    copy = numpy.empty(memoryview(buffer).nbytes, dtype=numpy.uint8)
+    copy[:] = numpy.frombuffer(buffer, dtype=numpy.uint8)
+    return copy
 
 
 _PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex, Dep)

@@ -15,6 +15,7 @@ from distributed import Client, Future
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._objects import genstate
 from .._objects.generators import ObjectRefGenerator
 from .._objects.genstate import GenClaim, GenState, static_refs
 from .._objects.promotion import is_unpromoted, promote
@@ -24,14 +25,18 @@ from .._protocol import (
     FIRE_AND_FORGET_ANNOTATION,
     MAX_RETRIES_ANNOTATION,
     OUT_OF_BAND_ARGS,
+    STORED_ARGS,
+    Key,
     Packed,
+    Stored,
     task_key,
 )
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
-from . import batching
+from ..exceptions import ObjectLostError
+from . import batching, stored_args
 from .actors import ActorClass
-from .arguments import pack_args
+from .arguments import pack_args, snapshot
 from .install import ensure_served
 from .output import owner_of_new_calls
 from .session import worker_resources
@@ -155,10 +160,19 @@ def submit_task(
     generator."""
     client = _runtime.client()
     ensure_served(client)
-    pickled, deps, lent = pack_args(spec.name, args, kwargs)
-    packed: bytes | Packed | None = pickled
-    if pickled is not None and len(pickled) >= OUT_OF_BAND_ARGS:
+    pickled, deps, lent = pack_args(spec.name, args, kwargs, out_of_band=True)
+    packed: bytes | Packed | Stored | None = pickled
+    if type(pickled) is bytes and len(pickled) >= OUT_OF_BAND_ARGS:
         packed = Packed(pickled)  # carried as a frame of its own, not copied into each pickle
+    stored = None
+    if type(packed) is Packed and packed.nbytes >= STORED_ARGS:
+        stored = stored_args.store(client, packed, resources)  # a dependency of the task
+    if stored is not None:
+        assert type(packed) is Packed
+        deps, lent = [*deps, stored], [*lent, stored]
+        stored_packed, packed = packed, Stored(len(deps) - 1)
+    elif type(packed) is Packed and packed.buffers:
+        packed = snapshot(packed)  # the caller's memory, sent later: the call's own copy
     key = task_key(spec.name)
     worker = _runtime.in_worker_task()
     if worker is not None:
@@ -169,6 +183,9 @@ def submit_task(
     caller = (client.id, owner_of_new_calls(client))
     call = _Call(client, spec, key, (caller, packed, *futures), resources, retries)
     call.max_retries = max_retries
+    if stored is not None:
+        call.stored = (stored.key, stored_packed)
+        call.lent = lent
 
     state = refs = None
     if spec.mode != "plain":
@@ -187,6 +204,9 @@ def submit_task(
     future = call.submit(deps, lent)
     if state is not None:
         state.attach(future)
+    if call.stored is not None:
+        _restorable[key] = call
+        dx.on_future_done(client, future, _restorable.pop, key, None)
 
     if spec.mode == "plain":
         if lent:
@@ -219,6 +239,34 @@ def _hold(*_: Any) -> None:
     """A done-callback whose only job is to keep its arguments alive until then."""
 
 
+# Calls whose arguments are stored (``_client.stored_args``) and whose task has not ended: if
+# the worker holding the arguments dies first, Dask forgets the task too, and it is submitted
+# again with its arguments stored anew (their bytes are the caller's, see ``_Call.restore``).
+_restorable: dict[Key, _Call] = {}
+MAX_RESTORES = 3  # times one call's arguments are stored again before the call fails
+
+
+def _restore_lost(key: Key) -> bool:
+    """``genstate``'s hook for a key Dask forgot with a dead worker (on the client's loop)."""
+    call = _restorable.get(key)
+    if call is None:
+        return False
+    if call.restores >= MAX_RESTORES:
+        del _restorable[key]
+        error = ObjectLostError(
+            f"The arguments of {key!r} were lost {MAX_RESTORES + 1} times with the worker "
+            "holding them before the task could run; the call is not tried again."
+        )
+        dx.key_set_error(call.client, key, error, even_if_done=True)
+        return True
+    call.restores += 1
+    threading.Thread(target=call.restore, name="daskgen-restore", daemon=True).start()
+    return True
+
+
+genstate.restore_lost = _restore_lost
+
+
 class _Call:
     """One submission, made now or once the static-generator refs it depends on exist."""
 
@@ -239,6 +287,14 @@ class _Call:
         self.retries = retries
         self.max_retries: int | None = None  # re-runs allowed after the worker dies
         self.fire_and_forget = False  # keep the task running even if every ref is dropped
+        # The key of the call's stored arguments (the last dependency) and their bytes: if
+        # the worker cannot take them, they go packed into the task instead.
+        self.stored: tuple[Key, Packed] | None = None
+        self.lent: list[ObjectRef] = []  # what the call keeps alive until its task ends
+        self.restores = 0
+        self._remaining = 0
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()
 
     def submit(self, deps: list[ObjectRef], lent: list[ObjectRef]) -> Future:
         """Submit now and return the task's future, or return a future for it and submit
@@ -258,7 +314,10 @@ class _Call:
                 if not state.is_published(index):
                     waits.append(functools.partial(_when_published, state, index))
         for key in {r.key for r in lent if is_unpromoted(r.key)}:
-            waits.append(functools.partial(dx.on_client_loop, self.client, promote, key))
+            if self.stored is not None and key == self.stored[0]:
+                waits.append(self._when_stored)
+            else:
+                waits.append(functools.partial(dx.on_client_loop, self.client, promote, key))
         if not waits:
             with self._annotations():
                 if self.client.asynchronous:
@@ -277,11 +336,54 @@ class _Call:
                 )
         future = dx.light_future(self.key, self.client)
         self._remaining = len(waits)
-        self._failure: BaseException | None = None
-        self._lock = threading.Lock()
         for wait in waits:
             wait(self._one_ready)
         return future
+
+    def _when_stored(self, done: Callable[[BaseException | None], None]) -> None:
+        """``done`` once the call's stored arguments are a key the scheduler knows; if the
+        worker could not take them (it left, its connection failed), the call takes them
+        packed into the task instead (``_client.stored_args``)."""
+        assert self.stored is not None
+        key, packed = self.stored
+
+        def finished(error: BaseException | None) -> None:
+            if error is not None:
+                self._inline()
+            done(None)
+
+        dx.on_client_loop(self.client, promote, key, finished)
+
+    def _inline(self) -> None:
+        """The stored arguments go packed into the task instead (a copy of the caller's)."""
+        assert self.stored is not None
+        caller, _, *futures = self.args
+        self.args = (caller, snapshot(self.stored[1]), *futures[:-1])
+        self.stored = None
+        _restorable.pop(self.key, None)
+
+    def restore(self) -> None:
+        """The worker holding the call's stored arguments died before the task ran, and Dask
+        forgot both: store them again and submit the task anew, under its key (in a thread
+        of its own: storing may wait for the scheduler and the wire).
+
+        The bytes stored again are the caller's buffers as they are now: a caller that
+        changed an array after the call and before a worker died gives the task the changed
+        one (documented in ``_client.stored_args``)."""
+        assert self.stored is not None
+        ref = stored_args.store(self.client, self.stored[1], self.resources)
+        with self._lock:
+            self._remaining = 1
+            self._failure = None
+        if ref is None:
+            self._inline()
+            self._one_ready(None)
+            return
+        self.lent.append(ref)
+        caller, packed, *futures = self.args
+        self.args = (caller, packed, *futures[:-1], ref._future)
+        self.stored = (ref.key, self.stored[1])
+        self._when_stored(self._one_ready)
 
     def _one_ready(self, failure: BaseException | None) -> None:
         with self._lock:  # called from this thread or the client's loop

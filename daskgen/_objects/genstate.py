@@ -108,6 +108,8 @@ def on_cancelled_keys(client: Client) -> Callable[..., None]:
             if state is not None and state.task is not None:
                 state.lose(key)
                 settle.setdefault(id(state), (state, []))[1].append(key)
+            elif reason == FORGOTTEN and restore_lost(key):
+                pass  # a call whose stored arguments died with their worker: submitted again
             elif reason == FORGOTTEN and dx.client_refcount(client, key) > 0:
                 dx.key_set_error(
                     client,
@@ -131,6 +133,14 @@ def on_cancelled_keys(client: Client) -> Callable[..., None]:
 
 
 FORGOTTEN = "already forgotten"  # Dask's reason when a key's data died with its worker
+
+
+def _not_restored(key: Key) -> bool:
+    return False
+
+
+# Whether a forgotten key is a call that ``_client.stored_args`` submits again (it sets this).
+restore_lost: Callable[[Key], bool] = _not_restored
 
 
 class GenState:

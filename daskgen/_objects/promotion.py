@@ -26,9 +26,12 @@ _owners: dict[Key, Any] = {}  # unpromoted direct-call keys this process holds -
 _promoting: dict[Key, list[Callable[[BaseException | None], None]]] = {}  # key -> when done
 
 
-def own(key: Key, owner: Any) -> None:
-    """``key`` (a direct call's) is ``owner``'s until the scheduler knows it."""
+def own(key: Key, owner: Any, publishing: bool = False) -> None:
+    """``key`` (a direct call's, or stored arguments') is ``owner``'s until the scheduler
+    knows it; ``publishing``: it is being published already (``promote`` asks for nothing)."""
     _owners[key] = owner
+    if publishing:
+        _promoting.setdefault(key, [_hold])
 
 
 def owner_of(key: Key) -> Any:
@@ -81,6 +84,10 @@ def promote(key: Key, done: Callable[[BaseException | None], None]) -> None:
     waiting.append(done)
     if len(waiting) == 1:
         owner.send({"op": "promote", "keys": [key]})
+
+
+def _hold(error: BaseException | None) -> None:
+    """Marks a key whose publication is under way (see ``own``)."""
 
 
 def on_published(key: Key) -> None:

@@ -13,7 +13,9 @@ How a call travels
   - ``call`` {actor, key, method, packed, deps, mode, n, backpressure}: run a method;
   - ``cancel`` {key}; ``release`` {keys}: results the caller dropped before passing them on;
     ``promote`` {keys}: results the caller passes on (see below); ``consumed`` {key, index}:
-    backpressure of a generator method.
+    backpressure of a generator method; ``fetch`` {id, keys}: large values a ``get`` takes
+    from here (``_client.fetch``); ``store`` {key, chunks}: a call's large arguments, kept
+    here for the task that takes them (``_client.stored_args``).
 
 * Calls of one actor start in the order they arrived (a FIFO per actor; a call whose arguments
   are not ready holds back the calls after it, as in Ray). No timed wait is involved: a call that
@@ -63,6 +65,7 @@ from .._protocol import (
     PUBLISH_OP,
     ErrorValue,
     Key,
+    Packed,
     as_key,
     boxed,
     dumps,
@@ -246,6 +249,8 @@ class CallerStream:
                     producer.on_consumed(msg["index"])
             elif op == "fetch":
                 self._fetch(msg["id"], [as_key(k) for k in msg["keys"]])
+            elif op == "store":
+                self._store(as_key(msg["key"]), msg["chunks"])
             else:
                 logger.warning("daskgen: unknown actor message %r from %s", op, self.client)
         except Exception:  # one bad message must not close the caller's connection
@@ -287,6 +292,14 @@ class CallerStream:
                     call.promote = True  # published as it finishes
                 else:
                     logger.warning("daskgen: cannot promote %r: not held here", key)
+
+    def _store(self, key: Key, chunks: list[Any]) -> None:
+        """A call's large arguments, their pickle and buffers (``_client.stored_args``): kept
+        here as they came, and published as a real key held by the caller, which submits the
+        task that takes them once the scheduler has announced it."""
+        packed = Packed(chunks[0], chunks[1:])
+        dx.worker_store(self.worker, {key: packed})
+        publish_value(self.worker, self.client, key, packed)
 
     def _fetch(self, number: int, keys: list[Key]) -> None:
         """The caller's ``get`` wants these large values (see ``_client.fetch``): send those

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from .._protocol import (
     WIRE_READ_BYTES,
     WIRE_TOKEN_BYTES,
+    RawChunks,
     cut_frames,
     wire_frame,
     wire_socket,
@@ -152,19 +153,32 @@ class WireConnection:
         self.buf = bytearray()
         self.shown = False  # the token
         self.stream: Any = None  # the CallerStream, made by the first message
+        # The unframed chunks being received, and the frame they belong to (handled then).
+        self.raw: tuple[RawChunks, list[list[dict[str, Any]]]] | None = None
         self.open = True
         self._write_lock = threading.Lock()
         server.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
+        raw = self.raw
         try:
-            data = self.conn.recv(WIRE_READ_BYTES, socket.MSG_DONTWAIT)
+            if raw is not None:  # a value's chunks: straight into their buffers
+                got = self.conn.recv_into(raw[0].space(), 0, socket.MSG_DONTWAIT)
+                data = b"x" if got else b""
+            else:
+                data = self.conn.recv(WIRE_READ_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
             self.close()
+            return
+        if raw is not None:
+            if raw[0].received(got):
+                self.raw = None
+                self._handle(raw[1])
+                self._consume()
             return
         self.buf += data
         if not self.shown:
@@ -176,21 +190,40 @@ class WireConnection:
                 return
             del self.buf[:WIRE_TOKEN_BYTES]
             self.shown = True
+        self._consume()
+
+    def _consume(self) -> None:
+        """Handle the whole frames received; a frame announcing unframed chunks (its last
+        message's ``raw`` sizes) is handled once they are all here, as its ``chunks``."""
         try:
-            batches = cut_frames(self.buf)
-            for batch in batches:
-                for msg in batch:
-                    if self.stream is None:  # the first message: who the caller is
-                        worker = self.server.worker()
-                        if worker is None:
-                            self.close()
-                            return
-                        self.stream = self.server.make_stream(self, worker, msg["client"])
-                    else:
-                        self.stream.handle(msg)  # logs its own errors
+            while self.open:
+                batches = cut_frames(self.buf)
+                if not batches:
+                    return
+                last = batches[-1][-1] if batches[-1] else {}
+                if last.get("raw"):
+                    raw = RawChunks(self.buf, last.pop("raw"))
+                    last["chunks"] = raw.chunks
+                    if not raw.done:
+                        self._handle(batches[:-1])
+                        self.raw = (raw, batches[-1:])
+                        return
+                self._handle(batches)
         except Exception:
             logger.exception("daskgen: bad frame on the actor wire; closing it")
             self.close()
+
+    def _handle(self, batches: list[list[dict[str, Any]]]) -> None:
+        for batch in batches:
+            for msg in batch:
+                if self.stream is None:  # the first message: who the caller is
+                    worker = self.server.worker()
+                    if worker is None:
+                        self.close()
+                        return
+                    self.stream = self.server.make_stream(self, worker, msg["client"])
+                else:
+                    self.stream.handle(msg)  # logs its own errors
 
     # -- what CallerStream uses (its ``replies``) ----------------------------------------------
 

@@ -25,7 +25,7 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
-from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, Packed, boxed
+from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, Packed, Stored, boxed
 from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from .output import origin_for, task_origin
@@ -60,16 +60,31 @@ def arg_value(value: Any) -> Any:
 
 
 def unpack_args(packed: Any, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
-    """A call's arguments: its pickled ones (bytes, or a large ``Packed``) with each ``Dep``
-    replaced by the value of that dependency."""
+    """A call's arguments: its pickled ones (bytes, a large ``Packed``, or ``Stored`` as a
+    dependency of their own) with each ``Dep`` replaced by the value of that dependency."""
     if packed is None:
         return [], {}
-    args, kwargs = cloudpickle.loads(packed.blob if type(packed) is Packed else packed)
-    args = [arg_value(deps[a.index]) if type(a) is Dep else a for a in args]
+    buffers: Any = ()
+    if type(packed) is Stored:
+        # Shared by every task on this worker that takes them: read-only (as Ray's are).
+        packed = deps[packed.index]
+        buffers = [memoryview(b).toreadonly() for b in packed.buffers]
+    elif type(packed) is Packed:
+        buffers = packed.buffers
+    if type(packed) is Packed:
+        packed = packed.blob
+    args, kwargs = cloudpickle.loads(packed, buffers=buffers)
+    args = [arg_value(deps[a.index]) if type(a) is Dep else _by_value(a) for a in args]
     for k, v in kwargs.items():
-        if type(v) is Dep:
-            kwargs[k] = arg_value(deps[v.index])
+        kwargs[k] = arg_value(deps[v.index]) if type(v) is Dep else _by_value(v)
     return args, kwargs
+
+
+def _by_value(value: Any) -> Any:
+    """A NumPy array passed by value comes read-only, as on Ray (whatever its size)."""
+    if type(value) is numpy.ndarray:
+        value.flags.writeable = False
+    return value
 
 
 class Retry:
