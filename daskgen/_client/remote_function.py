@@ -241,21 +241,26 @@ def _hold(*_: Any) -> None:
 
 # Calls whose arguments are stored (``_client.stored_args``) and whose task has not ended: if
 # the worker holding the arguments dies first, Dask forgets the task too, and it is submitted
-# again with its arguments stored anew (their bytes are the caller's, see ``_Call.restore``).
+# again with its arguments stored anew (their bytes are the caller's, see ``_Call.restore``),
+# as often as its max_retries allows.
 _restorable: dict[Key, _Call] = {}
-MAX_RESTORES = 3  # times one call's arguments are stored again before the call fails
 
 
 def _restore_lost(key: Key) -> bool:
-    """``genstate``'s hook for a key Dask forgot with a dead worker (on the client's loop)."""
+    """``genstate``'s hook for a key Dask forgot with a dead worker (on the client's loop).
+
+    Each time counts against the call's ``max_retries``, as a worker's death does on Ray:
+    the task may have been running on the worker that held its arguments (Dask runs it there).
+    """
     call = _restorable.get(key)
     if call is None:
         return False
-    if call.restores >= MAX_RESTORES:
+    allowed = call.max_retries if call.max_retries is not None else 0
+    if 0 <= allowed <= call.restores:
         del _restorable[key]
         error = ObjectLostError(
-            f"The arguments of {key!r} were lost {MAX_RESTORES + 1} times with the worker "
-            "holding them before the task could run; the call is not tried again."
+            f"The arguments of {key!r} were lost with the worker holding them (it died) "
+            f"before the task finished, and max_retries={allowed} allows no further attempt."
         )
         dx.key_set_error(call.client, key, error, even_if_done=True)
         return True

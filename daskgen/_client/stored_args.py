@@ -20,11 +20,20 @@ a task's dependencies), so the bytes cross no process beyond the one they were h
   (a generator's until it ends), and the scheduler frees a key nobody wants once its
   dependents are done.
 * A worker that cannot take them (its connection fails, it left) costs nothing but time: the
-  call then goes with its arguments packed into the task, as smaller ones do.
+  call then goes with its arguments packed into the task, as smaller ones do. A worker that
+  dies holding them before the task ran makes Dask forget the task too: the call stores them
+  again and submits its task anew (``remote_function._Call.restore``), as often as the
+  call's ``max_retries`` allows (the task may have been running on that worker).
 
-Semantics stay Ray's: the task receives the value (unpickled from those bytes, a copy of its
-own), never a ref; the bytes were pickled when the call was made, so changing the caller's
-object afterwards changes nothing the task sees.
+Semantics stay Ray's: the task receives the value, never a ref, as it was at the call. A NumPy
+array's memory is not copied first (~0.9 s of the 200 x 10 MB calls above, most of it page
+faults of fresh memory): it is written from the caller's buffer while ``.remote()`` runs, so
+the kernel has it when the call returns; where it must wait (the connection still opening), it
+is copied. The task gets arrays on the stored buffers, read-only (every task on that worker
+shares them; Ray's are read-only too), any other value unpickled as its own copy. One window
+is left: arguments stored again after their worker died are the caller's buffers as they are
+then, so an array changed after the call gives the re-run the changed values (Ray's copy sits
+in the node's object store, which a worker process's death does not touch).
 """
 
 from __future__ import annotations

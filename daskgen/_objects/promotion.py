@@ -1,6 +1,7 @@
-"""Refs whose key the scheduler does not know yet: the results of direct actor calls (runs in
-the caller's process). ``_client.actor_channel`` makes them; ``_worker.actor_host`` documents
-how they live on the actor's worker.
+"""Refs whose key the scheduler does not know yet: the results of direct actor calls, and a
+call's stored arguments until their worker has published them (runs in the caller's process).
+``_client.actor_channel`` and ``_client.stored_args`` make them; ``_worker.actor_host``
+documents how they live on the worker.
 
 Such a key is **owned** by the connection its call went on (anything with ``send(msg)``,
 ``completed(key)`` and ``released(key)``). Dropping the last ref releases the key to its owner
