@@ -57,6 +57,8 @@ from typing import Any
 import cloudpickle
 from dask.sizeof import sizeof
 
+from . import _buffers
+
 # Batching of daskgen's own streams on any cluster: its driver's client to the scheduler, and
 # the scheduler to daskgen's clients (Dask hard-codes 10 ms and 2 ms; a sequential round trip
 # waits on both). Other clients' connections keep Dask's.
@@ -400,13 +402,11 @@ def cut_frames(buf: bytearray) -> list[list[dict[str, Any]]]:
 
 def _uninitialized(size: int) -> Any:
     """A writable buffer of ``size`` bytes, not zeroed first (``bytearray(size)`` writes zeros
-    to all of it, which the data received then overwrites: ~0.5-1 ms per 8 MB here) and taken
-    from the heap's freed memory where it can (no fresh pages to fault in)."""
+    to all of it, which the data received then overwrites: ~0.5-1 ms per 8 MB here), reused
+    where it can be (``_buffers``: no fresh pages to fault in)."""
     if size < SMALL_CHUNK:
         return bytearray(size)
-    import numpy
-
-    return numpy.empty(size, dtype=numpy.uint8)
+    return _buffers.take(size)
 
 
 class RawChunks:

@@ -4,7 +4,8 @@ folders never import each other, and no import circle exists.
 
 Layers, bottom to top:
 
-0. ``exceptions``, ``_protocol``, ``_options``, ``_dask_internals``, ``_runtime``, ``_waiting``
+0. ``exceptions``, ``_protocol``, ``_options``, ``_dask_internals``, ``_runtime``, ``_waiting``,
+   ``_buffers``
 1. ``_cluster``, ``_scheduler`` (siblings)
 2. ``_objects``
 3. ``_worker``
@@ -22,7 +23,15 @@ import pytest
 pytestmark = pytest.mark.daskgen_only
 
 PACKAGE = Path(__file__).resolve().parent.parent / "daskgen"
-BOTTOM = {"exceptions", "_protocol", "_options", "_dask_internals", "_runtime", "_waiting"}
+BOTTOM = {
+    "exceptions",
+    "_protocol",
+    "_options",
+    "_dask_internals",
+    "_runtime",
+    "_waiting",
+    "_buffers",
+}
 RANKS = {"_cluster": 1, "_scheduler": 1, "_objects": 2, "_worker": 3, "_client": 4}
 
 

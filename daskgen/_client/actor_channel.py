@@ -273,14 +273,19 @@ class Channel:
     def store(self, key: Key, packed: Packed) -> None:
         """Send a call's stored arguments (``_client.stored_args``), their buffers the
         caller's own memory: written at once from this thread where the wire is open and
-        idle (the kernel has them when this returns), else copied and queued."""
+        idle (the kernel has them when this returns), else copied and queued (as bytes,
+        which Dask's comm layer carries too).
+
+        Why not copy them and let a thread of the channel write them, so the caller goes on
+        and the stores to different workers cross at once: the machine was busy anyway (200
+        calls of 10 MB: ~93% of both cores), and the copy cost more (~2.8 ms per 10 MB in the
+        caller, 1.2-1.5 s for the 200 against 1.0-1.2 s)."""
         msg: dict[str, Any] = {"op": "store", "key": key}
         with self._send_lock:
             if isinstance(self._link, WireLink) and not self._burst and not self.closed:
                 msg["chunks"] = [packed.blob, *packed.buffers]
                 self._link.send_many([msg])
                 return
-        # A copy of each (bytes: Dask's comm layer carries them too, on TLS clusters).
         msg["chunks"] = [packed.blob, *(bytes(memoryview(b).cast("B")) for b in packed.buffers)]
         self.send(msg)
 

@@ -9,8 +9,8 @@ import pickle
 from typing import Any
 
 import cloudpickle
-import numpy
 
+from .. import _buffers
 from .._objects.refs import ObjectRef, capture_refs
 from .._protocol import Dep, Packed
 
@@ -74,13 +74,7 @@ def _take_large(buffers: list[Any], buffer: pickle.PickleBuffer) -> bool:
 def snapshot(packed: Packed) -> Packed:
     """``packed`` with a copy of each buffer (``pack_args`` leaves them the caller's memory):
     for arguments that wait before they are sent, which the caller may change meanwhile."""
-    return Packed(packed.blob, [_copy(b) for b in packed.buffers])
-
-
-def _copy(buffer: Any) -> Any:
-    copy = numpy.empty(memoryview(buffer).nbytes, dtype=numpy.uint8)
-    copy[:] = numpy.frombuffer(buffer, dtype=numpy.uint8)
-    return copy
+    return Packed(packed.blob, [_buffers.copy_of(b) for b in packed.buffers])
 
 
 _PLAIN_SCALARS = (int, float, str, bytes, bool, type(None), complex, Dep)

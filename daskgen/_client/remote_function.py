@@ -400,9 +400,14 @@ class _Call:
             dx.on_client_loop(self.client, dx.key_set_error, self.client, self.key, self._failure)
             return
         with self._annotations():
-            dx.submit_prebound(
-                self.client, self.key, self.fn, self.args, self.resources, self.retries
-            )
+            if self.client.asynchronous:
+                dx.submit_prebound(
+                    self.client, self.key, self.fn, self.args, self.resources, self.retries
+                )
+            else:  # the calls whose keys exist now go together (200 stored: 1.3 -> X s)
+                batching.submit(
+                    self.client, self.key, self.fn, self.args, self.resources, self.retries
+                )
 
     def _annotations(self) -> Any:
         """What the scheduler extension reads off the task: Ray's max_retries for worker
