@@ -457,6 +457,14 @@ def worker_lend_resources(worker: Worker, key: Key, sign: int) -> None:
         return
     for name, amount in ts.resource_restrictions.items():
         worker.state.available_resources[name] += sign * amount
+    if sign > 0 and ts.state == "long-running" and worker.state.running:
+        # A task's second wait: Dask's secede of a task already long-running changes nothing,
+        # so nothing would look at the tasks queued for the resources just lent back (a
+        # ``wait`` loop in a task hung for ever, its children queued on its idle worker).
+        # ``UnpauseEvent`` on a running worker does only that look (``_ensure_computing``).
+        from distributed.worker_state_machine import UnpauseEvent
+
+        worker.handle_stimulus(UnpauseEvent(stimulus_id=f"daskgen-lend-{time()}"))
 
 
 def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:

@@ -76,8 +76,13 @@ def test_worker_internals_exist(inproc):
     _, _, worker = inproc
     assert isinstance(worker, Worker)
     _has(worker, "stream_handlers", "batched_stream", "update_data", "data", "state", "loop")
-    _has(worker.state, "tasks", "available_resources", "total_resources")
+    _has(worker.state, "tasks", "available_resources", "total_resources", "running")
     assert "data" in inspect.signature(worker.update_data).parameters
+    # worker_lend_resources: on a running worker, UnpauseEvent only looks for tasks to start
+    from distributed.worker_state_machine import UnpauseEvent, WorkerState
+
+    assert "_ensure_computing" in inspect.getsource(WorkerState._handle_unpause)
+    assert UnpauseEvent(stimulus_id="x").stimulus_id == "x"
 
 
 def test_worker_store_keeps_the_very_object_without_copying(inproc):

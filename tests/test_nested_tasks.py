@@ -45,3 +45,35 @@ def test_results_inside_a_task_come_inline_real(dg, tmp_path):
     with start_cluster(tmp_path / "cluster", n_workers=2, nanny=True) as cluster:
         dg.init(address=cluster.address)
         _check_inline_in_tasks(dg)
+
+
+def test_a_second_wait_in_a_task_lends_its_cpu_to_a_child_queued_behind_it(dg):
+    """One worker with one CPU. The parent waits once (Dask marks it long-running), takes its
+    CPU back, submits a child, which queues on the worker for that CPU, then waits again: the
+    CPU lent back must start the child (Dask's second secede is a no-op that looks at nothing;
+    a ``wait`` loop in a task hung for ever that way)."""
+    dg.init(num_cpus=1)
+
+    @dg.remote
+    def child(x):
+        return x + 1
+
+    @dg.remote
+    def parent():
+        import time
+
+        from distributed import get_worker
+
+        worker = get_worker()
+        assert dg.get(child.remote(0)) == 1  # the first wait
+        ref = child.remote(1)
+        deadline = time.monotonic() + HANG
+        while True:  # the child reached this worker and waits for the CPU (bounded)
+            ts = worker.state.tasks.get(ref.key)
+            if ts is not None and ts.state == "constrained":
+                break
+            assert time.monotonic() < deadline, "the child never queued here"
+            time.sleep(0.005)
+        return dg.get(ref, timeout=HANG)  # the second wait
+
+    assert dg.get(parent.remote(), timeout=2 * HANG) == 2

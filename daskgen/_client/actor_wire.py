@@ -53,6 +53,8 @@ class WireLink:
         self._closed = False
         self._on_replies = on_replies
         self._on_closed = on_closed
+        # On this host (a Unix socket): shared memory can carry large arguments (``store``).
+        self.local = sock.family == getattr(socket, "AF_UNIX", None)
         threading.Thread(target=self._read, daemon=True, name="daskgen-actor-wire").start()
 
     def send_many(self, msgs: list[dict[str, Any]]) -> None:
@@ -60,24 +62,32 @@ class WireLink:
         ``chunks`` (buffers: a stored argument's bytes) ends its frame, and its chunks follow
         it unframed, not copied (``_protocol.cut_frames``). A failed write ends the link: the
         reader thread then reports it closed, and the calls on it fail."""
-        parts: list[Any] = []
+        parts: list[tuple[Any, list[int]]] = []  # (bytes, file descriptors sent with them)
         frame: list[dict[str, Any]] = []
+        fds: list[int] = []
         for msg in msgs:
-            chunks = msg.get("chunks")
+            chunks, sending = msg.get("chunks"), msg.get("fds")
+            if chunks or sending:
+                msg = {k: v for k, v in msg.items() if k not in ("chunks", "fds")}
             if chunks:
-                msg = {k: v for k, v in msg.items() if k != "chunks"}
                 msg["raw"] = [memoryview(chunk).nbytes for chunk in chunks]
+            if sending:  # shared-memory segments' descriptors (``shared_memory``): a count
+                fds += sending
+                msg["fds"] = len(sending)
             frame.append(msg)
             if chunks:
-                parts += [wire_frame(frame), *chunks]
-                frame = []
+                parts += [(wire_frame(frame), fds), *((chunk, []) for chunk in chunks)]
+                frame, fds = [], []
         if frame:
-            parts.append(wire_frame(frame))
+            parts.append((wire_frame(frame), fds))
         with self._lock:
             if self._closed:
                 return
             try:
-                for part in parts:
+                for part, with_fds in parts:
+                    if with_fds:
+                        sent = socket.send_fds(self.sock, [part], with_fds)
+                        part = memoryview(part)[sent:]
                     self.sock.sendall(part)
             except OSError:
                 self._shut()

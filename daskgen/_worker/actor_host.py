@@ -76,6 +76,7 @@ from . import actor_wire
 from .output import origin_for, task_origin
 from .publish import Producer, _producers, inline_bytes
 from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
+from .shared_memory import Mapped
 
 logger = logging.getLogger("daskgen")
 
@@ -220,6 +221,7 @@ class CallerStream:
         self.direct: bool = replies.direct  # results go back from the actor's thread
         self.held: set[Key] = set()  # results stored here, not promoted, not released
         self.open = True
+        self.mapped: Mapped | None = None  # shared memory the caller lent (``_store``)
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -250,7 +252,7 @@ class CallerStream:
             elif op == "fetch":
                 self._fetch(msg["id"], [as_key(k) for k in msg["keys"]])
             elif op == "store":
-                self._store(as_key(msg["key"]), msg["chunks"])
+                self._store(as_key(msg["key"]), msg)
             else:
                 logger.warning("daskgen: unknown actor message %r from %s", op, self.client)
         except Exception:  # one bad message must not close the caller's connection
@@ -293,10 +295,17 @@ class CallerStream:
                 else:
                     logger.warning("daskgen: cannot promote %r: not held here", key)
 
-    def _store(self, key: Key, chunks: list[Any]) -> None:
-        """A call's large arguments, their pickle and buffers (``_client.stored_args``): kept
-        here as they came, and published as a real key held by the caller, which submits the
-        task that takes them once the scheduler has announced it."""
+    def _store(self, key: Key, msg: dict[str, Any]) -> None:
+        """A call's large arguments, their pickle and buffers (``_client.stored_args``), the
+        buffers received after the message or lent as shared memory (``shm``: see
+        ``_client.shared_memory``): kept here as they came, and published as a real key held
+        by the caller, which submits the task that takes them once the scheduler has
+        announced it."""
+        chunks = msg["chunks"]
+        if "shm" in msg:
+            if self.mapped is None:
+                self.mapped = Mapped(self.worker.loop.asyncio_loop, self.send)
+            chunks = [*chunks, *self.mapped.views(msg["shm"], msg.get("fds", ()), msg["drop"])]
         packed = Packed(chunks[0], chunks[1:])
         dx.worker_store(self.worker, {key: packed})
         publish_value(self.worker, self.client, key, packed)
@@ -348,6 +357,8 @@ class CallerStream:
     def closed(self) -> None:
         """The caller is gone: free the results it never promoted."""
         self.open = False
+        if self.mapped is not None:
+            self.mapped.close()
         if self.held:
             dx.worker_forget(self.worker, list(self.held))
             self.held.clear()

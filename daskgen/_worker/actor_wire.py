@@ -30,6 +30,7 @@ buffers the value is built on.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
 import os
@@ -51,6 +52,8 @@ from .._protocol import (
 )
 
 logger = logging.getLogger("daskgen")
+
+MAX_FDS = 64  # file descriptors taken per read (a store message sends at most 32)
 
 
 class WireServer:
@@ -155,6 +158,8 @@ class WireConnection:
         self.stream: Any = None  # the CallerStream, made by the first message
         # The unframed chunks being received, and the frame they belong to (handled then).
         self.raw: tuple[RawChunks, list[list[dict[str, Any]]]] | None = None
+        self.local = conn.family == getattr(socket, "AF_UNIX", None)  # a caller on this host
+        self.fds: collections.deque[int] = collections.deque()  # received, not yet taken
         self.open = True
         self._write_lock = threading.Lock()
         server.loop.add_reader(self.fd, self._readable)
@@ -165,6 +170,14 @@ class WireConnection:
             if raw is not None:  # a value's chunks: straight into their buffers
                 got = self.conn.recv_into(raw[0].space(), 0, socket.MSG_DONTWAIT)
                 data = b"x" if got else b""
+            elif self.local:  # file descriptors may come along (shared memory)
+                data, fds, flags, _ = socket.recv_fds(
+                    self.conn, WIRE_READ_BYTES, MAX_FDS, socket.MSG_DONTWAIT
+                )
+                self.fds.extend(fds)
+                if flags & socket.MSG_CTRUNC:
+                    logger.error("daskgen: file descriptors lost on the actor wire; closing it")
+                    data = b""
             else:
                 data = self.conn.recv(WIRE_READ_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -216,6 +229,9 @@ class WireConnection:
     def _handle(self, batches: list[list[dict[str, Any]]]) -> None:
         for batch in batches:
             for msg in batch:
+                count = msg.get("fds")
+                if count:  # they came no later than the bytes they were sent with
+                    msg["fds"] = [self.fds.popleft() for _ in range(count)]
                 if self.stream is None:  # the first message: who the caller is
                     worker = self.server.worker()
                     if worker is None:
@@ -278,5 +294,7 @@ class WireConnection:
             pass
         with self._write_lock:
             self.conn.close()
+        while self.fds:
+            os.close(self.fds.popleft())
         if self.stream is not None:
             self.stream.closed()
