@@ -159,6 +159,27 @@ def test_large_yields_reach_the_driver_over_tls_by_dasks_gather(dg, tls_cluster,
     assert fetch.fetched == before
 
 
+def test_large_arguments_are_stored_over_tls_on_dasks_comm_layer(dg, tls_cluster, certs):
+    """No wire on TLS: a call's large arguments go to the worker that keeps them over Dask's
+    comm layer (encrypted), and the task still runs where they are."""
+    import numpy as np
+
+    from daskgen._client import shared_memory, stored_args
+
+    @daskgen.remote
+    def total(a):
+        return float(a.sum())
+
+    dg.init(address=tls_cluster.address, security=certs.security())
+    before, shared = stored_args.stored, shared_memory.lent
+    arrays = [np.full(2**18, i, dtype=np.float64) for i in range(4)]  # 2 MiB each
+    assert dg.get([total.remote(a) for a in arrays], timeout=HANG) == [
+        i * 2.0**18 for i in range(4)
+    ]
+    assert stored_args.stored - before == 4
+    assert shared_memory.lent == shared  # nothing lent: no wire, no file descriptors
+
+
 def _refused(dg, address, **kwargs):
     start = time.monotonic()
     with pytest.raises(Exception) as exc_info:
