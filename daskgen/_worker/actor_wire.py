@@ -165,12 +165,11 @@ class WireConnection:
         server.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        raw = self.raw
+        if self.raw is not None:
+            self._read_raw(self.raw)
+            return
         try:
-            if raw is not None:  # a value's chunks: straight into their buffers
-                got = self.conn.recv_into(raw[0].space(), 0, socket.MSG_DONTWAIT)
-                data = b"x" if got else b""
-            elif self.local:  # file descriptors may come along (shared memory)
+            if self.local:  # file descriptors may come along (shared memory)
                 data, fds, flags, _ = socket.recv_fds(
                     self.conn, WIRE_READ_BYTES, MAX_FDS, socket.MSG_DONTWAIT
                 )
@@ -187,12 +186,6 @@ class WireConnection:
         if not data:
             self.close()
             return
-        if raw is not None:
-            if raw[0].received(got):
-                self.raw = None
-                self._handle(raw[1])
-                self._consume()
-            return
         self.buf += data
         if not self.shown:
             if len(self.buf) < WIRE_TOKEN_BYTES:
@@ -205,10 +198,29 @@ class WireConnection:
             self.shown = True
         self._consume()
 
-    def _consume(self) -> None:
-        """Handle the whole frames received; a frame announcing unframed chunks (its last
-        message's ``raw`` sizes) is handled once they are all here, as its ``chunks``."""
+    def _read_raw(self, raw: tuple[RawChunks, list[list[dict[str, Any]]]]) -> None:
+        """A value's chunks: received straight into their buffers; its frame is handled once
+        they are all here."""
+        chunks, frame = raw
         try:
+            got = self.conn.recv_into(chunks.space(), 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            got = 0
+        if not got:
+            self.close()
+        elif chunks.received(got):
+            self.raw = None
+            self._consume(frame)
+
+    def _consume(self, ready: list[list[dict[str, Any]]] | None = None) -> None:
+        """Handle ``ready`` and then the whole frames received; a frame announcing unframed
+        chunks (its last message's ``raw`` sizes) is handled once they are all here, as its
+        ``chunks``."""
+        try:
+            if ready:
+                self._handle(ready)
             while self.open:
                 batches = cut_frames(self.buf)
                 if not batches:
