@@ -1,8 +1,9 @@
-"""Calls made from inside a task get the driver's speed-ups, on the embedded cluster and on a
-real one: their small results arrive inline with the task's completion (no fetch through Dask's
-gather), for ``get`` one at a time, ``get`` of many and a ``wait`` loop. (That such calls reach
-the scheduler in batches is ``test_batching``'s.) daskgen only: how a value travels is Dask's
-side."""
+"""Calls made from inside a task or an actor's method get the driver's speed-ups, on the
+embedded cluster and on a real one: their small results arrive inline with the task's
+completion (no fetch through Dask's gather), for ``get`` one at a time, ``get`` of many and a
+``wait`` loop, and a large argument is stored on the caller's own worker. (That such calls
+reach the scheduler in batches is ``test_batching``'s.) And a task waiting a second time lends
+its CPU to the children queued behind it. daskgen only: how a value travels is Dask's side."""
 
 from __future__ import annotations
 
@@ -37,14 +38,52 @@ def _check_inline_in_tasks(api):
     assert gathered == 0  # every result came inline
 
 
+def _check_inline_in_actors(api):
+    """The same from an actor's method, which also hands a child a large list by value
+    (stored on the actor's worker)."""
+
+    @api.remote
+    def tiny(x):
+        return x * 2
+
+    @api.remote
+    def length(xs):
+        return len(xs)
+
+    @api.remote
+    class Caller:
+        def calls(self, n):
+            from daskgen._client import stored_args
+            from daskgen._objects import resolve
+
+            before, stored = resolve.gathered, stored_args.stored
+            one_by_one = [api.get(tiny.remote(i)) for i in range(n)]
+            pending, waited = [tiny.remote(i) for i in range(n)], []
+            while pending:
+                done, pending = api.wait(pending, num_returns=1)
+                waited += api.get(done)
+            big = api.get(length.remote(list(range(300_000))))
+            return resolve.gathered - before, stored_args.stored - stored, one_by_one, waited, big
+
+    n = 20
+    gathered, stored, one_by_one, waited, big = api.get(
+        Caller.remote().calls.remote(n), timeout=HANG
+    )
+    assert one_by_one == sorted(waited) == [2 * i for i in range(n)]
+    assert big == 300_000 and stored == 1
+    assert gathered == 0
+
+
 def test_results_inside_a_task_come_inline_embedded(ray):
     _check_inline_in_tasks(ray)
+    _check_inline_in_actors(ray)
 
 
 def test_results_inside_a_task_come_inline_real(dg, tmp_path):
     with start_cluster(tmp_path / "cluster", n_workers=2, nanny=True) as cluster:
         dg.init(address=cluster.address)
         _check_inline_in_tasks(dg)
+        _check_inline_in_actors(dg)
 
 
 def test_a_second_wait_in_a_task_lends_its_cpu_to_a_child_queued_behind_it(dg):
