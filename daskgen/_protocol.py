@@ -240,7 +240,10 @@ class Stored:
         return Stored, (self.index,)
 
 
-STORED_ARGS = 1 << 20  # bytes: a call's pickled arguments from this size go as Stored
+# bytes: a call's pickled arguments from this size go as Stored. Measured (docs/performance.md):
+# below it, the store's announcement (a round trip before the task is submitted) costs more
+# than it saves; 4 MiB arrays took 3 ms a call stored against 7-9 ms packed into the task.
+STORED_ARGS = 1 << 20
 
 
 def stored_args_key() -> str:
