@@ -102,6 +102,7 @@ OUTPUT_TOPIC_PREFIX = "daskgen-print-"
 HELLO_OP = "daskgen_hello"
 WORKERS_OP = "daskgen_workers"  # client -> scheduler request: workers able to host an actor
 CLUSTER_OP = "daskgen_cluster"  # client -> scheduler request: every worker's host and resources
+LANE_OP = "daskgen_lane"  # worker -> scheduler request: where the fast lane listens (or None)
 
 Key = Any  # a Dask key: str or tuple
 

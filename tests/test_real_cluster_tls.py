@@ -180,6 +180,20 @@ def test_large_arguments_are_stored_over_tls_on_dasks_comm_layer(dg, tls_cluster
     assert shared_memory.lent == shared  # nothing lent: no wire, no file descriptors
 
 
+def test_a_tls_scheduler_offers_no_lane(dg, tls_cluster, certs):
+    """daskgen's lane is plain TCP: on TLS its workers keep to Dask's (encrypted) streams."""
+    dg.init(address=tls_cluster.address, security=certs.security())
+    assert dg.get(_add_one().remote(1), timeout=HANG) == 2
+    client = dg.get_client()
+    offered = client.run_on_scheduler(
+        lambda dask_scheduler: (
+            dask_scheduler.plugins["daskgen-fast-lane"].where,
+            len(dask_scheduler.plugins["daskgen-fast-lane"].ends),
+        )
+    )
+    assert offered == (None, 0)
+
+
 def _refused(dg, address, **kwargs):
     start = time.monotonic()
     with pytest.raises(Exception) as exc_info:

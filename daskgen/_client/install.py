@@ -3,7 +3,8 @@
 
 Installed, for the whole life of the scheduler: daskgen's scheduler plugin (``_scheduler``),
 registered by ``init`` and again whenever the client reconnects to a scheduler that lacks it (a
-scheduler restarted on the same address). It is harmless to clients and workers without
+scheduler restarted on the same address), and with it the workers' lane to the scheduler
+(``_cluster.fastlane``: a port of daskgen's own, on ``tcp://`` schedulers). It is harmless to clients and workers without
 daskgen: it acts only on daskgen's own tasks and messages, keeps daskgen's tasks off workers
 that cannot import daskgen, and answers ``daskgen_hello`` so that daskgen's processes can tell
 it is there. Nothing is registered with the workers: they install what daskgen needs there
@@ -24,6 +25,7 @@ from distributed import Client
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._cluster.fastlane import FastLaneScheduler
 from .._protocol import PLUGIN_NAME, VERSION
 from .._scheduler.plugin import DaskgenSchedulerPlugin
 from ..exceptions import RaySystemError
@@ -68,6 +70,9 @@ def install(client: Client) -> None:
 
 async def _install(client: Client) -> None:
     await dx.client_register_scheduler_plugin(client, DaskgenSchedulerPlugin(), PLUGIN_NAME)
+    # The workers' lane to the scheduler (``_cluster.fastlane``), which the embedded cluster
+    # has from its start: registered only where none is (Dask's idempotent registration).
+    await dx.client_register_scheduler_plugin(client, FastLaneScheduler(), FastLaneScheduler.name)
     _runtime.served(client)
 
 

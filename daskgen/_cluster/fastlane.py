@@ -1,4 +1,4 @@
-"""A direct line between each embedded worker and the scheduler: announcements and large values.
+"""A direct line between each worker and the scheduler: announcements and large values.
 
 Why: on daskgen's embedded cluster, a lone yield took ~1.2 ms from the generator to its caller,
 and ~0.6 ms of that was one Dask message from the worker to the scheduler (measured with a bare
@@ -6,8 +6,17 @@ message on the worker's batched stream: waking the stream's writer, framing, Tor
 the scheduler side, each a few turns of the event loop, run cold after the process idled). The
 same message over a Unix socket, read by an ``asyncio.Protocol`` on the scheduler's loop, took
 ~0.12 ms. So the embedded cluster's workers send the yield announcements and inline results
-(``daskgen-publish``, ``daskgen-result``) this way; everything else, and any cluster daskgen did
-not start, stays on Dask's streams.
+(``daskgen-publish``, ``daskgen-result``) this way; everything else stays on Dask's streams.
+
+On a cluster daskgen connects to, the same lane runs over a TCP port of daskgen's own on the
+scheduler's host (and an abstract Unix socket there, for workers on that host), opened by
+``init`` with daskgen's scheduler plugin (:class:`FastLaneScheduler` without a path). A worker
+asks the scheduler where it listens (``LANE_OP``, over Dask's comm, so over the cluster's own
+security: the token comes that way) once daskgen first sends from it, and connects in the
+background; until then, and for any producer that began on it, Dask's stream carries the
+messages. Measured on a real cluster here (same process A/B): yield -> consumer median
+~1.8-2.0 -> ~1.4-1.6 ms, sequential round trips ~130 -> ~135-150/s. TLS schedulers offer no
+lane (it is plain TCP).
 
 The driver also fetches large values (``FETCH_MIN_BYTES`` and up) for ``get`` this way: the
 scheduler's end asks the holding worker, which sends the value pickled with its buffers out of
@@ -43,15 +52,18 @@ import pickle
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
+import time
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 from distributed import SchedulerPlugin, Worker
 
 from .. import _dask_internals as dx
-from .._protocol import FETCH_MIN_BYTES, PUBLISH_OP, RESULT_OP, dumps
+from .._protocol import FETCH_MIN_BYTES, LANE_OP, PUBLISH_OP, RESULT_OP, dumps
 
 logger = logging.getLogger("daskgen")
 
@@ -285,18 +297,29 @@ class _SchedulerEnd(_Frames):
 
 
 class FastLaneScheduler(SchedulerPlugin):
-    """Listens on a Unix socket in a private directory, on the scheduler's loop."""
+    """The scheduler's end of the lanes, on the scheduler's loop: on the embedded cluster a
+    Unix socket in a private directory (``path`` and ``token`` given); on a cluster daskgen
+    connects to (none given), a TCP port of its own on the scheduler's host and an abstract
+    Unix socket for workers on that host, with a fresh token, which workers ask for over
+    Dask's comm (``LANE_OP``). A scheduler that is not on ``tcp://`` (TLS) opens neither: its
+    workers keep to Dask's streams."""
 
     name = "daskgen-fast-lane"
 
-    def __init__(self, path: str, token: bytes) -> None:
+    def __init__(self, path: str | None = None, token: bytes | None = None) -> None:
         self.path = path
-        self.token = token
+        self.token = token or os.urandom(TOKEN_BYTES)
         self.scheduler: Any = None
         self.server: Any = None
+        self.servers: list[Any] = []  # on a cluster daskgen connects to
+        self.where: dict[str, Any] | None = None  # what LANE_OP answers
         self.ends: set[_SchedulerEnd] = set()  # open connections
         self.fetched = 0  # values fetched for the driver
         self.hellos = threading.Condition()  # notified as each worker's connection is accepted
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Sent to a scheduler as what makes it there (its token is made there too)."""
+        return FastLaneScheduler, (self.path, None if self.path is None else self.token)
 
     def wait_connected(self, n: int, timeout: float) -> bool:
         """Whether ``n`` workers are connected, waiting up to ``timeout`` seconds for them (from
@@ -309,14 +332,41 @@ class FastLaneScheduler(SchedulerPlugin):
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: _SchedulerEnd(self), self.path)
+        if self.path is not None:
+            self.server = await loop.create_unix_server(lambda: _SchedulerEnd(self), self.path)
+            return
+        dx.scheduler_add_handler(scheduler, LANE_OP, self._contact)
+        address = urlsplit(scheduler.address)
+        if address.scheme != "tcp" or not address.hostname:
+            return
+        try:
+            tcp = await loop.create_server(lambda: _SchedulerEnd(self), address.hostname, 0)
+            self.servers.append(tcp)
+            local = None
+            if sys.platform.startswith("linux"):
+                local = "daskgen-lane-" + os.urandom(16).hex()
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind("\0" + local)
+                self.servers.append(
+                    await loop.create_unix_server(lambda: _SchedulerEnd(self), sock=sock)
+                )
+        except OSError:
+            logger.warning("daskgen: no fast lane on this scheduler", exc_info=True)
+            return
+        port = tcp.sockets[0].getsockname()[1]
+        self.where = {"host": address.hostname, "port": port, "token": self.token, "local": local}
+
+    def _contact(self) -> dict[str, Any] | None:
+        return self.where
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()  # stops listening; the open connections close below
+        for server in [self.server, *self.servers]:
+            if server is not None:
+                server.close()  # stops listening; the open connections close below
         for end in list(self.ends):
             end.transport.close()
-        shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+        if self.path is not None:
+            shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
 
     async def fetch(self, keys: list[Any]) -> dict[Any, Any]:
         """The values of those ``keys`` a connected worker holds, by key (on the scheduler's
@@ -488,6 +538,54 @@ async def connect(worker: Worker, path: str, token: bytes) -> None:
     _lanes[worker] = lane
 
 
+CONNECT_TIMEOUT_S = 5.0  # a port that does not answer (a firewall): Dask's stream instead
+RETRY_AFTER_S = 5.0  # after a failed try, the next one waits this long
+_tried: weakref.WeakKeyDictionary[Worker, float] = weakref.WeakKeyDictionary()  # under way/failed
+
+
+def ensure_lane(worker: Worker) -> None:
+    """On a cluster daskgen connects to: open this worker's lane in the background if the
+    scheduler offers one (on the worker's loop): once, again at once after an open lane
+    closed, at most every :data:`RETRY_AFTER_S` after a failed try."""
+    now = time.monotonic()
+    if lane_of(worker) is not None or now - _tried.get(worker, -1e9) < RETRY_AFTER_S:
+        return
+    _tried[worker] = now
+    asyncio.ensure_future(_connect_remote(worker))
+
+
+async def _connect_remote(worker: Worker) -> None:
+    try:
+        where = await asyncio.wait_for(getattr(worker.scheduler, LANE_OP)(), CONNECT_TIMEOUT_S)
+    except Exception:  # a scheduler without daskgen's lane (an older one), or gone
+        logger.debug("daskgen: the scheduler offers no fast lane", exc_info=True)
+        return
+    if not where:
+        return
+    loop = asyncio.get_running_loop()
+    lane: WorkerLane | None = None
+    if where.get("local"):  # the scheduler is on this host (the name exists only there)
+        try:
+            _, lane = await loop.create_unix_connection(
+                lambda: WorkerLane(worker), "\0" + where["local"]
+            )
+        except OSError:
+            lane = None
+    if lane is None:
+        try:
+            _, lane = await asyncio.wait_for(
+                loop.create_connection(lambda: WorkerLane(worker), where["host"], where["port"]),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, asyncio.TimeoutError):
+            logger.info("daskgen: the scheduler's fast lane cannot be reached; Dask's stream")
+            return
+    assert lane is not None
+    lane.transport.write(_frame(where["token"] + worker.address.encode()))
+    _lanes[worker] = lane
+    _tried.pop(worker, None)  # a lane that closes later is opened again at the next send
+
+
 def disconnect(worker: Worker) -> None:
     lane = _lanes.pop(worker, None)
     if lane is not None and lane.transport is not None:
@@ -511,6 +609,7 @@ class Sender:
         self.worker = worker
         self.lane: WorkerLane | None = None
         self.last = 0  # number of the last message sent on ``lane``
+        self.streamed = False  # sent on Dask's stream: it stays there
 
     def send(self, msg: dict[str, Any]) -> None:
         lane = self.lane
@@ -520,10 +619,14 @@ class Sender:
                     "daskgen: the worker's connection to the scheduler closed with "
                     f"{self.last - lane.acked} unconfirmed message(s) of this generator"
                 )
-            lane = self.lane = lane_of(self.worker)
+            # Never from Dask's stream to a lane: the lane could overtake what the stream
+            # still carries of this producer.
+            lane = self.lane = None if self.streamed else lane_of(self.worker)
             self.last = 0  # numbers count on the lane they were sent on
         if lane is None:
+            self.streamed = True
             dx.worker_send(self.worker, msg)
+            ensure_lane(self.worker)  # for the producers after this one
         else:
             self.last = lane.send(msg)
 
