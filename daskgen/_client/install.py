@@ -4,12 +4,13 @@
 Installed, for the whole life of the scheduler: daskgen's scheduler plugin (``_scheduler``),
 registered by ``init`` and again whenever the client reconnects to a scheduler that lacks it (a
 scheduler restarted on the same address), and with it the workers' lane to the scheduler
-(``_cluster.fastlane``: a port of daskgen's own, on ``tcp://`` schedulers). It is harmless to clients and workers without
-daskgen: it acts only on daskgen's own tasks and messages, keeps daskgen's tasks off workers
-that cannot import daskgen, and answers ``daskgen_hello`` so that daskgen's processes can tell
-it is there. Nothing is registered with the workers: they install what daskgen needs there
-(output forwarding, the actor connections' handler) when they first run a daskgen task, so a
-worker without daskgen that joins later starts as it would anyway.
+(``_cluster.fastlane``: a port of daskgen's own, on ``tcp://`` schedulers). Both are harmless
+to clients and workers without daskgen: they act only on daskgen's own tasks and messages,
+keep daskgen's tasks off workers that cannot import daskgen, and answer ``daskgen_hello`` so
+that daskgen's processes can tell they are there. Nothing is registered with the workers: they
+install what daskgen needs there (output forwarding, the actor connections' handler) when they
+first run a daskgen task, so a worker without daskgen that joins later starts as it would
+anyway.
 
 Checked at ``init(address=...)``: the scheduler and every worker can import daskgen, of this
 version; else ``init`` refuses, naming each host and what to run there.
