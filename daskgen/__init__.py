@@ -10,7 +10,7 @@ shows the layers (``_protocol`` and the other bottom modules, then ``_cluster``/
 
 from __future__ import annotations
 
-from . import actor, exceptions, remote_function
+from . import actor, exceptions, remote_function, util
 from ._client.actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._client.api import cancel, get, put, wait
 from ._client.context import get_runtime_context, progress

@@ -152,3 +152,11 @@ def test_actor_generator_streams_tokens_from_a_stateful_actor():
     assert "('the', 0)" in out.splitlines()[1]  # the second sentence reuses the actor's state
     assert "shouted: ['QUICK#1', 'DOG#7']" in out
     assert "vocabulary size: 9" in out
+
+
+def test_actor_pool_and_queue_scores_in_order_and_drains_the_queue():
+    out = _run("actor_pool_and_queue.py")
+    assert "scores in order: [2.17, 4.0, 3.5]" in out
+    assert "scores as they finished, sorted: [2.17, 3.5, 4.0]" in out
+    assert "produced: 10" in out
+    assert "consumed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in out

@@ -674,6 +674,17 @@ def get_actor(name: str) -> ActorHandle:
     return handle
 
 
+def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
+    """The names of the live actors created with ``.options(name=...)``; with
+    ``all_namespaces``, as Ray's ``{"namespace", "name"}`` entries (daskgen has one namespace
+    per cluster: ``"default"``)."""
+    client = _runtime.client()
+    names: list[str] = client.sync(client.scheduler.daskgen_actor_names)
+    if all_namespaces:
+        return [{"namespace": "default", "name": name} for name in names]
+    return names
+
+
 def _lookup(client: Client, name: str) -> ActorHandle | None:
     state = client.sync(client.scheduler.daskgen_actor_lookup, name=name)
     if state is None:

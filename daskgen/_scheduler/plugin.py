@@ -29,7 +29,8 @@ Batched-stream messages from clients:
   ``_client.cancel``), interrupting tasks on the workers that run them (Dask's ``run``).
 
 Request handlers: ``daskgen_actor_register`` {name, state, actor} (False if the name is taken)
-and ``daskgen_actor_lookup`` {name} (the pickled handle, or None), for named actors.
+and ``daskgen_actor_lookup`` {name} (the pickled handle, or None), for named actors, whose
+names ``daskgen_actor_names`` lists.
 
 Hooks: ``update_graph`` (Ray's ``max_retries``, and calls made fire-and-forget as their graph
 arrives), ``transition`` (calls that ended, early wants settled), ``remove_worker`` and
@@ -136,6 +137,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_add_stream_handler(scheduler, op, handler)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
+        dx.scheduler_add_handler(scheduler, "daskgen_actor_names", self.actor_names)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
@@ -629,6 +631,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def lookup_actor(self, name: str) -> bytes | None:
         return self.names.get(name)
+
+    def actor_names(self) -> list[str]:
+        """``daskgen_actor_names``: the names of the live named actors."""
+        return sorted(self.names)
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:
