@@ -51,6 +51,7 @@ __all__ = [
     "exceptions",
     "actor",
     "remote_function",
+    "util",
 ]
 
 # The public names say they are daskgen's (reprs, docs, pickles by reference), wherever they
