@@ -37,6 +37,26 @@ __all__ = [
     "ActorDiedError",
     "PendingCallsLimitExceeded",
     "ActorUnavailableError",
+    "ActorAlreadyExistsError",
+    # Ray's names for failures daskgen does not produce yet: defined so that Ray code's
+    # ``except ray.exceptions.X`` clauses work unchanged.
+    "OutOfMemoryError",
+    "ObjectStoreFullError",
+    "OutOfDiskError",
+    "NodeDiedError",
+    "LocalRayletDiedError",
+    "OwnerDiedError",
+    "ObjectFetchTimedOutError",
+    "ObjectReconstructionFailedError",
+    "ObjectFreedError",
+    "TaskUnschedulableError",
+    "ActorUnschedulableError",
+    "RuntimeEnvSetupError",
+    "AsyncioActorExit",
+    "CrossLanguageError",
+    "TaskPlacementGroupRemoved",
+    "ActorPlacementGroupRemoved",
+    "RayChannelError",
 ]
 
 
@@ -217,6 +237,82 @@ class ActorDiedError(RayActorError):
 class ActorUnavailableError(RayActorError):
     """The actor is being restarted (``max_restarts``): a call in flight may or may not have
     run; calls made after it is back run on the new instance."""
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor was created with ``name=`` that a live actor already has (no
+    ``get_if_exists=True``)."""
+
+
+# Ray's tree, for ``except`` clauses written for Ray; their bases are Ray's.
+
+
+class OutOfMemoryError(RayError):
+    """A task or actor was ended because its worker ran out of memory."""
+
+
+class ObjectStoreFullError(RayError):
+    """No room for a value (Ray's object store)."""
+
+
+class OutOfDiskError(RayError):
+    """No disk left for spilling."""
+
+
+class NodeDiedError(RayError):
+    """The host of a task or actor died."""
+
+
+class LocalRayletDiedError(RayError):
+    """The local node manager died (Ray's raylet)."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned a value died."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """A value could not be fetched in time."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """A lost value could not be computed again."""
+
+
+class ObjectFreedError(ObjectLostError):
+    """A value was freed before it was read."""
+
+
+class TaskUnschedulableError(RayError):
+    """A task can never be placed on any worker."""
+
+
+class ActorUnschedulableError(RayError):
+    """An actor can never be placed on any worker."""
+
+
+class RuntimeEnvSetupError(RayError):
+    """A ``runtime_env`` could not be set up."""
+
+
+class AsyncioActorExit(RayError):
+    """An asynchronous actor exited."""
+
+
+class CrossLanguageError(RayError):
+    """A value crossed languages (Ray's Java and C++ workers; none here)."""
+
+
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
+class RayChannelError(RaySystemError):
+    """A channel between processes failed (Ray's compiled graphs)."""
 
 
 # --------------------------------------------------------------------- Dask's errors, as Ray's

@@ -66,6 +66,7 @@ from .._protocol import (
 )
 from .._worker.actor_host import DEFAULT_GROUP, create_actor, died_message, kill_actor
 from ..exceptions import (
+    ActorAlreadyExistsError,
     ActorDiedError,
     PendingCallsLimitExceeded,
     RaySystemError,
@@ -209,7 +210,7 @@ class ActorClass:
             if existing is not None:
                 if opts.get("get_if_exists"):
                     return existing
-                raise ValueError(f"The name {name} is already taken by another actor.")
+                raise _name_taken(name)
         found = _workers(client)
         declared = {name for res in found["able"].values() for name in res}
         resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
@@ -256,15 +257,24 @@ class ActorClass:
             # The refs in the constructor's arguments live until it has run, as Ray keeps a
             # task's arguments (a handle among them would otherwise keep its actor for ever).
             dx.on_future_done(client, creation, lent.clear)
-        if name is not None:
-            if not _register(client, name, handle) and opts.get("get_if_exists"):
-                existing = _lookup(client, name)
-                if existing is not None:
-                    return existing
+        if name is not None and not _register(client, name, handle):
+            # Another process took the name between the lookup above and now.
+            existing = _lookup(client, name) if opts.get("get_if_exists") else None
+            kill(handle)
+            if existing is None:
+                raise _name_taken(name)
+            return existing
         return handle
 
     def __repr__(self) -> str:
         return f"ActorClass({self._cls.__name__})"
+
+
+def _name_taken(name: str) -> ActorAlreadyExistsError:
+    return ActorAlreadyExistsError(
+        f"The name {name} (namespace=None) is already taken. Please use a different name or "
+        f"get the existing actor using ray.get_actor('{name}')"
+    )
 
 
 _placed: dict[str, int] = {}  # worker address -> actors this process placed there

@@ -140,3 +140,40 @@ def test_a_queue_shared_by_tasks_and_an_actor(ray):
     assert sorted(ray.get(collected, timeout=HANG)) == sorted([*range(5), *range(5)])
     assert q.empty()
     q.shutdown()
+
+
+def test_a_taken_actor_name_raises_actor_already_exists(ray):
+    Doubler = _doubler(ray)
+    first = Doubler.options(name="util-parity-taken").remote()
+    assert ray.get(first.double.remote(2), timeout=HANG) == 4
+    with pytest.raises(ray.exceptions.ActorAlreadyExistsError, match="is already taken") as info:
+        Doubler.options(name="util-parity-taken").remote()
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ray.exceptions.RayError)
+    same = Doubler.options(name="util-parity-taken", get_if_exists=True).remote()
+    assert ray.get(same.double.remote(3), timeout=HANG) == 6
+    ray.kill(first)
+
+
+@pytest.mark.parametrize(
+    "name, bases",
+    [
+        ("OutOfMemoryError", ("RayError",)),
+        ("ObjectStoreFullError", ("RayError",)),
+        ("NodeDiedError", ("RayError",)),
+        ("OwnerDiedError", ("ObjectLostError",)),
+        ("ObjectFetchTimedOutError", ("ObjectLostError",)),
+        ("ObjectReconstructionFailedError", ("ObjectLostError",)),
+        ("ObjectFreedError", ("ObjectLostError",)),
+        ("TaskUnschedulableError", ("RayError",)),
+        ("ActorUnschedulableError", ("RayError",)),
+        ("ActorAlreadyExistsError", ("ValueError", "RayError")),
+        ("RuntimeEnvSetupError", ("RayError",)),
+        ("OutOfDiskError", ("RayError",)),
+        ("RayChannelError", ("RaySystemError",)),
+    ],
+)
+def test_rays_exception_names_exist_with_rays_bases(ray, name, bases):
+    cls = getattr(ray.exceptions, name)
+    for base in bases:
+        base_cls = ValueError if base == "ValueError" else getattr(ray.exceptions, base)
+        assert issubclass(cls, base_cls)
