@@ -49,6 +49,13 @@ class RuntimeContext:
         return _runtime.client().id
 
     @property
+    def namespace(self) -> str | None:
+        """The driver's namespace: ``init(namespace=...)``, else an anonymous one (None
+        inside tasks and actors, which do not know their driver's)."""
+        session = _runtime.session
+        return session.namespace if session is not None else None
+
+    @property
     def task_id(self) -> str | None:
         return self.get_task_id()
 

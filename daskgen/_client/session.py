@@ -33,8 +33,7 @@ from .actor_channel import close_channels
 from .actors import on_actor_died
 from .install import check_cluster, install
 from .output import forward_to
-
-ADDRESS_ENV = "DASKGEN_ADDRESS"
+from .ray_init import resolve_address, take_ray_keywords
 
 
 @dataclass
@@ -43,6 +42,7 @@ class _Session:
     cluster: SpecCluster | None  # owned: closed by shutdown()
     owns_client: bool
     log_to_driver: bool = True  # show here what the calls made from here print
+    namespace: str | None = None  # Ray's job namespace (init(namespace=), else anonymous)
     # what each worker declares, as last read from the scheduler (for placement checks)
     resources: list[dict[str, float]] = field(default_factory=list)
 
@@ -99,7 +99,8 @@ def init(
         _check_count("num_gpus", num_gpus)
         if resources is not None and not isinstance(resources, dict):
             raise TypeError(f"resources must be a dict, not {type(resources).__name__}")
-        address = address or os.environ.get(ADDRESS_ENV) or None
+        address = resolve_address(address)
+        kept = take_ray_keywords(cluster_kwargs, embedded=client is None and address is None)
         if client is not None:
             if not isinstance(client, Client):
                 raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
@@ -110,6 +111,7 @@ def init(
         else:
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
         session.log_to_driver = log_to_driver
+        session.namespace = kept["namespace"]
         try:
             if session.cluster is None:
                 check_cluster(session.client)  # a user's cluster: can it run daskgen at all?

@@ -97,7 +97,12 @@ def start_cluster(n: int, extra_resources: dict[str, float], kwargs: dict[str, A
     }
     silence = kwargs.pop("silence_logs", 30)
     if kwargs:
-        raise TypeError(f"init() got unexpected keyword arguments {sorted(kwargs)}")
+        raise TypeError(
+            f"init() got unexpected keyword arguments {sorted(kwargs)}: the embedded cluster "
+            "takes num_cpus, num_gpus, resources, dashboard_address, host, scheduler_port, "
+            "threads_per_worker, memory_limit, silence_logs and worker_kwargs (for "
+            "distributed.Nanny), besides Ray's own init keywords"
+        )
     workers = {}
     for i in range(n):
         opts = dict(
