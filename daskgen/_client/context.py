@@ -8,6 +8,7 @@ from typing import Any
 
 import distributed
 
+from .. import _dask_internals as dx
 from .. import _runtime
 from .._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .._objects.refs import ObjectRef
@@ -47,6 +48,36 @@ class RuntimeContext:
     def get_job_id(self) -> str:
         """The id of the client that started this work (Ray's driver job)."""
         return _runtime.client().id
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        """The resources the running task holds (``{"CPU": 1.0}`` for a default task; ``{}``
+        in an actor's method, which holds none of its own). Only inside tasks and actors, as
+        on Ray."""
+        if current_actor.get() is not None:
+            return {}
+        worker = in_worker_task()
+        key = dx.worker_current_key(worker) if worker is not None else None
+        if worker is None or key is None:
+            raise AssertionError(
+                "This method is only available when the process is a worker (inside a task "
+                "or an actor)."
+            )
+        return {name: float(n) for name, n in dx.worker_current_resources(worker, key).items()}
+
+    def get_actor_name(self) -> str | None:
+        """The name the running actor was created with ("" if none); None outside actors."""
+        actor = current_actor.get()
+        if actor is None:
+            return None
+        client = _runtime.client()
+        return str(client.sync(client.scheduler.daskgen_actor_name, actor=actor))
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators of the running task or actor, by kind (``GPU``: see
+        ``get_gpu_ids``)."""
+        from .introspection import get_gpu_ids
+
+        return {"GPU": [str(i) for i in get_gpu_ids()]}
 
     @property
     def namespace(self) -> str | None:

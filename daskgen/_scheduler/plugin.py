@@ -138,6 +138,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
         dx.scheduler_add_handler(scheduler, "daskgen_actor_names", self.actor_names)
+        dx.scheduler_add_handler(scheduler, "daskgen_actor_name", self.actor_name)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
@@ -635,6 +636,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     def actor_names(self) -> list[str]:
         """``daskgen_actor_names``: the names of the live named actors."""
         return sorted(self.names)
+
+    def actor_name(self, actor: str) -> str:
+        """``daskgen_actor_name``: the name of actor ``actor`` ("" for an unnamed one)."""
+        return self.named.get(actor, "")
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:

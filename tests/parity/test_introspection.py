@@ -1,8 +1,10 @@
 """Ray's cluster introspection as scripts use it: ``cluster_resources()``,
-``available_resources()``, ``nodes()`` and ``get_gpu_ids()`` (the session's cluster: 2 CPUs)."""
+``available_resources()``, ``nodes()``, ``get_gpu_ids()`` and the runtime context's resources
+and actor name (the session's cluster: 2 CPUs)."""
 
 from __future__ import annotations
 
+import pytest
 from realcluster import HANG, wait_until
 
 
@@ -53,3 +55,29 @@ def test_get_gpu_ids_is_empty_without_gpus_in_the_driver_and_in_tasks(ray):
 
     assert ray.get_gpu_ids() == []
     assert ray.get(gpus.remote(), timeout=HANG) == []
+
+
+def test_the_runtime_context_names_resources_and_the_actor(ray):
+    @ray.remote(num_cpus=1)
+    def in_task():
+        context = ray.get_runtime_context()
+        return (
+            context.get_assigned_resources(),
+            context.get_actor_name(),
+            (context.get_accelerator_ids()["GPU"]),
+        )
+
+    @ray.remote
+    class Named:
+        def context(self):
+            context = ray.get_runtime_context()
+            return context.get_actor_name(), context.get_assigned_resources()
+
+    assert ray.get(in_task.remote(), timeout=HANG) == ({"CPU": 1.0}, None, [])
+    named = Named.options(name="introspection-named").remote()
+    assert ray.get(named.context.remote(), timeout=HANG) == ("introspection-named", {})
+    assert ray.get(Named.remote().context.remote(), timeout=HANG) == ("", {})
+    assert ray.get_runtime_context().get_actor_name() is None
+    with pytest.raises(AssertionError):
+        ray.get_runtime_context().get_assigned_resources()  # only inside tasks and actors
+    ray.kill(named)
