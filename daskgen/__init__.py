@@ -17,6 +17,7 @@ from ._client.context import get_runtime_context, progress
 from ._client.introspection import available_resources, cluster_resources, get_gpu_ids, nodes
 from ._client.remote_function import RemoteFunction, remote
 from ._client.session import get_client, init, is_initialized, shutdown
+from ._client.timeline import timeline
 from ._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ._objects.refs import ObjectRef
 from ._protocol import VERSION
@@ -38,6 +39,7 @@ __all__ = [
     "cluster_resources",
     "available_resources",
     "nodes",
+    "timeline",
     "get_gpu_ids",
     "kill",
     "get_actor",

@@ -74,6 +74,9 @@ async def _install(client: Client) -> None:
     # The workers' lane to the scheduler (``_cluster.fastlane``), which the embedded cluster
     # has from its start: registered only where none is (Dask's idempotent registration).
     await dx.client_register_scheduler_plugin(client, FastLaneScheduler(), FastLaneScheduler.name)
+    # Dask's task stream records from now on (what timeline() reads; Dask starts it this way,
+    # and its dashboard too): bounded, and it records every client's tasks as it always does.
+    await client.scheduler.get_task_stream(count=0)
     _runtime.served(client)
 
 

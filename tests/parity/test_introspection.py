@@ -81,3 +81,25 @@ def test_the_runtime_context_names_resources_and_the_actor(ray):
     with pytest.raises(AssertionError):
         ray.get_runtime_context().get_assigned_resources()  # only inside tasks and actors
     ray.kill(named)
+
+
+def test_timeline_writes_the_tasks_as_a_chrome_trace(ray, tmp_path):
+    import json
+
+    @ray.remote
+    def traced(x):
+        return x
+
+    assert ray.get([traced.remote(i) for i in range(3)], timeout=HANG) == [0, 1, 2]
+    path = tmp_path / "trace.json"
+
+    def traced_events():  # Ray writes its task events a moment after they happen
+        ray.timeline(filename=str(path))
+        events = json.loads(path.read_text())
+        return [e for e in events if "traced" in str(e.get("name"))]
+
+    wait_until(lambda: len(traced_events()) >= 3, "3 traced tasks in the trace", HANG)
+    event = traced_events()[0]
+    assert event["ph"] == "X" and event["cat"].startswith("task::")
+    assert event["dur"] >= 0 and event["ts"] > 0
+    assert isinstance(ray.timeline(), list)
