@@ -305,6 +305,40 @@ def put_key() -> str:
     return f"put-{new_token()}"
 
 
+DYNAMIC_CODE = "<dynamic-code>"  # the file cloudpickle gives code it pickles by value
+
+
+def code_file(obj: Any) -> str | None:
+    """The source file of a function, or of a class's first method (read where it is defined,
+    before cloudpickle replaces it: see :func:`with_code_file`)."""
+    code = getattr(obj, "__code__", None)
+    if code is None and isinstance(obj, type):
+        code = next((f.__code__ for f in vars(obj).values() if hasattr(f, "__code__")), None)
+    return code.co_filename if code is not None else None
+
+
+def with_code_file(obj: Any, filename: str | None) -> Any:
+    """``obj`` (a function or class unpickled by value) with its code's file set back to
+    ``filename``: cloudpickle names it ``<dynamic-code>`` (so that pickles are deterministic),
+    and tracebacks in tasks then show no file and no line of the user's code."""
+    if not filename or filename == DYNAMIC_CODE:
+        return obj
+    functions = [obj] if hasattr(obj, "__code__") else []
+    if isinstance(obj, type):
+        functions = [f for f in vars(obj).values() if hasattr(f, "__code__")]
+    for fn in functions:
+        if fn.__code__.co_filename == DYNAMIC_CODE:
+            fn.__code__ = _refiled(fn.__code__, filename)
+    return obj
+
+
+def _refiled(code: Any, filename: str) -> Any:
+    consts = tuple(
+        _refiled(c, filename) if isinstance(c, type(code)) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
 def key_name(key: Key) -> str:
     """The user-facing function name in a key (``split`` for ``split-<hex>``)."""
     head = key[0] if isinstance(key, tuple) else key

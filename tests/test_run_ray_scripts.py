@@ -1,6 +1,7 @@
 """``python -m daskgen script.py`` runs a script written for Ray (``import ray``, Ray's module
 names) unchanged, on daskgen, with its arguments, its exit status and its errors as Python
-would give them; and Ray itself is not imported. daskgen only."""
+would give them, and an output with nothing but the script's own (a caught task error is not
+logged again by the workers); and Ray itself is not imported. daskgen only."""
 
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ def test_a_ray_script_runs_unchanged_on_daskgen(tmp_path):
     assert "queue 42" in out
     assert "error ValueError" in out
     assert "ray is daskgen daskgen real ray imported False" in out
+    # the caught task error is not logged by the embedded workers as well (Dask's "Compute
+    # Failed" block, with daskgen's frames): a person reads each error once, as on Ray
+    assert "Compute Failed" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_scripts_exit_status_and_usage(tmp_path):

@@ -61,6 +61,7 @@ from .._protocol import (
     WORKERS_OP,
     ErrorValue,
     Key,
+    code_file,
     new_token,
     task_key,
 )
@@ -240,7 +241,7 @@ class ActorClass:
             creation = client.submit(
                 create_actor,
                 actor_id,
-                cloudpickle.dumps(self._cls),
+                cloudpickle.dumps((self._cls, code_file(self._cls))),
                 {DEFAULT_GROUP: max_concurrency, **groups},
                 self._is_async,
                 packed,

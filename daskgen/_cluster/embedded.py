@@ -16,6 +16,7 @@ Workers and other clients use the TCP address.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 import threading
@@ -211,6 +212,24 @@ def _scheduler_plugins(n_workers: int) -> list[SchedulerPlugin]:
     return plugins
 
 
+class _QuietTaskErrors(logging.Filter):
+    """Dask logs each failed task's error on its worker ("Compute Failed", with daskgen's own
+    frames); a daskgen task's error reaches its caller, which shows it once, as Ray does. Only
+    on the embedded cluster's workers: a user's cluster keeps its workers' logs as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Compute Failed")
+            and len(args) > 3
+            and str(args[3]).startswith("RayTaskError(")
+        )
+
+
+_QUIET_TASK_ERRORS = _QuietTaskErrors()
+
+
 class TuneWorker(WorkerPlugin):
     """Shortens a worker's batching towards the scheduler, lets it forget freed keys directly
     (``dx.worker_forget_directly``), freezes its start-up objects and opens its fast lane to
@@ -225,6 +244,7 @@ class TuneWorker(WorkerPlugin):
         self.lane = lane
 
     async def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_QUIET_TASK_ERRORS)
         if self.lane is not None:
             await _fastlane.connect(worker, *self.lane)
         dx.set_batching_interval(dx.worker_batched_stream(worker), self.interval)

@@ -69,6 +69,7 @@ from .._protocol import (
     as_key,
     boxed,
     dumps,
+    with_code_file,
 )
 from .._runtime import current_actor, current_call
 from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
@@ -841,7 +842,8 @@ def create_actor(
     """The Dask task that creates an actor on this worker; returns the worker's address."""
     worker = get_worker()
     check_scheduler(worker)
-    cls = cloudpickle.loads(cls_blob)
+    cls, filename = cloudpickle.loads(cls_blob)
+    with_code_file(cls, filename)  # tracebacks in its methods show the user's file and line
     ctx = contextvars.copy_context()
     ctx.run(current_actor.set, actor_id)
     try:

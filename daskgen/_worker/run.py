@@ -25,7 +25,18 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.fastlane import send_soon
 from .._objects.resolve import unwrap
-from .._protocol import HELLO_OP, RESULT_OP, VERSION, Dep, ErrorValue, Packed, Stored, boxed
+from .._protocol import (
+    HELLO_OP,
+    RESULT_OP,
+    VERSION,
+    Dep,
+    ErrorValue,
+    Packed,
+    Stored,
+    boxed,
+    code_file,
+    with_code_file,
+)
 from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from .output import origin_for, task_origin
@@ -214,7 +225,10 @@ _runtime.send_on_worker_stream = _send_on_worker_stream
 
 @functools.lru_cache(maxsize=512)
 def _spec_from_bytes(blob: bytes) -> TaskSpec:
-    return TaskSpec(*cloudpickle.loads(blob))
+    *state, filename = cloudpickle.loads(blob)
+    spec = TaskSpec(*state)
+    with_code_file(spec.fn, filename)  # tracebacks show the user's file and line
+    return spec
 
 
 def _spec_from_blob(blob: Any) -> TaskSpec:
@@ -257,7 +271,7 @@ class TaskSpec:
                 return (TaskSpec, state)
             self._pickling = True
             try:
-                self._blob = cloudpickle.dumps(state, protocol=5)
+                self._blob = cloudpickle.dumps((*state, code_file(self.fn)), protocol=5)
             finally:
                 self._pickling = False
         return (_spec_from_blob, (pickle.PickleBuffer(self._blob),))
