@@ -138,8 +138,12 @@ class SegmentPool:
             pass
         if self._bytes + size > BUDGET:
             return None
+        try:
+            segment = Segment(size)
+        except OSError:  # no memory or file descriptors left for it: the socket instead
+            return None
         self._bytes += size
-        return Segment(size)
+        return segment
 
     def _evict_one(self) -> bool:
         """Close one free segment (of another size) to make room; False if none is free."""

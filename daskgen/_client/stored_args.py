@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from typing import Any
 
 from distributed import Client
@@ -59,7 +60,11 @@ WORKERS_FRESH_S = 2.0  # s: how long the list of workers asked from the schedule
 
 stored = 0  # calls whose arguments this process stored (tests look)
 
-_workers: dict[int, tuple[float, list[tuple[str, dict[str, float]]]]] = {}
+# Per client (weakly: a client's id may be reused by the next one): when its list of workers
+# was read, and the list.
+_workers: weakref.WeakKeyDictionary[Client, tuple[float, list[tuple[str, dict[str, float]]]]] = (
+    weakref.WeakKeyDictionary()
+)
 _turns = itertools.count()
 _lock = threading.Lock()
 
@@ -94,7 +99,7 @@ def _next_worker(client: Client, resources: dict[str, float]) -> str | None:
     ``resources`` (the task can then run where its arguments are)."""
     now = time.monotonic()
     with _lock:
-        known = _workers.get(id(client))
+        known = _workers.get(client)
     if known is None or now - known[0] > WORKERS_FRESH_S:
         try:
             found = client.sync(getattr(client.scheduler, WORKERS_OP))
@@ -102,19 +107,13 @@ def _next_worker(client: Client, resources: dict[str, float]) -> str | None:
             return None
         known = (now, sorted(found["able"].items()))
         with _lock:
-            _workers[id(client)] = known
+            _workers[client] = known
     able = [
         address
         for address, declared in known[1]
         if address not in closed_under_us and worker_fits(resources, declared)
     ]
     return able[next(_turns) % len(able)] if able else None
-
-
-def forget_workers(client: Client) -> None:
-    """The session of ``client`` ends."""
-    with _lock:
-        _workers.pop(id(client), None)
 
 
 def _store_here(worker: Any, caller: str, key: Key, packed: Packed) -> None:
