@@ -300,3 +300,44 @@ def test_task_prefix_shown_by_the_dashboard_is_the_function_name(daskgen):
         lambda dask_scheduler: {ts.prefix.name for ts in dask_scheduler.tasks.values()}
     )
     assert "split_sentence" in prefixes, prefixes
+
+
+def test_a_driver_ended_by_sigterm_leaves_no_worker_behind(tmp_path):
+    """The embedded cluster's processes end with their driver, within seconds, even when it
+    is killed by SIGTERM without running its exit hooks."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "import daskgen as ray\n"
+        "ray.init(num_cpus=2)\n"
+        "pids = ray.get_client().run(os.getpid)\n"
+        "print(' '.join(map(str, pids.values())), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert driver.stdout is not None
+        workers = [int(pid) for pid in driver.stdout.readline().split()]
+        assert len(workers) == 2
+        spawned = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=HANG)
+        deadline = time.monotonic() + 10  # generous: they go within ~1-2 s here
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in spawned):
+            time.sleep(0.1)
+        alive = [
+            p for p in spawned if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+        ]
+        assert not alive, f"left running: {alive}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
