@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 
 from distributed import SchedulerPlugin, Worker
 
+from .. import _buffers
 from .. import _dask_internals as dx
 from .._protocol import FETCH_MIN_BYTES, LANE_OP, PUBLISH_OP, RESULT_OP, dumps
 
@@ -88,13 +89,9 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _allocate(size: int) -> memoryview:
-    """A writable buffer for a received frame, not zero-filled when NumPy is there."""
-    try:
-        import numpy
-
-        return memoryview(numpy.empty(size, dtype=numpy.uint8).data).cast("B")
-    except ImportError:
-        return memoryview(bytearray(size))
+    """A writable buffer for a received frame: not zero-filled, and reused once nothing refers
+    to it (``_buffers``, as the wire's chunks are)."""
+    return _buffers.take(size).data.cast("B")
 
 
 def _widen(transport: Any) -> None:
