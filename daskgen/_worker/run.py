@@ -75,16 +75,16 @@ def unpack_args(packed: Any, deps: tuple[Any, ...]) -> tuple[list[Any], dict[str
     dependency of their own) with each ``Dep`` replaced by the value of that dependency."""
     if packed is None:
         return [], {}
-    buffers: Any = ()
+    buffers: Any
     if type(packed) is Stored:
+        stored = deps[packed.index]
         # Shared by every task on this worker that takes them: read-only (as Ray's are).
-        packed = deps[packed.index]
-        buffers = [memoryview(b).toreadonly() for b in packed.buffers]
+        blob, buffers = stored.blob, [memoryview(b).toreadonly() for b in stored.buffers]
     elif type(packed) is Packed:
-        buffers = packed.buffers
-    if type(packed) is Packed:
-        packed = packed.blob
-    args, kwargs = cloudpickle.loads(packed, buffers=buffers)
+        blob, buffers = packed.blob, packed.buffers
+    else:
+        blob, buffers = packed, ()
+    args, kwargs = cloudpickle.loads(blob, buffers=buffers)
     args = [arg_value(deps[a.index]) if type(a) is Dep else _by_value(a) for a in args]
     for k, v in kwargs.items():
         kwargs[k] = arg_value(deps[v.index]) if type(v) is Dep else _by_value(v)
