@@ -201,11 +201,13 @@ def submit_task(
     # its result once no ref remains (see _Call._annotations). A generator call is held by its
     # GenState until it ends.
     call.fire_and_forget = spec.mode == "plain"
+    if stored is not None:
+        # Before submitting: a store that fails at once takes the call out again (_inline).
+        _restorable[key] = call
     future = call.submit(deps, lent)
     if state is not None:
         state.attach(future)
-    if call.stored is not None:
-        _restorable[key] = call
+    if stored is not None:
         dx.on_future_done(client, future, _restorable.pop, key, None)
 
     if spec.mode == "plain":
@@ -253,7 +255,7 @@ def _restore_lost(key: Key) -> bool:
     the task may have been running on the worker that held its arguments (Dask runs it there).
     """
     call = _restorable.get(key)
-    if call is None:
+    if call is None or call.stored is None:
         return False
     allowed = call.max_retries if call.max_retries is not None else 0
     if 0 <= allowed <= call.restores:
