@@ -464,6 +464,39 @@ def test_cancel_of_an_async_actor_method_raises_cancelled_error_in_its_coroutine
     assert ray.get(actor.ping.remote(), timeout=HANG) == "pong"  # the actor lives on
 
 
+def test_cancel_of_a_running_sync_actor_method_lets_it_finish_and_get_raises_cancelled(
+    ray, tmp_path
+):
+    """Ray does not interrupt a threaded actor's running method (the actor has state): it runs
+    to its end, the calls after it run, and ``get`` of the cancelled call raises
+    ``TaskCancelledError`` (not a ``RayTaskError``)."""
+    mark, wait_for = _mark, _wait_for
+
+    @ray.remote
+    class Worker:
+        def work(self, directory):
+            mark(directory, "started")
+            wait_for(directory, "go", HANG)
+            mark(directory, "finished")
+            return "finished"
+
+        def after(self):
+            return "after"
+
+    actor = Worker.remote()
+    ref = actor.work.remote(str(tmp_path))
+    wait_until(lambda: (tmp_path / "started").exists(), "the method started", HANG)
+    ray.cancel(ref)
+    later = actor.after.remote()
+    _mark(str(tmp_path), "go")
+    with pytest.raises(ray.exceptions.TaskCancelledError) as info:
+        ray.get(ref, timeout=HANG)
+    assert not isinstance(info.value, ray.exceptions.RayTaskError)
+    assert re.match(r"Task: \S+ was cancelled\.$", _first_line(info.value))
+    assert ray.get(later, timeout=HANG) == "after"
+    assert (tmp_path / "finished").exists()  # it was not interrupted
+
+
 def test_cancel_with_force_of_an_actor_call_raises_value_error(ray):
     counter = _counter(ray).remote()
     ref = counter.value.remote()
