@@ -11,12 +11,13 @@ installed Dask and fails loudly when one is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from time import time
 from typing import Any
 
@@ -262,6 +263,14 @@ def on_client_loop(client: Client, fn: Callable[..., Any], *args: Any) -> None:
     _loop(client).add_callback(fn, *args)
 
 
+def client_loop_call_later(
+    client: Client, delay: float, fn: Callable[..., Any], *args: Any
+) -> None:
+    """Run ``fn(*args)`` on the client's event loop after ``delay`` s (from any thread)."""
+    loop = _loop(client)
+    loop.add_callback(loop.call_later, delay, fn, *args)
+
+
 def on_loop_thread(client: Client) -> bool:
     """Whether this thread runs the client's event loop (where waiting for it deadlocks)."""
     return on_loop_of(client.loop)
@@ -412,6 +421,34 @@ def _store_fresh(worker: Worker, data: dict[Key, object]) -> dict[Key, int]:
     return sizes
 
 
+def worker_store_computed(
+    worker: Worker, key: Key, value: object, start: float, stop: float
+) -> bool:
+    """Put the value of task ``key``, computed here outside Dask (a direct call, see
+    ``_worker.direct``), in memory before its ``compute-task`` comes: Dask then answers it at
+    once with ``task-finished`` (no run), and that report carries the run's start and stop
+    (the task stream shows when the call really ran). False if the worker knows the key
+    already (its ``compute-task`` came first: the task takes the value when it runs)."""
+    if key in worker.state.tasks:
+        return False
+    store = worker.state.data
+    if isinstance(store, SpillBuffer):
+        fast = store.fast
+        if fast.total_weight + fast.offset + sizeof(value) > fast.n:
+            return False  # it would spill: the task takes it when it runs, through Dask's path
+    _store_fresh(worker, {key: value})
+    worker.state.tasks[key].startstops.append({"action": "compute", "start": start, "stop": stop})
+    return True
+
+
+def worker_key_asked(worker: Worker, key: Key) -> bool | None:
+    """Whether the scheduler has asked this worker to compute ``key`` (None: not held here)."""
+    from distributed.worker_state_machine import RUN_ID_SENTINEL
+
+    ts = worker.state.tasks.get(key)
+    return None if ts is None else ts.run_id != RUN_ID_SENTINEL
+
+
 def worker_overwrite(worker: Worker, keys: list[Key], value: object) -> None:
     """Replace the values this worker holds for ``keys`` (published yields turned into errors).
 
@@ -465,6 +502,58 @@ def worker_lend_resources(worker: Worker, key: Key, sign: int) -> None:
         from distributed.worker_state_machine import UnpauseEvent
 
         worker.handle_stimulus(UnpauseEvent(stimulus_id=f"daskgen-lend-{time()}"))
+
+
+def worker_take_slot(
+    worker: Worker, ignore: Callable[[Key], bool] | None = None, even_if_busy: bool = False
+) -> bool:
+    """On the worker's loop: take one of the worker's task slots for a call daskgen runs in a
+    thread of its own (``_worker.direct``), if one is free and no task waits for one (those
+    come first). While taken, Dask's state machine counts one thread fewer, so it starts no
+    task in that slot; the scheduler's view of the worker is unchanged.
+
+    ``ignore(key)``: tasks that do not count (they end at once: the Dask tasks of direct calls
+    already run). ``even_if_busy``: take it back after a wait that lent it (the worker may run
+    one task too many for a moment, as after Dask's ``rejoin``)."""
+    state = worker.state
+    if even_if_busy:
+        state.nthreads -= 1
+        return True
+    if not state.running:
+        return False
+    skip = ignore or (lambda key: False)
+    if any(not skip(ts.key) for ts in state.ready) or any(
+        not skip(ts.key) for ts in state.constrained
+    ):
+        return False
+    if sum(1 for ts in state.executing if not skip(ts.key)) >= state.nthreads:
+        return False
+    state.nthreads -= 1
+    return True
+
+
+def worker_return_slot(worker: Worker) -> None:
+    """On the worker's loop: give back a slot :func:`worker_take_slot` took, and let the worker
+    start the task waiting for it, if any (``UnpauseEvent`` on a running worker does only that
+    look, ``_ensure_computing``)."""
+    from distributed.worker_state_machine import UnpauseEvent
+
+    worker.state.nthreads += 1
+    if worker.state.running and (worker.state.ready or worker.state.constrained):
+        worker.handle_stimulus(UnpauseEvent(stimulus_id=f"daskgen-slot-{time()}"))
+
+
+@contextlib.contextmanager
+def as_worker_thread(worker: Worker) -> Iterator[None]:
+    """In a thread of daskgen's own on a worker: ``distributed.get_worker()`` (and so
+    ``get_client()``) answer ``worker``, as in a task Dask runs."""
+    from distributed.worker import _worker_cvar
+
+    token = _worker_cvar.set(worker)
+    try:
+        yield
+    finally:
+        _worker_cvar.reset(token)
 
 
 def worker_detach_thread(worker: Worker, key: Key, ident: int) -> bool:

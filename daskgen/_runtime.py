@@ -32,6 +32,12 @@ current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "daskgen_call", default=None
 )
 
+# The resources the call running in this thread holds, where Dask's task state cannot say
+# (a direct call, ``_worker.direct``, runs outside Dask's pool).
+current_resources: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "daskgen_resources", default=None
+)
+
 # Hooks the client layer registers (see the module's docstring).
 start_session: Callable[[], Any] | None = None
 prepare_client: Callable[[Client], None] | None = None

@@ -59,9 +59,22 @@ def blocking() -> Iterator[None]:
     Without this, tasks blocked on other tasks hold every thread and CPU and the worker deadlocks
     (Ray also releases a task's CPU while it waits in ``get``). No-op outside tasks.
     """
+    if getattr(_thread, "seceded", False):
+        yield
+        return
+    lender = getattr(_thread, "lender", None)
+    if lender is not None:  # a direct call's thread (``_worker.direct``): its slot, lent back
+        lender(+1)
+        _thread.seceded = True
+        try:
+            yield
+        finally:
+            _thread.seceded = False
+            lender(-1)
+        return
     worker = in_worker_task()
     key = dx.worker_current_key(worker) if worker is not None else None
-    if key is None or getattr(_thread, "seceded", False):
+    if key is None:
         yield
         return
     assert worker is not None
@@ -77,6 +90,13 @@ def blocking() -> Iterator[None]:
         if not current_task_cancelled():
             rejoin()
         worker.loop.add_callback(dx.worker_lend_resources, worker, key, -1)
+
+
+def set_slot_lender(lender: Callable[[int], None] | None) -> None:
+    """In a thread that holds a worker's task slot outside Dask's pool (``_worker.direct``):
+    how a wait in it lends the slot back (``lender(+1)``) and takes it again (``lender(-1)``),
+    as ``blocking`` does with a pool thread's. None: the thread holds none any more."""
+    _thread.lender = lender
 
 
 @contextlib.contextmanager

@@ -47,6 +47,13 @@ def _restrictions(keys):
     return read
 
 
+def _known(keys):
+    def read(dask_scheduler):
+        return all(k in dask_scheduler.tasks for k in keys)
+
+    return read
+
+
 def _held(prefix):
     def read(dask_scheduler):
         return sorted(str(k) for k in dask_scheduler.tasks if str(k).startswith(prefix))
@@ -87,7 +94,11 @@ def _check_bursts(api):
         ]
         assert api.get(refs, timeout=HANG) == list(range(30))
         wanted = [{"CPU": 0.5} if i % 3 == 0 else {"CPU": 1} for i in range(30)]
-        assert client.run_on_scheduler(_restrictions([r.key for r in refs])) == wanted
+        keys = [r.key for r in refs]
+        # The first call's result may come straight from its worker a moment before the
+        # scheduler has its task (``_client.direct``).
+        wait_until(lambda: client.run_on_scheduler(_known(keys)), "every task known", HANG)
+        assert client.run_on_scheduler(_restrictions(keys)) == wanted
 
         @api.remote
         def dropped_item(path, i):

@@ -43,6 +43,7 @@ from .shared_memory import SegmentPool
 logger = logging.getLogger("daskgen")
 
 SEND_INTERVAL = 0.001  # s: batching of calls on daskgen's own connection
+DIRECT = "\x00direct"  # the "actor" of plain task calls sent straight to a worker (``direct``)
 
 _channels: dict[tuple[int, str], Channel] = {}
 _channels_lock = threading.Lock()
@@ -201,6 +202,7 @@ class Channel:
         # Calls sent without a result yet: key -> (actor, what to tell if it fails, what the
         # call keeps alive until then: its handle's claim on the actor).
         self.pending: dict[Key, _Pending] = {}
+        self._direct: set[Key] = set()  # those of them that are plain task calls (DIRECT)
         self.closed = False
         self.failure: BaseException | None = None
         self._outbox: list[dict[str, Any]] = []  # sent before the connection was open
@@ -221,6 +223,16 @@ class Channel:
         """Calls to ``actor`` sent on this channel without their result yet."""
         return sum(1 for entry in list(self.pending.values()) if entry[0] == actor)
 
+    def direct_in_flight(self) -> bool:
+        """Whether a plain task call sent on this channel has no result yet."""
+        return bool(self._direct)
+
+    def _take(self, key: Key) -> _Pending | None:
+        """Take ``key`` out of the calls without a result (any thread, under ``_lock``, or on
+        the client's loop)."""
+        self._direct.discard(key)
+        return self.pending.pop(key, None)
+
     # -- sending (any thread) ----------------------------------------------------------------
 
     def call(
@@ -230,18 +242,23 @@ class Channel:
         on_failed: Callable[[Any], None] | None,
         actor: str,
         keep: Any = None,
+        owned: bool = True,
     ) -> None:
         """Send a call to ``actor``; its result arrives for ``key``. ``on_failed(error)`` is
         told if the call ends without a result on the scheduler's path (a generator call).
         ``keep`` (the handle's claim on the actor) lives until then: a handle dropped right
-        after a call cannot end the actor before the call reaches it, as in Ray."""
+        after a call cannot end the actor before the call reaches it, as in Ray. ``owned``
+        False: the scheduler knows ``key`` already (a direct task call's, see ``direct``)."""
         with self._lock:
             if self.closed:
                 failure = self.failure
             else:
                 failure = None
                 self.pending[key] = (actor, on_failed, keep)
-                promotion.own(key, self)  # the scheduler does not know the key yet
+                if actor == DIRECT:
+                    self._direct.add(key)
+                if owned:
+                    promotion.own(key, self)  # the scheduler does not know the key yet
         if failure is not None:
             dx.on_client_loop(self.client, self._fail, key, on_failed, failure)
             return
@@ -466,7 +483,7 @@ class Channel:
             for msg in msgs:
                 if msg["op"] == "result":
                     key = as_key(msg["key"])
-                    entry = self.pending.pop(key, None)
+                    entry = self._take(key)
                     if entry is not None:
                         self._arrived[key] = entry
                         early_result(key, msg["blob"])
@@ -499,11 +516,20 @@ class Channel:
         if retries:
             retries.pop(key, None)
         if msg["op"] == "result":
-            if self.pending.pop(key, None) is None and self._arrived.pop(key, None) is None:
+            entry = self._take(key) or self._arrived.pop(key, None)
+            if entry is None:
                 return  # it failed already (its actor died), or its ref was dropped
-            deliver_result(self.client, key, msg["blob"])
+            # A direct task call's Dask task reports its own end (its value is in the cluster
+            # only then): the ref has its value now, its future finishes with that report.
+            deliver_result(self.client, key, msg["blob"], finish=entry[0] != DIRECT)
+        elif msg["op"] == "busy":  # a direct task call the worker had no slot for: its Dask
+            entry = self._take(key)  # task runs it there, once it has one (``direct``)
+            if entry is not None:
+                entry[2]()
+        elif msg["op"] in ("done", "late"):  # a direct task call whose large result stays
+            self._take(key)  # there, or whose Dask task came first and runs it (``direct``)
         elif msg["op"] == "failed":  # a generator call that ended without its outcome
-            entry = self.pending.pop(key, None)
+            entry = self._take(key)
             promotion.disown(key)
             blob = msg.get("blob")
             if entry is not None:
@@ -511,14 +537,14 @@ class Channel:
 
     def completed(self, key: Key) -> None:
         """The scheduler announced ``key`` (published by the host): it is a real key now."""
-        self.pending.pop(key, None)
+        self._take(key)
         self._arrived.pop(key, None)
         retries.pop(key, None)
         self._wake([key])
 
     def released(self, key: Key) -> None:
         """The caller dropped the ref of ``key`` (the host is told by the release message)."""
-        self.pending.pop(key, None)
+        self._take(key)
         self._arrived.pop(key, None)
         retries.pop(key, None)
 
@@ -588,6 +614,7 @@ class Channel:
             self.closed = True
             self.failure = error
             pending, self.pending = self.pending, {}
+            self._direct.clear()
             self._outbox.clear()
             link, self._link = self._link, None
             fetches, self._fetches = self._fetches, {}
@@ -614,7 +641,8 @@ class Channel:
 
 def cancel_actor_call(key: Key, force: bool) -> bool:
     """``cancel()`` of a direct actor call still without its result: ask its host (see
-    ``ActorHost.cancel``). False if ``key`` is no such call."""
+    ``ActorHost.cancel``). False if ``key`` is no such call (a direct task call's key is a
+    Dask task's: it is cancelled as any task is)."""
     ch = promotion.owner_of(key)
     if not isinstance(ch, Channel) or key not in ch.pending:
         return False

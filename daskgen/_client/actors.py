@@ -563,9 +563,9 @@ def _when_computed(client: Client, ref: Any, done: Callable[[BaseException | Non
         else:
             done(None)
 
-    if ref._is_done():
+    if ref._is_done() and ref._future.status != "pending":
         check()
-    else:
+    else:  # a direct task call's value came inline before its key is in the cluster
         dx.on_future_done(client, ref._future, check)
 
 

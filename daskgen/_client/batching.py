@@ -34,14 +34,16 @@ import dask
 from distributed import Client, Future
 
 from .. import _dask_internals as dx
+from .._objects import refs
 from .._protocol import Key
 
 
 class _Batch:
-    __slots__ = ("lock", "calls")
+    __slots__ = ("lock", "calls", "later")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.later = False  # only deferred calls wait: the send is due after their delay
         # (key, function, arguments, (submitting task, annotations), the call's future)
         self.calls: list[tuple[Key, Callable[..., Any], tuple[Any, ...], tuple, Future]] = []
 
@@ -57,9 +59,14 @@ def submit(
     args: tuple[Any, ...],
     resources: dict[str, float] | None,
     retries: int,
+    defer: float = 0.0,
 ) -> Future:
     """``client.submit(fn, *args, key=key, pure=False, resources=..., retries=...)``, batched
-    with the calls around it (see the module's doc); returns the call's future."""
+    with the calls around it (see the module's doc); returns the call's future.
+
+    ``defer`` s: the call may wait that long for others to join it (the Dask tasks of direct
+    calls, ``_client.direct``), unless a call that may not wait comes first, or :func:`flush`
+    (the order between calls is kept either way)."""
     annotations = dict(dask.get_annotations())  # as Client._graph_to_futures merges them
     if retries:
         annotations["retries"] = retries
@@ -74,9 +81,31 @@ def submit(
     with batch.lock:
         batch.calls.append((key, fn, args, origin, future))
         first = len(batch.calls) == 1
-    if first:
+        if first:
+            batch.later = bool(defer)
+        elif batch.later and not defer:
+            batch.later, first = False, True  # goes now, with the calls that could wait
+    if first and defer:
+        dx.client_loop_call_later(client, defer, _send, client, batch)
+    elif first:
         dx.on_client_loop(client, _send, client, batch)
     return future
+
+
+def flush(client: Client) -> None:
+    """Send the calls waiting for their delay now (any thread): before anything else this
+    client says about them reaches the scheduler (a cancel, a ref passed to another process)."""
+    batch = _batches.get(client)
+    if batch is None or not batch.later:
+        return
+    with batch.lock:
+        if not batch.later:
+            return
+        batch.later = False
+    dx.on_client_loop(client, _send, client, batch)
+
+
+refs.flush_submissions = flush
 
 
 def _send(client: Client, batch: _Batch) -> None:
@@ -84,6 +113,7 @@ def _send(client: Client, batch: _Batch) -> None:
     submitting task and annotations, in the order they were made."""
     with batch.lock:
         calls, batch.calls = batch.calls, []
+        batch.later = False
     start = 0
     while start < len(calls):
         end = start + 1

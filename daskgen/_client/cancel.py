@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import _runtime
 from .._protocol import Key, cancel_message
+from . import batching
 from .actor_channel import cancel_actor_call
 
 REASON = "cancelled by daskgen.cancel()"
@@ -44,4 +45,5 @@ def cancel_keys(
     """Cancel the tasks ``keys`` (see the module's docstring): one message on the client's ordered
     stream, behind the graphs that made them. ``revoke``: Dask cancels running tasks too."""
     msg = cancel_message(keys, force=force, recursive=recursive, revoke=revoke, reason=REASON)
+    batching.flush(client)  # a direct call's task may still wait to be sent (``direct``)
     _runtime.send(client, msg)

@@ -12,7 +12,7 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._objects.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .._objects.refs import ObjectRef
-from .._runtime import current_actor, current_call, in_worker_task
+from .._runtime import current_actor, current_call, current_resources, in_worker_task
 
 
 class RuntimeContext:
@@ -55,6 +55,9 @@ class RuntimeContext:
         on Ray."""
         if current_actor.get() is not None:
             return {}
+        held = current_resources.get()
+        if held is not None:  # a direct call (``_worker.direct``)
+            return {name: float(n) for name, n in held.items()}
         worker = in_worker_task()
         key = dx.worker_current_key(worker) if worker is not None else None
         if worker is None or key is None:

@@ -106,5 +106,7 @@ def get_gpu_ids() -> list[int]:
     if worker is None:
         return []
     key = dx.worker_current_key(worker)
-    held = dx.worker_current_resources(worker, key) if key is not None else {}
+    held = _runtime.current_resources.get()  # a direct call's (``_worker.direct``)
+    if held is None:
+        held = dx.worker_current_resources(worker, key) if key is not None else {}
     return list(range(int(held.get("GPU", 0))))

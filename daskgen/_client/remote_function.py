@@ -34,7 +34,7 @@ from .._protocol import (
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
 from ..exceptions import ObjectLostError
-from . import batching, stored_args
+from . import batching, direct, stored_args
 from .actors import ActorClass
 from .arguments import pack_args, snapshot
 from .install import ensure_served
@@ -136,14 +136,46 @@ def submit(
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
+    resources = _resources(options)
+    if direct.eligible(spec, resources, options):
+        its_task = functools.partial(_direct_task, spec, resources, options["max_retries"])
+        ref = direct.submit(spec, args, kwargs, resources, its_task)
+        if ref is not None:
+            return ref
     return submit_task(
         spec,
         args,
         kwargs,
-        resources=_resources(options),
+        resources=resources,
         retries=retries,
         max_retries=options["max_retries"],
     )
+
+
+def _direct_task(
+    spec: TaskSpec,
+    resources: dict[str, float] | None,
+    max_retries: int,
+    client: Client,
+    key: Key,
+    packed: bytes | None,
+    worker: str,
+) -> None:
+    """The Dask task of a direct call (``_client.direct``), under its key (its ref exists),
+    with its arguments as pickled for the call, restricted to ``worker``, which runs the call
+    (the task takes its value there; it runs elsewhere only if that worker is gone)."""
+    args: bytes | Packed | None = packed
+    if packed is not None and len(packed) >= OUT_OF_BAND_ARGS:
+        args = Packed(packed)
+    call = _Call(client, spec, key, ((client.id, owner_of_new_calls(client)), args), resources, 0)
+    call.max_retries = max_retries
+    call.fire_and_forget = True
+    session = _runtime.session
+    # The embedded cluster's scheduler shares this process: a sequential caller's tasks go to
+    # it together, a few ms apart (~2x the calls a second there); elsewhere each goes at once.
+    defer = direct.TASK_DELAY_S if session is not None and session.cluster is not None else 0.0
+    with call._annotations(), dask.annotate(workers=[worker], allow_other_workers=True):
+        batching.submit(client, key, spec, call.args, resources, 0, defer=defer)
 
 
 def submit_task(
@@ -176,7 +208,8 @@ def submit_task(
     key = task_key(spec.name)
     worker = _runtime.in_worker_task()
     if worker is not None:
-        parent = dx.worker_current_key(worker)
+        # a task Dask runs, or a direct call (``_worker.direct``, in a thread of daskgen's own)
+        parent = dx.worker_current_key(worker) or _runtime.current_call.get()
         if parent is not None:
             record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
     futures = tuple(r._future for r in deps)

@@ -52,7 +52,7 @@ from .._objects import promotion
 from .._objects.refs import ObjectRef
 from .._options import worker_fits
 from .._protocol import WORKERS_OP, Key, Packed, stored_args_key
-from .._worker.actor_host import publish_value
+from .._worker.publish import publish_value
 from .actor_channel import channel, closed_under_us
 from .arguments import snapshot
 

@@ -101,6 +101,15 @@ def on_published(key: Key) -> None:
         callback(None)
 
 
+def known(key: Key) -> None:
+    """``key`` is a key the scheduler knows now, held by this client (a direct task call was
+    submitted to it, see ``_client.direct``; on the client's loop): what waited for that goes
+    on, and dropping its ref releases it at the scheduler."""
+    _owners.pop(key, None)
+    for callback in _promoting.pop(key, []):
+        callback(None)
+
+
 def owner_lost(owner: Any, error: BaseException) -> None:
     """``owner``'s connection is gone: its keys will never be promoted."""
     for key in [k for k, o in _owners.items() if o is owner]:

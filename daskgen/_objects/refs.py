@@ -176,6 +176,9 @@ class ObjectRef:
         return f"ObjectRef({self.task_name()}, {self.hex()})"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        client = self._future.client
+        if client is not None:
+            flush_submissions(client)  # its task may still wait to be sent (``_client.direct``)
         refs = getattr(_capture, "refs", None)
         if refs is not None:
             refs.append(self)  # .remote() promotes what it captured before it submits
@@ -184,6 +187,15 @@ class ObjectRef:
             # call's result must be a real key before anyone else can take it.
             promotion.promote_now(self.key, self._future.client)
         return _rebuild_ref, (self.key,)
+
+
+def _nothing_waits(client: Any) -> None:
+    pass
+
+
+# Set by the client layer (``_client.batching.flush``): send the calls of ``client`` that wait
+# to be sent, before a ref to one of them leaves this process.
+flush_submissions: Callable[[Any], None] = _nothing_waits
 
 
 # ``get``'s own implementation (``_objects.resolve``) builds the values refs point to, which can
@@ -240,13 +252,14 @@ def has_result(key: Key) -> bool:
     return cell is not None and cell.blob is not None
 
 
-def deliver_result(client: Client, key: Key, blob: bytes | None) -> None:
+def deliver_result(client: Client, key: Key, blob: bytes | None, finish: bool = True) -> None:
     """A result that came on its own (a direct actor call's): the value, if it came inline,
-    and the ref's future marked finished (on the client's loop)."""
+    and (``finish``) the ref's future marked finished (on the client's loop)."""
     cell = _result_cells.get(key)
     if cell is not None and blob is not None:
         cell.arrive(blob)
-    dx.key_finish(client, key)
+    if finish:
+        dx.key_finish(client, key)
 
 
 def on_lost_message(client: Client) -> Any:

@@ -56,13 +56,10 @@ from distributed import get_worker
 from distributed.comm import CommClosedError
 
 from .. import _dask_internals as dx
-from .._cluster.fastlane import Sender
 from .._protocol import (
     ACTOR_END_OP,
     ACTOR_OP,
     ACTOR_STREAM_OP,
-    OUTCOME_INDEX,
-    PUBLISH_OP,
     ErrorValue,
     Key,
     Packed,
@@ -73,9 +70,9 @@ from .._protocol import (
 )
 from .._runtime import current_actor, current_call
 from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
-from . import actor_wire
+from . import actor_wire, direct
 from .output import origin_for, task_origin
-from .publish import Producer, _producers, inline_bytes
+from .publish import Producer, _producers, inline_bytes, publish_value
 from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
 from .shared_memory import Mapped
 
@@ -229,6 +226,8 @@ class CallerStream:
         try:
             if op == "call":
                 self._call(msg)
+            elif op == "task":  # a plain task call sent straight here (see ``direct``)
+                direct.start(self, msg)
             elif op == "cancel":
                 call = _calls.get(as_key(msg["key"]))
                 if call is not None:
@@ -358,6 +357,7 @@ class CallerStream:
     def closed(self) -> None:
         """The caller is gone: free the results it never promoted."""
         self.open = False
+        direct.caller_left(self)
         if self.mapped is not None:
             self.mapped.close()
         if self.held:
@@ -374,15 +374,6 @@ class CallerStream:
         for host in [h for h in _hosts.values() if self in h.callers]:
             host.callers.discard(self)
             host.maybe_end()
-
-
-def publish_value(
-    worker: Any, caller: str, key: Key, value: Any, blob: bytes | None = None
-) -> None:
-    """Make ``key`` (stored here) a real cluster key held by ``caller``, as yields are: the
-    scheduler registers it and tells the caller (with the value inline if ``blob``)."""
-    item = (key, OUTCOME_INDEX, sizeof(value), blob, False)
-    Sender(worker).send({"op": PUBLISH_OP, "task": key, "caller": caller, "items": [item]})
 
 
 class HostedCall:

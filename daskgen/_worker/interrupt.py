@@ -29,7 +29,7 @@ import contextlib
 import ctypes
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _dask_internals as dx
@@ -68,6 +68,7 @@ _lock = threading.Lock()
 _running: dict[Key, _Running] = {}
 _tombstones: collections.OrderedDict[Key, None] = collections.OrderedDict()
 _children: dict[Key, list[Key]] = {}  # task -> tasks it submitted (for recursive=True)
+_force_hooks: dict[Key, Callable[[], None]] = {}  # calls outside Dask's pool (see force_hook)
 
 
 def was_cancelled(key: Key) -> bool:
@@ -99,6 +100,20 @@ def running(key: Key, interruptible: bool = True) -> Iterator[_Running]:
             if entry.cancelled:
                 _set_async_exc(entry.ident, None)  # one sent just now must not land later
             _children.pop(key, None)
+
+
+@contextlib.contextmanager
+def force_hook(key: Key, hook: Callable[[], None]) -> Iterator[None]:
+    """Around a call that runs outside Dask's thread pool (``_worker.direct``): ``hook()`` (on
+    the worker's loop) when ``cancel(force=True)`` reaches it, to free the slot it holds, as
+    taking a pool thread out of the pool does for a task Dask runs."""
+    with _lock:
+        _force_hooks[key] = hook
+    try:
+        yield
+    finally:
+        with _lock:
+            _force_hooks.pop(key, None)
 
 
 def user_code(steps: Iterator[Any]) -> Iterator[Any]:
@@ -173,6 +188,9 @@ def interrupt(key: Key, force: bool, recursive: bool, dask_worker: Any = None) -
                 # Under the lock: the task cannot end (and its thread go back to the pool)
                 # between the check that it runs and taking its thread out of the pool.
                 entry.detached = dx.worker_detach_thread(dask_worker, key, entry.ident)
+        hook = _force_hooks.pop(key, None) if force else None
+    if hook is not None:
+        hook()
     if entry is not None:
         for waker in wakers:
             waker()

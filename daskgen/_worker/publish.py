@@ -451,6 +451,15 @@ INLINE_MAX = 64 * 1024
 DRAIN_CHUNK = 500
 
 
+def publish_value(
+    worker: Any, caller: str, key: Key, value: Any, blob: bytes | None = None
+) -> None:
+    """Make ``key`` (stored here) a real cluster key held by ``caller``, as yields are: the
+    scheduler registers it and tells the caller (with the value inline if ``blob``)."""
+    item = (key, OUTCOME_INDEX, sizeof(value), blob, False)
+    Sender(worker).send({"op": PUBLISH_OP, "task": key, "caller": caller, "items": [item]})
+
+
 def inline_bytes(value: Any) -> bytes | None:
     """``value`` pickled if it is small (at most ``INLINE_MAX`` bytes), else None."""
     try:

@@ -169,6 +169,10 @@ def _send_inline_result(caller: str, result: Any) -> Any:
 
 _checked: set[int] = set()  # ids of the workers whose scheduler has daskgen's plugin
 
+# Calls run here straight from their caller (``_worker.direct``), by key, until their Dask task
+# takes the value (``DirectCall.claim``) instead of running the function again.
+served: dict[Any, Any] = {}
+
 
 def check_scheduler(worker: Worker) -> None:
     """Before this worker sends daskgen's messages: its scheduler has daskgen's plugin, of this
@@ -231,7 +235,7 @@ def _spec_from_bytes(blob: bytes) -> TaskSpec:
     return spec
 
 
-def _spec_from_blob(blob: Any) -> TaskSpec:
+def spec_from_blob(blob: Any) -> TaskSpec:
     """A pickled ``TaskSpec``, unpickled once per process for each distinct one."""
     return _spec_from_bytes(bytes(blob))
 
@@ -242,7 +246,7 @@ class TaskSpec:
     Pickled once (its function by value, with cloudpickle) and then sent as those bytes, out of
     band: Dask pickles each call's whole graph, and the function with it, every time (~0.3 ms
     a call here, half of ``.remote()``'s cost). Workers unpickle each distinct spec once
-    (``_spec_from_blob``). As in Ray, a function is exported as it was at its first call.
+    (``spec_from_blob``). As in Ray, a function is exported as it was at its first call.
     """
 
     def __init__(
@@ -264,17 +268,24 @@ class TaskSpec:
         self._blob: bytes | None = None
         self._pickling = False
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        state = (self.fn, self.name, self.mode, self.num_returns, self.retry, self.backpressure)
+    def _state(self) -> tuple[Any, ...]:
+        return (self.fn, self.name, self.mode, self.num_returns, self.retry, self.backpressure)
+
+    def pickled(self) -> bytes:
+        """The spec's pickle (made once): what ``spec_from_blob`` takes."""
         if self._blob is None:
-            if self._pickling:  # inside its own blob (a recursive function): as a plain value
-                return (TaskSpec, state)
             self._pickling = True
             try:
-                self._blob = cloudpickle.dumps((*state, code_file(self.fn)), protocol=5)
+                self._blob = cloudpickle.dumps((*self._state(), code_file(self.fn)), protocol=5)
             finally:
                 self._pickling = False
-        return (_spec_from_blob, (pickle.PickleBuffer(self._blob),))
+        return self._blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._blob is None and self._pickling:
+            # inside its own blob (a recursive function): as a plain value
+            return (TaskSpec, self._state())
+        return (spec_from_blob, (pickle.PickleBuffer(self.pickled()),))
 
     def __call__(self, call: tuple[str, str | None], packed: Any, *deps: Any) -> Any:
         """``call``: the caller's client id (who holds the results) and the output's owner
@@ -283,6 +294,9 @@ class TaskSpec:
         worker = get_worker()
         check_scheduler(worker)
         key = worker.get_current_task()
+        direct = served.get(key)
+        if direct is not None:
+            return direct.claim()  # it ran here already: its value (its result went back)
         token = task_origin.set(origin_for(owner, self.name, worker))
         try:
             try:
@@ -293,17 +307,34 @@ class TaskSpec:
         finally:
             task_origin.reset(token)
 
+    def run_direct(self, worker: Worker, key: Any, packed: Any) -> Any:
+        """A plain call sent straight to this worker (``_worker.direct``), in a thread of its
+        own: its value, or its error as a value (no Dask retry applies to it)."""
+        try:
+            args, kwargs = unpack_args(packed, ())
+            return self._run_interruptibly(worker, key, None, args, kwargs)
+        except RayTaskError as error:
+            return ErrorValue(error)
+
     def _run_interruptibly(
-        self, worker: Worker, key: Any, caller: str, args: list[Any], kwargs: dict[str, Any]
+        self,
+        worker: Worker,
+        key: Any,
+        caller: str | None,
+        args: list[Any],
+        kwargs: dict[str, Any],
     ) -> Any:
-        """Run the call, which ``cancel()`` may interrupt (see ``_worker.interrupt``)."""
+        """Run the call, which ``cancel()`` may interrupt (see ``_worker.interrupt``).
+
+        ``caller`` None: a direct call, whose value is returned as it is (not sent inline)."""
         entry = None
         try:
             if self.mode == "plain":
                 with running(key) as entry:
                     result = self._call(args, kwargs)
-                return _send_inline_result(caller, result)
+                return result if caller is None else _send_inline_result(caller, result)
             # A generator: only its own steps are interruptible, not the publishing between.
+            assert caller is not None  # generators are never direct calls
             with running(key, interruptible=False) as entry:
                 return Producer(self, worker, key, caller).run(args, kwargs)
         except BaseException as exc:

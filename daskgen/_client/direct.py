@@ -1,0 +1,142 @@
+"""Plain task calls sent straight to a worker, the caller's half (runs in the driver;
+``_worker.direct`` is the worker's half and says why and how they run there).
+
+When: a plain call (one result, no ``retry_exceptions``, at most one CPU, no placement asked
+for) made by the driver while none of its direct calls is in flight, with arguments that hold
+no refs and are smaller than ``_protocol.STORED_ARGS``. That is the call a sequential caller
+waits on (``get(f.remote(x))`` in a loop), where the scheduler's hops are most of the wait;
+calls made while one is in flight (a burst, a ``wait`` loop) go through Dask's scheduler
+alone, which spreads them over the cluster.
+
+Where: the worker leased for this client, picked among those that can run daskgen's tasks
+(fewest tasks per thread first) and kept while it takes the calls.
+
+How: the call goes on the connection to that worker, and at the same time to the scheduler as
+a Dask task under the same key, restricted to that worker (Dask's loose restriction: elsewhere
+only if that worker is gone). The scheduler thus sees the worker's slot taken at once (no
+other task is sent to wait behind the call), and the task is an ordinary Dask task for
+everything else: refs, ``cancel()``, retries after a worker's death, the dashboard. On the
+worker, the call starts at once if a slot is free; its Dask task then ends with the call's
+value instead of running the function again. A worker with no free slot answers ``busy``:
+the call then runs as its Dask task does, when the worker has a slot; that worker is let go,
+and for :data:`BUSY_BACKOFF_S` calls go through the scheduler alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from typing import Any
+
+from distributed import Client
+
+from .. import _dask_internals as dx
+from .. import _runtime
+from .._objects.refs import ObjectRef, result_ref
+from .._protocol import STORED_ARGS, WORKERS_OP, task_key
+from .._worker.run import TaskSpec
+from .actor_channel import DIRECT, channel, closed_under_us
+from .arguments import pack_args
+from .install import ensure_served
+from .output import owner_of_new_calls
+
+BUSY_BACKOFF_S = 0.05  # s: after a worker answered busy, calls go through the scheduler
+TASK_DELAY_S = 0.005  # s: a direct call's Dask task may wait that long for others to join it
+
+_leases: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+_backoff: weakref.WeakKeyDictionary[Client, float] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _refused(client: Client) -> None:
+    """The leased worker had no free slot (on the client's loop): let it go for a while."""
+    _backoff[client] = time.monotonic() + BUSY_BACKOFF_S
+    _leases.pop(client, None)
+
+
+def _ignore(error: BaseException | None) -> None:
+    """A direct call whose connection closed: its Dask task delivers its value instead."""
+
+
+ENABLED = True  # off: every call goes through the scheduler alone (benchmarks compare both)
+
+
+def eligible(spec: TaskSpec, resources: dict[str, float] | None, options: dict[str, Any]) -> bool:
+    """Whether a call of ``spec`` may go straight to a worker (see the module's docstring)."""
+    return (
+        ENABLED
+        and spec.mode == "plain"
+        and spec.num_returns == 1
+        and not spec.retry.enabled
+        and (not resources or (set(resources) <= {"CPU"} and resources.get("CPU", 0) <= 1))
+        and not options.get("scheduling_strategy")
+        and _runtime.in_worker_task() is None
+    )
+
+
+def submit(
+    spec: TaskSpec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    resources: dict[str, float] | None,
+    submit_task: Any,
+) -> ObjectRef | None:
+    """Send the call straight to this client's leased worker and return its ref; None if it
+    must go through the scheduler alone (see the module's docstring). ``submit_task(client,
+    key, packed, worker)`` submits its Dask task, restricted to ``worker``."""
+    client = _runtime.client()
+    if client.asynchronous or time.monotonic() < _backoff.get(client, 0.0):
+        return None
+    ensure_served(client)  # a lost scheduler fails the call at once, as any call's
+    if any(isinstance(a, ObjectRef) for a in args) or any(
+        isinstance(v, ObjectRef) for v in kwargs.values()
+    ):
+        return None
+    address = _lease(client, resources)
+    if address is None:
+        return None
+    ch = channel(client, address)
+    if ch.direct_in_flight():
+        return None
+    packed, _, lent = pack_args(spec.name, args, kwargs)
+    if lent or (packed is not None and len(packed) >= STORED_ARGS):
+        return None  # refs inside, or large: the scheduler's path keeps and stores them
+    key = task_key(spec.name)
+    ref = result_ref(dx.light_future(key, client))
+    msg = {
+        "op": "task",
+        "key": key,
+        "spec": spec.pickled(),  # made once per spec; unpickled once per worker
+        "packed": packed,
+        "owner": owner_of_new_calls(client),
+        "resources": resources,  # what get_assigned_resources() says in it
+    }
+    ch.call(key, msg, _ignore, DIRECT, functools.partial(_refused, client), owned=False)
+    submit_task(client, key, packed, address)
+    return ref
+
+
+def _lease(client: Client, resources: dict[str, float] | None) -> str | None:
+    """This client's leased worker (picked on first use: the least busy that fits)."""
+    address = _leases.get(client)
+    if address is not None and address not in closed_under_us:
+        return address
+    try:
+        found = client.sync(getattr(client.scheduler, WORKERS_OP))
+    except Exception:
+        return None
+    able = {
+        a: declared
+        for a, declared in found["able"].items()
+        if a not in closed_under_us
+        and all(declared.get(r, 0) >= n for r, n in (resources or {}).items())
+    }
+    if not able:
+        return None
+    busy = found.get("busy", {})
+    address = min(able, key=lambda a: (busy.get(a, 0.0), a))
+    with _lock:
+        _leases[client] = address
+    return address

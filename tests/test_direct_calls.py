@@ -1,0 +1,226 @@
+"""Plain task calls sent straight to a worker (``daskgen/_client/direct.py``,
+``daskgen/_worker/direct.py``): a lone call runs at once on its leased worker and its Dask task
+ends there with the call's value; calls made while one is in flight go through the scheduler
+alone; a worker with no free slot runs the call as its Dask task; a direct call's ref passed on
+works; a direct call holds its worker's slot (and lends it while it waits in ``get``); and a
+worker that dies under it has the call run again elsewhere. On the embedded cluster and on
+real ``dask scheduler`` + ``dask worker`` processes.
+
+What such calls do for the user (values, errors, cancel, output) is the parity suites': a lone
+``.remote()`` there now takes this path, on both clusters."""
+
+from __future__ import annotations
+
+import pytest
+import realcluster
+from realcluster import HANG, start_cluster, wait_until
+
+pytestmark = pytest.mark.daskgen_only
+
+_mark, _wait_for = realcluster.file_signals()
+
+
+def _where(api):
+    """A task answering whether it ran as a direct call (in daskgen's own thread), once one has
+    (the first calls open the connection to the leased worker: they may run as Dask tasks)."""
+
+    @api.remote
+    def where(x, directory=None, name=None):
+        import threading
+
+        if directory is not None:
+            _mark(directory, f"{name}-started")
+            _wait_for(directory, f"{name}-go", HANG)
+        return x, threading.current_thread().name.startswith("daskgen-direct")
+
+    wait_until(lambda: api.get(where.remote(None), timeout=HANG)[1], "a call runs direct", HANG)
+    return where
+
+
+@pytest.fixture(params=["embedded", "real"])
+def api(request, tmp_path_factory, monkeypatch):
+    """daskgen on the session's embedded cluster, or on a real one of two 1-thread workers."""
+    import daskgen
+
+    if request.param == "embedded":
+        if daskgen.is_initialized() and daskgen.get_client().cluster is None:
+            daskgen.shutdown()  # connected to a real cluster by another test
+        daskgen.init(num_cpus=2, ignore_reinit_error=True)
+        yield daskgen
+        return
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    with start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
+        daskgen.init(address=cluster.address)
+        try:
+            yield daskgen
+        finally:
+            daskgen.shutdown()
+
+
+def _scheduler_knows(api, key) -> bool:
+    return api.get_client().run_on_scheduler(
+        lambda dask_scheduler, key=key: key in dask_scheduler.tasks
+    )
+
+
+def test_a_lone_call_runs_straight_on_a_worker_and_is_its_dask_task_there(api):
+    where = _where(api)
+    ref = where.remote(21)
+    assert api.get(ref, timeout=HANG) == (21, True)
+    client = api.get_client()
+    key = ref.key
+
+    def where_held():
+        return client.run_on_scheduler(
+            lambda dask_scheduler, key=key: (
+                (
+                    dask_scheduler.tasks[key].state,
+                    sorted(ws.address for ws in dask_scheduler.tasks[key].who_has or ()),
+                )
+                if key in dask_scheduler.tasks
+                else None
+            )
+        )
+
+    # Its Dask task ends on the worker that ran the call, with the call's value (not run again).
+    wait_until(lambda: (where_held() or ("",))[0] == "memory", "its task in memory", HANG)
+    (holder,) = [w for w in where_held()[1]]
+    assert client.gather(ref._future) == (21, True)
+    del ref
+
+    def held_anywhere():
+        found = client.run(lambda dask_worker, key=key: key in dask_worker.data)
+        return any(found.values()) or where_held() is not None
+
+    wait_until(lambda: not held_anywhere(), "the dropped result freed everywhere", HANG)
+
+
+def test_calls_made_while_one_is_in_flight_go_through_the_scheduler(api, tmp_path):
+    where = _where(api)
+    first = where.remote(0, str(tmp_path), "first")
+    wait_until(lambda: (tmp_path / "first-started").exists(), "the first call started", HANG)
+    burst = [where.remote(i) for i in range(1, 6)]
+    assert api.get(burst, timeout=HANG) == [(i, False) for i in range(1, 6)]
+    _mark(str(tmp_path), "first-go")
+    assert api.get(first, timeout=HANG) == (0, True)
+
+
+def test_a_direct_calls_ref_passed_on_works_before_and_after_its_result_came(api, tmp_path):
+    where = _where(api)
+
+    @api.remote
+    def add_one(pair):
+        return pair[0] + 1
+
+    @api.remote
+    def get_nested(refs):
+        return [api.get(r)[0] for r in refs]
+
+    ref = where.remote(1)
+    assert api.get(ref, timeout=HANG) == (1, True)
+    assert api.get(add_one.remote(ref), timeout=HANG) == 2  # as a top-level argument
+    assert api.get(get_nested.remote([ref]), timeout=HANG) == [1]  # nested
+    # Passed on before its result came back, and to an actor (another process's want)
+    slow = where.remote(2, str(tmp_path), "slow")
+    wait_until(lambda: (tmp_path / "slow-started").exists(), "the call runs", HANG)
+
+    @api.remote
+    class Echo:
+        def first(self, refs):
+            return api.get(refs[0])[0]
+
+    echo = Echo.remote()
+    pending = [add_one.remote(slow), get_nested.remote([slow]), echo.first.remote([slow])]
+    _mark(str(tmp_path), "slow-go")
+    assert api.get(pending, timeout=HANG) == [3, [2], 2]
+
+
+def test_a_call_its_worker_has_no_slot_for_goes_through_the_scheduler(api, tmp_path):
+    """Both workers' slots are taken by Dask tasks (submitted with the raw client): the leased
+    worker answers busy, and the call runs through the scheduler once a slot is free."""
+    where = _where(api)
+    client = api.get_client()
+    workers = sorted(client.scheduler_info()["workers"])
+    blockers = [
+        client.submit(_wait_for, str(tmp_path), f"go-{i}", HANG, workers=[w], pure=False)
+        for i, w in enumerate(workers)
+    ]
+
+    def both_running():
+        executing = client.run(lambda dask_worker: len(dask_worker.state.executing))
+        return sum(executing.values()) == len(workers)
+
+    wait_until(both_running, "both workers run a blocker", HANG)
+    ref = where.remote(7)
+    # Refused (busy), it is submitted to the scheduler at once; only then are the slots freed.
+    wait_until(lambda: _scheduler_knows(api, ref.key), "the call went to the scheduler", HANG)
+    for i in range(len(workers)):
+        _mark(str(tmp_path), f"go-{i}")
+    assert api.get(ref, timeout=HANG) == (7, False)
+    assert all(b.result(timeout=HANG) for b in blockers)
+
+
+def test_a_direct_call_holds_its_workers_slot_and_lends_it_while_it_waits(dg, tmp_path):
+    """One worker with one thread: while a direct call runs, a Dask task waits for the slot
+    (the worker's state machine counts none free); a direct call that waits in ``get`` for a
+    child lends the slot to it (no deadlock)."""
+    with start_cluster(tmp_path / "cluster", n_workers=1, nanny=True) as cluster:
+        dg.init(address=cluster.address)
+        client = dg.get_client()
+        where = _where(dg)
+        held = where.remote(1, str(tmp_path), "held")
+        wait_until(lambda: (tmp_path / "held-started").exists(), "the direct call runs", HANG)
+        other = client.submit(lambda: "other", pure=False)
+        state = lambda dask_worker: (  # noqa: E731
+            dask_worker.state.nthreads,
+            len(dask_worker.state.executing),
+            len(dask_worker.state.ready),
+        )
+        wait_until(
+            lambda: list(client.run(state).values()) == [(0, 0, 1)],
+            "the Dask task waits for the slot the direct call holds",
+            HANG,
+        )
+        _mark(str(tmp_path), "held-go")
+        assert dg.get(held, timeout=HANG) == (1, True)
+        assert other.result(timeout=HANG) == "other"
+        wait_until(lambda: list(client.run(state).values()) == [(1, 0, 0)], "slot back", HANG)
+
+        @dg.remote
+        def parent(n):
+            children = [where.remote(i) for i in range(n)]
+            return [x for x, _ in dg.get(children)]
+
+        assert dg.get(parent.remote(3), timeout=HANG) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("max_retries", [3, 0])
+def test_a_direct_call_whose_worker_dies_runs_again_through_the_scheduler(
+    dg, tmp_path, max_retries
+):
+    attempt = realcluster.attempt_counter()
+    mark, wait_for = _mark, _wait_for
+
+    with start_cluster(tmp_path / "cluster", n_workers=2) as cluster:
+        dg.init(address=cluster.address)
+
+        @dg.remote(max_retries=max_retries)
+        def task(directory):
+            import os
+            import threading
+
+            n = attempt(directory)
+            mark(directory, f"pid-{n}", str(os.getpid()))
+            if n == 1:
+                wait_for(directory, "never", HANG)
+            return n, threading.current_thread().name.startswith("daskgen-direct")
+
+        ref = task.remote(str(tmp_path))
+        pid = int(realcluster.read_marker(tmp_path, "pid-1"))
+        cluster.kill_worker(pid)
+        if max_retries == 0:
+            with pytest.raises(dg.exceptions.WorkerCrashedError):
+                dg.get(ref, timeout=HANG)
+        else:
+            assert dg.get(ref, timeout=HANG) == (2, False)
