@@ -1027,6 +1027,63 @@ def scheduler_restrict(
     return stuck
 
 
+# Not an address any worker can have: a task restricted to it waits in ``no-worker``.
+_NOWHERE = "daskgen-placement-pending"
+
+
+def scheduler_place(scheduler: Scheduler, keys: list[Key], workers: list[str] | None) -> None:
+    """Set where the tasks ``keys`` may run, as ``Client.submit(workers=...,
+    allow_other_workers=False)`` sets it, replacing their worker and host restrictions:
+    ``workers`` (addresses); ``None``, anywhere; ``[]``, nowhere for now (the task waits in
+    ``no-worker``, as a task restricted to a worker that left does). A task waiting for a
+    worker goes back through ``waiting``; a running task goes on where it is."""
+    again = []
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        if ts is None or ts.state not in (
+            "released",
+            "waiting",
+            "queued",
+            "no-worker",
+            "processing",
+        ):
+            continue
+        if workers is None:
+            ts.worker_restrictions = None
+        else:
+            ts.worker_restrictions = set(workers) if workers else {_NOWHERE}
+        ts.host_restrictions = None
+        ts.loose_restrictions = False
+        if ts.state in ("queued", "no-worker"):
+            again.append(key)
+    if again:
+        stimulus = f"daskgen-place-{time()}"
+        scheduler.transitions(dict.fromkeys(again, "released"), stimulus)
+        scheduler.transitions(dict.fromkeys(again, "waiting"), stimulus)
+
+
+def scheduler_worker_nanny(scheduler: Scheduler, worker: str) -> str | None:
+    """The address of ``worker``'s nanny (None: it runs without one, or is unknown)."""
+    ws = scheduler.workers.get(worker)
+    return ws.nanny if ws is not None else None
+
+
+def scheduler_worker_memory_limit(scheduler: Scheduler, worker: str) -> int:
+    """``worker``'s memory limit in bytes (0: none, or the worker is not registered)."""
+    ws = scheduler.workers.get(worker)
+    return int(ws.memory_limit or 0) if ws is not None else 0
+
+
+async def scheduler_ping(scheduler: Scheduler, address: str, timeout: float) -> bool:
+    """Whether the Dask server at ``address`` (a nanny, a worker) answers within ``timeout``
+    seconds, over the scheduler's connection pool."""
+    try:
+        await asyncio.wait_for(scheduler.rpc(address).identity(), timeout)
+    except Exception:
+        return False
+    return True
+
+
 def scheduler_wanted_by(scheduler: Scheduler, keys: list[Key]) -> dict[str, list[Key]]:
     """Which real clients (not Dask's fire-and-forget) want which of ``keys``."""
     out: dict[str, list[Key]] = {}

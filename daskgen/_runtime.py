@@ -32,6 +32,12 @@ current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "daskgen_call", default=None
 )
 
+# The placement group of the task running (``get_current_placement_group``): (the group's
+# handle, whether its child tasks join it), set by the task's ``TaskSpec``.
+current_placement: contextvars.ContextVar[tuple[Any, bool] | None] = contextvars.ContextVar(
+    "daskgen_placement", default=None
+)
+
 # Hooks the client layer registers (see the module's docstring).
 start_session: Callable[[], Any] | None = None
 prepare_client: Callable[[Client], None] | None = None

@@ -75,6 +75,7 @@ from ..exceptions import (
     fresh,
     translate,
 )
+from . import placement, scheduling
 from .actor_channel import (
     GONE_FOR_S,
     _channels,
@@ -212,10 +213,11 @@ class ActorClass:
                 if opts.get("get_if_exists"):
                     return existing
                 raise _name_taken(name)
+        where = scheduling.for_actor(opts, self._cls.__name__)  # its scheduling_strategy
         found = _workers(client)
         declared = {name for res in found["able"].values() for name in res}
         resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
-        worker = _choose_worker(found, resources or {})
+        worker = _choose_worker(found, resources or {}, where.workers)
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         groups = dict(opts.get("concurrency_groups") or {})
@@ -237,7 +239,8 @@ class ActorClass:
             "detached": opts.get("lifetime") == "detached",
             "max_restarts": opts.get("max_restarts") or 0,
         }
-        with dask.annotate(**{FIRE_AND_FORGET_ANNOTATION: True, ACTOR_ANNOTATION: lifetime}):
+        annotations = {FIRE_AND_FORGET_ANNOTATION: True, ACTOR_ANNOTATION: lifetime}
+        with dask.annotate(**annotations, **where.annotations):
             creation = client.submit(
                 create_actor,
                 actor_id,
@@ -319,20 +322,32 @@ def _not_closed(found: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:
-    """The worker that has ``resources``, with a thread free for the actor's creation if one
-    has, then hosting the fewest actors (placed from here, then in all)."""
+def _choose_worker(
+    found: dict[str, Any], resources: dict[str, float], among: list[str] | None = None
+) -> str:
+    """The worker that has ``resources`` (one of ``among``, its scheduling strategy's, if
+    given), with room that no placement group booked if one has, then a thread free for the
+    actor's creation, then hosting the fewest actors (placed from here, then in all)."""
     workers: dict[str, dict[str, float]] = found["able"]
     able = [addr for addr, declared in workers.items() if worker_fits(resources, declared)]
+    if among is not None:
+        able = [addr for addr in able if addr in among]
     if not able:
         raise ValueError(
-            f"No worker can host this actor: it needs {resources}, and the workers declare "
+            f"No worker can host this actor: it needs {resources}, and the workers "
+            f"{'of its scheduling strategy ' if among is not None else ''}declare "
             f"{list(workers.values()) or f'nothing (none joined within {NO_WORKER_WAIT_S} s)'}."
         )
     busy, hosted = found.get("busy", {}), found.get("actors", {})
+    booked = found.get("booked", {}) if among is None else {}
+
+    def no_room(a: str) -> bool:  # its room is booked by placement groups
+        room = {r: v - booked.get(a, {}).get(r, 0.0) for r, v in workers[a].items()}
+        return bool(booked.get(a)) and not worker_fits(resources, room)
+
     choice = min(
         able,
-        key=lambda a: (busy.get(a, 0.0) >= 1.0, _placed.get(a, 0), hosted.get(a, 0), a),
+        key=lambda a: (no_room(a), busy.get(a, 0.0) >= 1.0, _placed.get(a, 0), hosted.get(a, 0), a),
     )
     _placed[choice] = _placed.get(choice, 0) + 1
     return choice
@@ -641,8 +656,13 @@ def _hold(*_: Any) -> None:
 
 
 def _dead_result(mode: str, n: int, actor_id: str) -> Any:
+    return failed_result(mode, n, ActorDiedError(died_message(actor_id, _dead[actor_id])))
+
+
+def failed_result(mode: str, n: int, err: BaseException) -> Any:
+    """What a call that fails before it runs returns, shaped by its mode: refs that raise
+    ``err`` (a stream of one such ref)."""
     client = _runtime.client()
-    err = ActorDiedError(died_message(actor_id, _dead[actor_id]))
     refs = [
         ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err)) for _ in range(max(n, 1))
     ]
@@ -665,14 +685,24 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise TypeError(
             f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for tasks)."
         )
-    client = _runtime.client()
-    reason = "it was killed by `ray.kill`"
-    _dead.setdefault(actor._actor_id, reason)
-    try:
-        client.run(kill_actor, actor._actor_id, reason, workers=[where(actor)], on_error="ignore")
-    except Exception:  # the worker is already gone: the actor is dead either way
-        pass
-    dx.on_client_loop(client, on_actor_died, actor._actor_id, reason)
+    end_actor(_runtime.client(), actor._actor_id, where(actor), "it was killed by `ray.kill`")
+
+
+def end_actor(client: Client, actor_id: str, worker: str | None, reason: str) -> None:
+    """Kill actor ``actor_id`` on ``worker`` (where it lives; None: not known, it is only
+    marked dead here): its pending and later calls raise ``ActorDiedError`` saying
+    ``reason``."""
+    _dead.setdefault(actor_id, reason)
+    worker = moved.get(actor_id, worker)
+    if worker is not None:
+        try:
+            client.run(kill_actor, actor_id, reason, workers=[worker], on_error="ignore")
+        except Exception:  # the worker is already gone: the actor is dead either way
+            pass
+    dx.on_client_loop(client, on_actor_died, actor_id, reason)
+
+
+placement.end_actor = end_actor
 
 
 def get_actor(name: str) -> ActorHandle:

@@ -34,8 +34,8 @@ from .._protocol import (
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
 from ..exceptions import ObjectLostError
-from . import batching, stored_args
-from .actors import ActorClass
+from . import batching, placement, scheduling, stored_args
+from .actors import ActorClass, failed_result
 from .arguments import pack_args, snapshot
 from .install import ensure_served
 from .output import owner_of_new_calls
@@ -136,6 +136,11 @@ def submit(
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
+    where = scheduling.for_task(options, spec.name)  # its scheduling_strategy, on Dask
+    if where.error is not None:
+        return failed_result(spec.mode, spec.num_returns, where.error)
+    if where.placement is not None:
+        spec = spec.placed(where.placement)
     return submit_task(
         spec,
         args,
@@ -143,7 +148,17 @@ def submit(
         resources=_resources(options),
         retries=retries,
         max_retries=options["max_retries"],
+        annotations=where.annotations,
     )
+
+
+def _submit_ready(group: placement.PlacementGroup, gate: Any) -> Any:
+    """``group.ready()``'s task: returns the group, and may run only once it is booked."""
+    options = {"num_cpus": 0, "max_retries": -1, "scheduling_strategy": gate}
+    return RemoteFunction(placement.the_group, options).remote(group)
+
+
+placement.submit_ready = _submit_ready
 
 
 def submit_task(
@@ -154,6 +169,7 @@ def submit_task(
     resources: dict[str, float] | None,
     retries: int = 0,
     max_retries: int | None = None,
+    annotations: dict[str, Any] | None = None,
 ) -> Any:
     """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
@@ -183,6 +199,7 @@ def submit_task(
     caller = (client.id, owner_of_new_calls(client))
     call = _Call(client, spec, key, (caller, packed, *futures), resources, retries)
     call.max_retries = max_retries
+    call.placement = annotations or {}
     if stored is not None:
         call.stored = (stored.key, stored_packed)
         call.lent = lent
@@ -293,6 +310,8 @@ class _Call:
         self.resources = resources
         self.retries = retries
         self.max_retries: int | None = None  # re-runs allowed after the worker dies
+        # Dask annotations saying where it may run (``_client.scheduling``)
+        self.placement: dict[str, Any] = {}
         self.fire_and_forget = False  # keep the task running even if every ref is dropped
         # The key of the call's stored arguments (the last dependency) and their bytes: if
         # the worker cannot take them, they go packed into the task instead.
@@ -419,7 +438,7 @@ class _Call:
         ``distributed.fire_and_forget`` is a second message, which can reach the scheduler
         after a quick task has finished, and then holds its result for ever.
         """
-        annotations: dict[str, Any] = {}
+        annotations: dict[str, Any] = dict(self.placement)
         if self.max_retries is not None:
             annotations[MAX_RETRIES_ANNOTATION] = self.max_retries
         if self.fire_and_forget:

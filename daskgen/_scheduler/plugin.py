@@ -68,6 +68,7 @@ from .._protocol import (
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
     OUTPUT_TOPIC_PREFIX,
+    PLACEMENT_ANNOTATION,
     PLUGIN_NAME,
     PUBLISH_OP,
     RELEASE_OP,
@@ -79,6 +80,8 @@ from .._protocol import (
     task_of_yield,
 )
 from ..exceptions import NO_WORKER_REASON
+from .lost_workers import LostWorkers
+from .placement import PlacementGroups
 
 logger = logging.getLogger("daskgen")
 
@@ -115,6 +118,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.to_restart: dict[str, str] = {}
         self.names: dict[str, bytes] = {}  # actor name -> pickled handle
         self.named: dict[str, str] = {}  # actor id -> its name
+        self.placement: PlacementGroups | None = None  # placement groups (made in start)
+        self.lost: LostWorkers | None = None  # why workers left (made in start)
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -142,6 +147,19 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
+        self.placement = PlacementGroups(scheduler, self._able, self._home)
+        for op, handler in self.placement.routes.items():
+            dx.scheduler_add_handler(scheduler, op, handler)
+        self.lost = LostWorkers(scheduler, self._broadcast)
+        dx.scheduler_add_handler(scheduler, "daskgen_worker_lost", self.lost.why)
+
+    def _home(self, actor: str) -> str | None:
+        """The worker hosting ``actor`` (None: not known here)."""
+        return next((w for w, ids in self.actors.items() if actor in ids), None)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if self.lost is not None:
+            self.lost.log_event(topic, msg)
 
     def on_client(self, client: str, **_: Any) -> None:
         """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``); its stream from
@@ -176,6 +194,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             "able": {w["address"]: w["resources"] for w in able},
             "busy": {w["address"]: w["processing"] / max(w["nthreads"], 1) for w in able},
             "actors": {w["address"]: len(self.actors.get(w["address"], ())) for w in able},
+            "booked": self.placement.booked() if self.placement is not None else {},
             "lacking": dict(self.lacking),
             "probing": sorted(self.probing),
         }
@@ -315,6 +334,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             for worker in dx.scheduler_holders(self.scheduler, key):
                 self.actors.setdefault(worker, set()).add(actor)
         self.tasks.discard(key)
+        if self.placement is not None:
+            self.placement.ended(key)
         if key in self.fire_and_forget:
             self.fire_and_forget.discard(key)
             if finish == "erred":
@@ -342,6 +363,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def remove_client(self, scheduler: Any, client: str) -> None:
         self.clients.discard(client)
+        if self.placement is not None:
+            self.placement.client_left(client)
         # What its tasks printed was for it alone: Dask would keep the topic for ever.
         dx.scheduler_forget_topic(scheduler, OUTPUT_TOPIC_PREFIX + client)
         for key in [k for k, clients in self.early_wants.items() if client in clients]:
@@ -460,6 +483,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 self.fire_and_forget.update(keys)
         except Exception:
             logger.exception("daskgen: failed to keep calls running")
+        placements = annotations.get(PLACEMENT_ANNOTATION)
+        if placements and self.placement is not None:
+            try:  # after fire-and-forget: a task of a removed group is cancelled for everyone
+                self.placement.update_graph(placements, annotations.get(ACTOR_ANNOTATION) or {})
+            except Exception:
+                logger.exception("daskgen: failed to place tasks in placement groups")
 
     # -- workers that cannot run daskgen ------------------------------------------------------
 
@@ -498,6 +527,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         finally:
             self.probing.discard(worker)
             dx.scheduler_release_worker(s, worker)  # tasks (daskgen's, if it can) go there now
+            if self.placement is not None and worker not in self.lacking:
+                self.placement.worker_joined()  # pending placement groups may fit now
             if self.to_restart and worker not in self.lacking:
                 for actor, reason in list(self.to_restart.items()):
                     entry = self.restartable.get(actor)
@@ -509,6 +540,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         """Restrict daskgen's tasks ``keys`` to the workers that have daskgen; tell the caller
         at once if none has (rather than leave its tasks waiting for ever)."""
         s = self.scheduler
+        if self.placement is not None:  # placed on workers that have daskgen already
+            keys = [k for k in keys if not self.placement.held(k)]
         able = [w for w in dx.scheduler_workers(s) if w not in self.lacking]
         keys = dx.scheduler_restrict(s, keys, able) if able else keys
         if not keys:
@@ -581,6 +614,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             del self.expected[task]
             if task in self.early_by_task:
                 self._settle_early_wants(task, "erred")
+        try:
+            if self.placement is not None:
+                self.placement.worker_left(worker)
+            if self.lost is not None:
+                self.lost.worker_left(worker)
+        except Exception:
+            logger.exception("daskgen: failed to handle the departure of %s", worker)
 
     def _lost_actor(self, actor: str, worker: str) -> None:
         """``actor``'s worker left: restart it elsewhere if it has restarts left (its creation

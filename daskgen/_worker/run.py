@@ -253,6 +253,7 @@ class TaskSpec:
         num_returns: int,
         retry: Retry,
         backpressure: int | None,
+        placement: tuple[Any, bool] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -260,12 +261,34 @@ class TaskSpec:
         self.num_returns = num_returns
         self.retry = retry
         self.backpressure = backpressure
+        # Its placement group and whether its children join it (get_current_placement_group)
+        self.placement = placement
         self.__name__ = name  # what Dask shows for the task's function
         self._blob: bytes | None = None
         self._pickling = False
+        self._placed: dict[Any, TaskSpec] = {}
+
+    def placed(self, placement: tuple[Any, bool]) -> TaskSpec:
+        """This spec for calls in placement group ``placement[0]`` (made once per group)."""
+        key = (str(placement[0].id), placement[1])
+        spec = self._placed.get(key)
+        if spec is None:
+            if len(self._placed) > 64:
+                self._placed.clear()
+            state = (self.fn, self.name, self.mode, self.num_returns, self.retry)
+            spec = self._placed[key] = TaskSpec(*state, self.backpressure, placement)
+        return spec
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = (self.fn, self.name, self.mode, self.num_returns, self.retry, self.backpressure)
+        state = (
+            self.fn,
+            self.name,
+            self.mode,
+            self.num_returns,
+            self.retry,
+            self.backpressure,
+            self.placement,
+        )
         if self._blob is None:
             if self._pickling:  # inside its own blob (a recursive function): as a plain value
                 return (TaskSpec, state)
@@ -284,6 +307,8 @@ class TaskSpec:
         check_scheduler(worker)
         key = worker.get_current_task()
         token = task_origin.set(origin_for(owner, self.name, worker))
+        # Always set: a thread of the worker's pool runs one task after another.
+        _runtime.current_placement.set(self.placement)
         try:
             try:
                 args, kwargs = unpack_args(packed, deps)
