@@ -370,6 +370,10 @@ lost_workers: dict[str, tuple[str, str]] = {}
 _LOST_KEPT = 500
 
 
+# Set by the client layer: ask the scheduler why a worker left (records it with worker_lost).
+why_lost: Any = None
+
+
 def worker_lost(worker: str, kind: str, message: str) -> None:
     """Record why ``worker`` left (the clients' handler of ``daskgen-worker-lost``)."""
     lost_workers.pop(worker, None)
@@ -423,6 +427,8 @@ def _worker_died(exc: Any) -> RayError:
     for memory (``OutOfMemoryError``), it went with its nanny, as a host does
     (``NodeDiedError``), else its process died (``WorkerCrashedError``)."""
     last = getattr(getattr(exc, "last_worker", None), "address", None)
+    if last and last not in lost_workers and why_lost is not None:
+        why_lost(last)  # the verdict may still be on its way
     kind, message = lost_workers.get(last or "", ("", ""))
     if kind == "memory":
         return OutOfMemoryError(

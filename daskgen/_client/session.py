@@ -29,6 +29,7 @@ from .._cluster.embedded import start_cluster, tune, untune, wait_for_workers
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
 from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from . import lost_workers
 from .actor_channel import close_channels
 from .actors import on_actor_died
 from .install import check_cluster, install
@@ -168,6 +169,7 @@ def setup_client(client: Client) -> None:
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
     dx.client_add_stream_handler(client, LOST_OP, on_lost_message(client))
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
+    dx.client_add_stream_handler(client, lost_workers.OP, lost_workers.on_worker_lost)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         install(client)  # daskgen's scheduler plugin (see _client.install)
