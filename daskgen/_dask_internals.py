@@ -444,6 +444,12 @@ def worker_task_alive(worker: Worker, key: Key) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
+def worker_started(keys: list[Key], dask_worker: Worker) -> list[bool]:
+    """Run on a worker (``scheduler_run_on_worker``): which of ``keys`` it has started (the
+    others are only assigned to it, waiting for a thread)."""
+    return [worker_task_alive(dask_worker, key) for key in keys]
+
+
 def worker_lend_resources(worker: Worker, key: Key, sign: int) -> None:
     """Give back (sign=+1) or take again (sign=-1) the resources of running task ``key``.
 

@@ -82,8 +82,8 @@ class PlacementGroup:
         group is removed)."""
         if self._ready is None or self._ready._is_done():  # a done one may be out of date
             assert submit_ready is not None, "daskgen._client.remote_function is not imported"
-            gate = PlacementGroupSchedulingStrategy(self)
-            gate.placement_group_bundle_index = GATE_BUNDLE  # anywhere, once it is booked
+            gate = PlacementGroupSchedulingStrategy(self, GATE_BUNDLE)
+            gate._gate = True  # anywhere, once it is booked (never a user's index)
             self._ready = submit_ready(self, gate)
         return self._ready
 
@@ -139,6 +139,7 @@ class PlacementGroupSchedulingStrategy:
         self.placement_group = placement_group
         self.placement_group_bundle_index = placement_group_bundle_index
         self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+        self._gate = False  # ready()'s own: see PlacementGroup.ready
 
     def __repr__(self) -> str:
         return (

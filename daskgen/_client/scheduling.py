@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import _runtime
 from .._options import worker_fits
-from .._protocol import CLUSTER_OP, GATE_BUNDLE, PG_BUNDLE_OP, PLACEMENT_ANNOTATION, WORKERS_OP
+from .._protocol import CLUSTER_OP, PG_BUNDLE_OP, PLACEMENT_ANNOTATION, WORKERS_OP
 from ..exceptions import (
     ActorPlacementGroupRemoved,
     ActorUnschedulableError,
@@ -108,7 +108,7 @@ def _in_group(
             f"not {type(group).__name__}"
         )
     index = strategy.placement_group_bundle_index
-    if index != GATE_BUNDLE:
+    if not getattr(strategy, "_gate", False):
         if (
             isinstance(index, bool)
             or not isinstance(index, int)

@@ -25,6 +25,8 @@ Request handlers (added by the plugin, see ``routes``): ``daskgen_pg_create``,
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from .. import _dask_internals as dx
 from .._protocol import GATE_BUNDLE, as_key
 from ..exceptions import PG_REMOVED_REASON
 
+logger = logging.getLogger("daskgen")
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
@@ -188,13 +191,35 @@ class PlacementGroups:
         mine = [k for k, (g, _) in self.keys.items() if g == id]
         for key in mine:
             del self.keys[key]
-        waiting = [k for k in mine if dx.scheduler_key_state(self.scheduler, k) != "processing"]
         why = f"{PG_REMOVED_REASON}placement group {id} was removed"
+        assigned: dict[str, list[Any]] = {}
+        waiting = []
+        for key in mine:
+            worker = dx.scheduler_processing_on(self.scheduler, key)
+            if worker is None:
+                waiting.append(key)
+            else:
+                assigned.setdefault(worker, []).append(key)
         # Dask's forced cancel, for every client that wants them (fire-and-forget's too)
         dx.scheduler_cancel(self.scheduler, waiting, "fire-and-forget", why)
+        for worker, keys in assigned.items():
+            asyncio.ensure_future(self._cancel_unstarted(worker, keys, why))
         actors = {a: self.home(a) for a in sorted(group.actors)}
         self._retry_pending()
         return {"actors": actors}
+
+    async def _cancel_unstarted(self, worker: str, keys: list[Any], why: str) -> None:
+        """Cancel the tasks of ``keys`` that ``worker`` holds but has not started (those
+        running go on to their end)."""
+        try:
+            started = await dx.scheduler_run_on_worker(
+                self.scheduler, worker, dx.worker_started, keys
+            )
+        except Exception:  # the worker left: Dask places them again, and they are not ours
+            logger.debug("daskgen: could not ask %s about %s", worker, keys, exc_info=True)
+            started = [False] * len(keys)
+        idle = [k for k, was in zip(keys, started, strict=True) if not was]
+        dx.scheduler_cancel(self.scheduler, idle, "fire-and-forget", why)
 
     def table(self, id: str | None = None) -> dict[str, Any]:
         """``placement_group_table``: one group's entry, or every group's by id."""
