@@ -44,6 +44,12 @@ class LostWorkers:
         self.memory: dict[str, str] = {}  # worker -> what its nanny's memory event said
         self.verdicts: dict[str, tuple[str, str]] = {}
         self.pending: dict[str, asyncio.Future[Any]] = {}
+        # worker -> its nanny, read as it joins (gone from the scheduler's state when it left)
+        self.nannies: dict[str, str | None] = {}
+
+    def worker_joined(self, worker: str) -> None:
+        """``add_worker``: remember its nanny."""
+        self.nannies[worker] = dx.scheduler_worker_nanny(self.scheduler, worker)
 
     def log_event(self, topic: str, msg: Any) -> None:
         """``SchedulerPlugin.log_event``: remember the workers ended for memory."""
@@ -61,7 +67,7 @@ class LostWorkers:
 
     def worker_left(self, worker: str) -> None:
         """``remove_worker``: make the verdict (at once, or in the background)."""
-        nanny = dx.scheduler_worker_nanny(self.scheduler, worker)
+        nanny = self.nannies.pop(worker, None)
         if worker in self.memory:
             self._settle(worker, "memory", self.memory.pop(worker))
             return

@@ -151,6 +151,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         for op, handler in self.placement.routes.items():
             dx.scheduler_add_handler(scheduler, op, handler)
         self.lost = LostWorkers(scheduler, self._broadcast)
+        for worker in dx.scheduler_workers(scheduler):  # those that joined before the plugin
+            self.lost.worker_joined(worker)
         dx.scheduler_add_handler(scheduler, "daskgen_worker_lost", self.lost.why)
 
     def _home(self, actor: str) -> str | None:
@@ -497,6 +499,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         (one without daskgen would die on its first daskgen task). The scheduler holds it
         paused, as Dask holds a worker short of memory, while it is asked (it cannot answer
         before its registration, which waits for this hook, is done)."""
+        if self.lost is not None:
+            self.lost.worker_joined(worker)
         if dx.scheduler_hold_worker(scheduler, worker):
             self.probing.add(worker)
             asyncio.ensure_future(self._probe(worker))
