@@ -10,6 +10,10 @@ errors at its one transport boundary)::
     +-- GetTimeoutError         get() ran out of time (also a TimeoutError)
     +-- TaskCancelledError      the task was cancelled before it produced the value
     +-- WorkerCrashedError      the worker running the task died and retries ran out
+    +-- OutOfMemoryError        ... its nanny ended it for memory (the nanny's memory event)
+    +-- NodeDiedError           ... it went with its nanny (host or `dask worker` gone)
+    +-- TaskUnschedulableError  a hard NodeAffinitySchedulingStrategy names no live node
+    +-- TaskPlacementGroupRemoved  the task's placement group was removed before it started
     +-- ObjectLostError         the only copy of a value was on a worker that died
     +-- RaySystemError          the cluster itself failed (the scheduler is unreachable)
     +-- RayActorError
@@ -38,8 +42,8 @@ __all__ = [
     "PendingCallsLimitExceeded",
     "ActorUnavailableError",
     "ActorAlreadyExistsError",
-    # Ray's names for failures daskgen does not produce yet: defined so that Ray code's
-    # ``except ray.exceptions.X`` clauses work unchanged.
+    # Ray's names; those daskgen has no counterpart for (an object store, Ray's raylet, other
+    # languages...) are defined so that Ray code's ``except ray.exceptions.X`` clauses work.
     "OutOfMemoryError",
     "ObjectStoreFullError",
     "OutOfDiskError",
