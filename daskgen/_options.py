@@ -12,6 +12,8 @@ import numbers
 import warnings
 from typing import Any
 
+from ._job import check_actor_namespace, check_runtime_env
+
 DEFAULTS: dict[str, Any] = {
     "num_returns": None,
     "num_cpus": 1,
@@ -23,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "_generator_backpressure_num_objects": None,
 }
 # Accepted so Ray code runs, but they mean nothing on Dask: warned about once.
-IGNORED = ("scheduling_strategy", "runtime_env", "memory", "_metadata", "label_selector")
+IGNORED = ("scheduling_strategy", "memory", "_metadata", "label_selector")
 ACTOR_OPTIONS = (
     "max_concurrency",
     "get_if_exists",
@@ -173,6 +175,7 @@ _ACTOR_CHECKS = {
     "_actor_generator_backpressure_num_objects": _check_actor_backpressure,
     "max_restarts": lambda v: _check_restarts("max_restarts", v),
     "max_task_retries": lambda v: _check_restarts("max_task_retries", v),
+    "namespace": check_actor_namespace,
 }
 
 _CHECKS = {
@@ -185,6 +188,7 @@ _CHECKS = {
     "name": _check_name,
     "_generator_backpressure_num_objects": _check_backpressure,
     "enable_task_events": lambda v: None,  # Ray's dashboard events: nothing to switch off here
+    "runtime_env": lambda v: check_runtime_env(v, job_level=False),
 }
 
 
