@@ -36,6 +36,20 @@ _NO_EFFECT = {
     "configure_logging": "daskgen uses Python's logging as Dask does",
     "log_to_driver_level": "",
     "_node_ip_address": "the embedded cluster listens on host= (default 127.0.0.1)",
+    "labels": "Dask places tasks by worker resources (declare them with resources=)",
+    "logging_format": "configure Python's logging (the 'daskgen' and 'distributed' loggers)",
+    "logging_config": "configure Python's logging (the 'daskgen' and 'distributed' loggers)",
+    "enable_resource_isolation": "Dask bounds each worker's memory with memory_limit=",
+    "cgroup_path": "Dask bounds each worker's memory with memory_limit=",
+    "system_reserved_cpu": "size the cluster with num_cpus=",
+    "system_reserved_memory": "Dask bounds each worker's memory with memory_limit=",
+    "proxy_server_url": "",
+    "_metrics_export_port": "the Dask scheduler serves Prometheus metrics at /metrics of its "
+    "dashboard",
+    "_node_name": "",
+    "_plasma_directory": "values live in the Dask workers' memory (spilled to their "
+    "local_directory)",
+    "_skip_env_hook": "",
 }
 
 _warned: set[str] = set()
