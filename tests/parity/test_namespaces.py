@@ -228,3 +228,16 @@ def test_a_detached_actor_keeps_its_namespace_after_its_driver_has_gone(ray, bac
     finally:
         ray.kill(ray.get_actor("keeper", namespace="keepers"))
     wait_until(lambda: _missing(ray, "keeper", "keepers"), "the killed actor's name is free", HANG)
+
+
+@pytest.mark.daskgen_only
+def test_a_detached_actor_in_an_anonymous_namespace_logs_how_to_find_it_again(ray, caplog):
+    Counter = _counter(ray)
+    namespace = ray.get_runtime_context().namespace
+    with caplog.at_level("WARNING", logger="daskgen"):
+        lone = Counter.options(name="lone", lifetime="detached").remote()
+    try:
+        assert f'init(namespace="{namespace}", ...)' in caplog.text
+        assert "detached actor in an anonymous namespace" in caplog.text
+    finally:
+        ray.kill(lone)
