@@ -37,7 +37,7 @@ from distributed import Client
 from distributed.diagnostics.plugin import PipInstall, UploadFile
 
 from .. import _runtime
-from .._job import EnvSpec, Job, check_runtime_env, merge, pip_packages
+from .._job import EnvSpec, Job, merge, pip_packages
 from ..exceptions import RuntimeEnvSetupError
 
 # What daskgen sends through the scheduler as one plugin (Ray's own limit is its gRPC message
@@ -115,11 +115,6 @@ def _inside_a_task(option: dict[str, Any], job: Job) -> EnvSpec | None:
         pip = inherited
     env_vars = tuple(sorted((option.get("env_vars") or {}).items()))
     return EnvSpec(env_vars=env_vars, pip=pip) or None
-
-
-def job_env(client: Client, shipped: Shipped, runtime_env: Any) -> EnvSpec | None:
-    """``init(runtime_env=...)``: checked, and shipped to the cluster at once."""
-    return prepare(client, shipped, check_runtime_env(runtime_env, job_level=True))
 
 
 # ------------------------------------------------------------------------ working_dir, py_modules
