@@ -69,6 +69,33 @@ def test_a_calls_env_vars_apply_in_it_only(ray):
     assert later == [{"TASKV": None}] * 6
 
 
+def test_a_calls_env_vars_are_gone_after_it_raised(ray):
+    env = _env_reader(ray)
+
+    @ray.remote(runtime_env={"env_vars": {"TASKV": "failing"}})
+    def fails():
+        raise ValueError(os.environ["TASKV"])
+
+    with pytest.raises(ValueError, match="failing"):
+        ray.get(fails.remote(), timeout=HANG)
+    assert ray.get([env.remote("TASKV") for _ in range(4)], timeout=HANG) == [{"TASKV": None}] * 4
+
+
+def test_a_call_made_in_a_task_adds_its_own_env_vars_to_the_tasks(ray):
+    env = _env_reader(ray)
+
+    @ray.remote(runtime_env={"env_vars": {"BOTH": "outer", "JOBV": "outer"}})
+    def outer():
+        inner = env.options(runtime_env={"env_vars": {"BOTH": "inner", "TASKV": "inner"}})
+        return ray.get(inner.remote(*NAMES))
+
+    assert ray.get(outer.remote(), timeout=HANG) == {
+        "JOBV": "outer",
+        "BOTH": "inner",
+        "TASKV": "inner",
+    }
+
+
 def test_an_actors_env_vars_apply_in_its_constructor_and_methods(ray):
     @ray.remote(runtime_env={"env_vars": {"ACTV": "actor"}})
     class Reader:
@@ -234,3 +261,24 @@ def test_a_package_pip_cannot_install_is_a_runtime_env_setup_error(ray, backend,
     with pytest.raises(ray.exceptions.RuntimeEnvSetupError) as failed:
         ray.get(f.options(runtime_env={"pip": [missing]}).remote(), timeout=HANG * 5)
     assert str(failed.value).startswith("Failed to set up runtime environment.")
+
+
+@pytest.mark.daskgen_only
+def test_pip_in_a_call_made_inside_a_task_must_be_the_drivers(ray, tmp_path):
+    wheel = make_wheel(str(tmp_path))
+
+    @ray.remote
+    def who():
+        import tinyparity
+
+        return tinyparity.WHO
+
+    @ray.remote
+    def nested(pip):
+        return ray.get(who.options(runtime_env={"pip": pip}).remote())
+
+    with pytest.raises(ValueError, match="must be the one its driver installed"):
+        ray.get(nested.remote([wheel]), timeout=HANG)
+    # The same list the driver installed for the task is inherited, and may be named again.
+    same = nested.options(runtime_env={"pip": [wheel]})
+    assert ray.get(same.remote([wheel]), timeout=HANG * 5) == "tiny"
