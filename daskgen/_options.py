@@ -12,6 +12,8 @@ import numbers
 import warnings
 from typing import Any
 
+from ._job import check_actor_namespace, check_runtime_env
+
 DEFAULTS: dict[str, Any] = {
     "num_returns": None,
     "num_cpus": 1,
@@ -23,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "_generator_backpressure_num_objects": None,
 }
 # Accepted so Ray code runs, but they mean nothing on Dask: warned about once.
-IGNORED = ("runtime_env", "memory", "_metadata", "label_selector")
+IGNORED = ("memory", "_metadata", "label_selector")
 ACTOR_OPTIONS = (
     "max_concurrency",
     "get_if_exists",
@@ -191,6 +193,7 @@ _ACTOR_CHECKS = {
     "_actor_generator_backpressure_num_objects": _check_actor_backpressure,
     "max_restarts": lambda v: _check_restarts("max_restarts", v),
     "max_task_retries": lambda v: _check_restarts("max_task_retries", v),
+    "namespace": check_actor_namespace,
 }
 
 _CHECKS = {
@@ -204,6 +207,7 @@ _CHECKS = {
     "scheduling_strategy": _check_scheduling_strategy,
     "_generator_backpressure_num_objects": _check_backpressure,
     "enable_task_events": lambda v: None,  # Ray's dashboard events: nothing to switch off here
+    "runtime_env": lambda v: check_runtime_env(v, job_level=False),
 }
 
 

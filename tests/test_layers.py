@@ -5,7 +5,7 @@ folders never import each other, and no import circle exists.
 Layers, bottom to top:
 
 0. ``exceptions``, ``_protocol``, ``_options``, ``_dask_internals``, ``_runtime``, ``_waiting``,
-   ``_buffers``
+   ``_buffers``, ``_job``
 1. ``_cluster``, ``_scheduler`` (siblings)
 2. ``_objects``
 3. ``_worker``
@@ -31,6 +31,7 @@ BOTTOM = {
     "_runtime",
     "_waiting",
     "_buffers",
+    "_job",
 }
 RANKS = {"_cluster": 1, "_scheduler": 1, "_objects": 2, "_worker": 3, "_client": 4}
 

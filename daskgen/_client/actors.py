@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import pickle
 import threading
 import time
@@ -36,6 +37,7 @@ from distributed import Client, Future
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._job import check_namespace
 from .._objects.generators import ObjectRefGenerator
 from .._objects.genstate import GenClaim, GenState, static_refs
 from .._objects.promotion import is_unpromoted, owner_of, promote
@@ -91,8 +93,10 @@ from .actor_channel import (
 from .arguments import pack_args
 from .install import ensure_served
 from .output import owner_of_new_calls
+from .runtime_env import call_job
 
 _METHOD_OPTIONS = "__daskgen_method_options__"
+logger = logging.getLogger("daskgen")
 
 
 def method(*args: Any, **options: Any) -> Any:
@@ -207,12 +211,24 @@ class ActorClass:
             raise TypeError(f"name must be a str, not {name!r}")
         client = _runtime.client()
         ensure_served(client)
+        # Its creator's namespace and runtime_env: the actor's calls and lookups are in that
+        # namespace, even when its name is registered in another (``namespace=``), as Ray's.
+        job = call_job(client, opts.get("runtime_env"))
+        namespace = opts.get("namespace") or job.namespace
         if name is not None:
-            existing = _lookup(client, name)
+            existing = _lookup(client, namespace, name)
             if existing is not None:
                 if opts.get("get_if_exists"):
                     return existing
-                raise _name_taken(name)
+                raise _name_taken(name, opts.get("namespace"))
+            anonymous = opts.get("namespace") is None and namespace == _anonymous_namespace()
+            if opts.get("lifetime") == "detached" and anonymous:
+                logger.warning(
+                    "It looks like you're creating a detached actor in an anonymous namespace. "
+                    "In order to access this actor in the future, you will need to explicitly "
+                    'connect to this namespace with init(namespace="%s", ...)',
+                    namespace,
+                )
         where = scheduling.for_actor(opts, self._cls.__name__)  # its scheduling_strategy
         found = _workers(client)
         declared = {name for res in found["able"].values() for name in res}
@@ -247,6 +263,7 @@ class ActorClass:
                 cloudpickle.dumps((self._cls, code_file(self._cls))),
                 {DEFAULT_GROUP: max_concurrency, **groups},
                 self._is_async,
+                job,
                 packed,
                 *(r._future for r in deps),
                 key=f"{self._cls.__name__}-{actor_id}",
@@ -261,12 +278,12 @@ class ActorClass:
             # The refs in the constructor's arguments live until it has run, as Ray keeps a
             # task's arguments (a handle among them would otherwise keep its actor for ever).
             dx.on_future_done(client, creation, lent.clear)
-        if name is not None and not _register(client, name, handle):
+        if name is not None and not _register(client, namespace, name, handle):
             # Another process took the name between the lookup above and now.
-            existing = _lookup(client, name) if opts.get("get_if_exists") else None
+            existing = _lookup(client, namespace, name) if opts.get("get_if_exists") else None
             kill(handle)
             if existing is None:
-                raise _name_taken(name)
+                raise _name_taken(name, opts.get("namespace"))
             return existing
         return handle
 
@@ -274,11 +291,22 @@ class ActorClass:
         return f"ActorClass({self._cls.__name__})"
 
 
-def _name_taken(name: str) -> ActorAlreadyExistsError:
+def _name_taken(name: str, namespace: str | None) -> ActorAlreadyExistsError:
+    """Ray's error for a name taken in the namespace (which it names as the option gave it:
+    None for the creator's own)."""
     return ActorAlreadyExistsError(
-        f"The name {name} (namespace=None) is already taken. Please use a different name or "
-        f"get the existing actor using ray.get_actor('{name}')"
+        f"The name {name} (namespace={namespace}) is already taken. Please use a different "
+        f"name or get the existing actor using ray.get_actor('{name}', "
+        f"namespace='{namespace}')"
     )
+
+
+def _anonymous_namespace() -> str | None:
+    """The driver's namespace if ``init`` was given none (a fresh one no other driver knows)."""
+    session = _runtime.session
+    if session is None or _runtime.in_worker_task() is not None or session.namespace_given:
+        return None
+    return session.job.namespace  # type: ignore[no-any-return]
 
 
 _placed: dict[str, int] = {}  # worker address -> actors this process placed there
@@ -705,39 +733,54 @@ def end_actor(client: Client, actor_id: str, worker: str | None, reason: str) ->
 placement.end_actor = end_actor
 
 
-def get_actor(name: str) -> ActorHandle:
-    """The handle of the live actor created with ``.options(name=name)``."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"get_actor() needs a non-empty str name, not {name!r}")
-    handle = _lookup(_runtime.client(), name)
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with ``.options(name=name)``, in ``namespace``
+    (by default the caller's: the driver's ``init(namespace=)``; inside a task or actor, the
+    namespace of the driver that made the call)."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_actor() needs a str name, not {type(name).__name__}")
+    if not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    check_namespace(namespace)
+    client = _runtime.client()
+    handle = _lookup(client, namespace or _runtime.job().namespace, name)
     if handle is None:
-        raise ValueError(f"Failed to look up actor with name '{name}'.")
+        raise ValueError(
+            f"Failed to look up actor with name '{name}'. This could because 1. You are trying "
+            "to look up a named actor you didn't create. 2. The named actor died. 3. You did "
+            "not use a namespace matching the namespace of the actor."
+        )
     return handle
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
-    """The names of the live actors created with ``.options(name=...)``; with
-    ``all_namespaces``, as Ray's ``{"namespace", "name"}`` entries (daskgen has one namespace
-    per cluster: ``"default"``)."""
+    """The names of the live actors created with ``.options(name=...)`` in the caller's
+    namespace; with ``all_namespaces``, Ray's ``{"name", "namespace"}`` entries of every
+    namespace."""
     client = _runtime.client()
-    names: list[str] = client.sync(client.scheduler.daskgen_actor_names)
+    namespace = None if all_namespaces else _runtime.job().namespace
+    found = client.sync(client.scheduler.daskgen_actor_names, namespace=namespace)
     if all_namespaces:
-        return [{"namespace": "default", "name": name} for name in names]
-    return names
+        return [{"name": name, "namespace": ns} for ns, name in found]
+    return [name for _, name in found]
 
 
-def _lookup(client: Client, name: str) -> ActorHandle | None:
-    state = client.sync(client.scheduler.daskgen_actor_lookup, name=name)
+def _lookup(client: Client, namespace: str, name: str) -> ActorHandle | None:
+    state = client.sync(client.scheduler.daskgen_actor_lookup, namespace=namespace, name=name)
     if state is None:
         return None
     handle = cloudpickle.loads(state)
     return None if handle._actor_id in _dead else handle
 
 
-def _register(client: Client, name: str, handle: ActorHandle) -> bool:
+def _register(client: Client, namespace: str, name: str, handle: ActorHandle) -> bool:
     state = cloudpickle.dumps(handle)
     return bool(
         client.sync(
-            client.scheduler.daskgen_actor_register, name=name, state=state, actor=handle._actor_id
+            client.scheduler.daskgen_actor_register,
+            namespace=namespace,
+            name=name,
+            state=state,
+            actor=handle._actor_id,
         )
     )

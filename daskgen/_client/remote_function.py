@@ -39,6 +39,7 @@ from .actors import ActorClass, failed_result
 from .arguments import pack_args, snapshot
 from .install import ensure_served
 from .output import owner_of_new_calls
+from .runtime_env import call_job
 from .session import worker_resources
 
 _INFINITE_RETRIES = 1_000_000_000
@@ -149,6 +150,7 @@ def submit(
         retries=retries,
         max_retries=options["max_retries"],
         annotations=where.annotations,
+        runtime_env=options.get("runtime_env"),
     )
 
 
@@ -170,12 +172,14 @@ def submit_task(
     retries: int = 0,
     max_retries: int | None = None,
     annotations: dict[str, Any] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Any:
     """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
     generator."""
     client = _runtime.client()
     ensure_served(client)
+    job = call_job(client, runtime_env)  # travels with the call: namespace, runtime_env
     pickled, deps, lent = pack_args(spec.name, args, kwargs, out_of_band=True)
     packed: bytes | Packed | Stored | None = pickled
     if type(pickled) is bytes and len(pickled) >= OUT_OF_BAND_ARGS:
@@ -196,7 +200,7 @@ def submit_task(
         if parent is not None:
             record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
     futures = tuple(r._future for r in deps)
-    caller = (client.id, owner_of_new_calls(client))
+    caller = (client.id, owner_of_new_calls(client), job)
     call = _Call(client, spec, key, (caller, packed, *futures), resources, retries)
     call.max_retries = max_retries
     call.placement = annotations or {}

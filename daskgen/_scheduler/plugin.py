@@ -28,9 +28,8 @@ Batched-stream messages from clients:
 * ``daskgen-cancel`` {keys, force, recursive, revoke, reason}: Ray's cancel (see
   ``_client.cancel``), interrupting tasks on the workers that run them (Dask's ``run``).
 
-Request handlers: ``daskgen_actor_register`` {name, state, actor} (False if the name is taken)
-and ``daskgen_actor_lookup`` {name} (the pickled handle, or None), for named actors, whose
-names ``daskgen_actor_names`` lists.
+Request handlers: named actors, by namespace (``_scheduler.names`` lists them), and
+``daskgen_hello``, ``daskgen_workers``, ``daskgen_cluster`` below.
 
 Hooks: ``update_graph`` (Ray's ``max_retries``, and calls made fire-and-forget as their graph
 arrives), ``transition`` (calls that ended, early wants settled), ``remove_worker`` and
@@ -82,6 +81,7 @@ from .._protocol import (
 from ..exceptions import NO_WORKER_REASON
 from .lost_workers import LostWorkers
 from .placement import PlacementGroups
+from .names import NamedActors
 
 logger = logging.getLogger("daskgen")
 
@@ -116,8 +116,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         # and those waiting for a worker to restart on (-> why they were lost).
         self.restartable: dict[str, list[Any]] = {}
         self.to_restart: dict[str, str] = {}
-        self.names: dict[str, bytes] = {}  # actor name -> pickled handle
-        self.named: dict[str, str] = {}  # actor id -> its name
+        self.named = NamedActors()  # (namespace, name) -> pickled handle
         self.placement: PlacementGroups | None = None  # placement groups (made in start)
         self.lost: LostWorkers | None = None  # why workers left (made in start)
 
@@ -140,10 +139,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         for op, handler in self.routes.items():
             dx.scheduler_add_stream_handler(scheduler, op, handler)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_names", self.actor_names)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_name", self.actor_name)
+        for route, handler in self.named.routes.items():
+            dx.scheduler_add_handler(scheduler, route, handler)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
@@ -661,29 +658,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     def _died(self, actor: str, reason: str) -> None:
         self.restartable.pop(actor, None)
         self.to_restart.pop(actor, None)
-        name = self.named.pop(actor, None)
-        if name is not None:
-            self.names.pop(name, None)
+        self.named.forget(actor)
         msg = {"op": ACTOR_DIED_OP, "actor": actor, "reason": reason}
         self._broadcast(msg)
-
-    def register_actor(self, name: str, state: bytes, actor: str) -> bool:
-        if name in self.names:
-            return False
-        self.names[name] = state
-        self.named[actor] = name
-        return True
-
-    def lookup_actor(self, name: str) -> bytes | None:
-        return self.names.get(name)
-
-    def actor_names(self) -> list[str]:
-        """``daskgen_actor_names``: the names of the live named actors."""
-        return sorted(self.names)
-
-    def actor_name(self, actor: str) -> str:
-        """``daskgen_actor_name``: the name of actor ``actor`` ("" for an unnamed one)."""
-        return self.named.get(actor, "")
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:
