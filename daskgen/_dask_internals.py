@@ -329,6 +329,19 @@ async def future_wait(future: Future) -> None:
     await state.wait()
 
 
+def alias_target(node: Any) -> Key | None:
+    """The key that ``node``, a value in a collection's graph, only stands for: a future's, or
+    an ``Alias``'s target (a persisted ``dask.dataframe`` collection's graph renames each
+    partition's key to its future's key this way); None for anything else."""
+    from dask._task_spec import Alias
+
+    if isinstance(node, Future):
+        return node.key
+    if isinstance(node, Alias):
+        return node.target
+    return None
+
+
 # --------------------------------------------------------------------------------------- worker
 
 

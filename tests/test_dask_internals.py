@@ -758,3 +758,23 @@ def test_the_scheduler_describes_its_workers_for_introspection(inproc):
     assert state["address"] == worker.address and state["nthreads"] == 2
     assert state["resources"] == {"CPU": 2} and state["status"] == "running"
     assert set(state) >= {"host", "memory_limit", "used_resources", "processing"}
+
+
+def test_a_persisted_dataframe_renames_each_partition_to_its_futures_key(inproc):
+    # daskgen.dask.from_collection follows these renames to find each partition's future.
+    import dask.dataframe as dd
+    import pandas as pd
+    from dask.core import flatten
+    from distributed import futures_of
+
+    client, _, _ = inproc
+    frame = client.persist(dd.from_pandas(pd.DataFrame({"x": range(6)}), npartitions=3) + 1)
+    held = {f.key for f in futures_of(frame)}
+    graph = frame.__dask_graph__()
+    targets = [dx.alias_target(graph.get(key)) for key in flatten(frame.__dask_keys__())]
+    assert len(targets) == 3 and set(targets) == held, (
+        "Dask no longer renames a persisted dataframe's partitions with dask._task_spec.Alias"
+    )
+    future = client.submit(int, 1)
+    assert dx.alias_target(future) == future.key
+    assert dx.alias_target((int, 1)) is None
