@@ -778,3 +778,13 @@ def test_a_persisted_dataframe_renames_each_partition_to_its_futures_key(inproc)
     future = client.submit(int, 1)
     assert dx.alias_target(future) == future.key
     assert dx.alias_target((int, 1)) is None
+
+
+def test_a_task_depends_on_a_key_ref_as_on_a_future(inproc):
+    # daskgen.dask's tasks hold key refs, not futures (see dx.key_ref).
+    client, scheduler, _ = inproc
+    future = client.submit(list, range(3))
+    ref = dx.key_ref(future.key)
+    assert not isinstance(ref, Future)
+    assert client.submit(len, ref, pure=False).result(timeout=30) == 3
+    assert scheduler.tasks[future.key].state == "memory"

@@ -64,17 +64,18 @@ def to_bag(
             )
     deadline = Deadline(timeout)
     src = read_source(source, "to_bag", deadline)
-    items = src.items
+    args = src.args()
     tasks: list[tuple[Any, ...]]
     if batches:
-        tasks = [(bag_batch, item, i) for i, item in enumerate(items)]
+        tasks = [(bag_batch, arg, i) for i, arg in enumerate(args)]
     else:
-        size = partition_size or -(-len(items) // 100)
-        tasks = [(bag_items, *items[i : i + size]) for i in range(0, len(items), size)]
-    name = f"{src.label}-to-bag-{tokenize(items, batches, partition_size)}"
+        size = partition_size or -(-len(args) // 100)
+        tasks = [(bag_items, *args[i : i + size]) for i in range(0, len(args), size)]
+    name = f"{src.label}-to-bag-{tokenize(args, batches, partition_size)}"
     layer: dict[Any, Any] = {(name, i): task for i, task in enumerate(tasks)}
+    layer.update(src.futures())  # what keeps the values alive (Dask sends no task for these)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    return dask.bag.Bag(graph, name, len(layer))
+    return dask.bag.Bag(graph, name, len(tasks))
 
 
 def to_array(
@@ -128,12 +129,14 @@ def to_array(
                 "value is converted, so every block must have the array's dtype."
             )
     axis, chunks = _chunks(block_shapes, axis)
-    name = f"{src.label}-to-array-{tokenize(src.items, axis, block_shapes, dtype)}"
+    args = src.args()
+    name = f"{src.label}-to-array-{tokenize(args, axis, block_shapes, dtype)}"
     layer: dict[Any, Any] = {}
-    for i, (item, shape) in enumerate(zip(src.items, block_shapes, strict=True)):
+    for i, (arg, shape) in enumerate(zip(args, block_shapes, strict=True)):
         position = [0] * len(shape)
         position[axis] = i
-        layer[(name, *position)] = (array_block, item, i, shape, dtype)
+        layer[(name, *position)] = (array_block, arg, i, shape, dtype)
+    layer.update(src.futures())  # what keeps the values alive (Dask sends no task for these)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return dask.array.Array(graph, name, chunks, dtype=dtype)
 
@@ -181,13 +184,26 @@ def to_dataframe(
     with dask.config.set({"dataframe.convert-string": False}):
         return dd.from_map(
             FramePart(meta, verify_meta),
-            src.items,
+            _Held(src.args(), src.futures()),
             list(range(len(src.items))),
             meta=meta,
             divisions=None,
             label=f"{src.label}-to-dataframe",
             enforce_metadata=False,
         )
+
+
+class _Held(list):  # type: ignore[type-arg]
+    """The keys a dataframe's partitions read (``from_map`` hands one to each task), holding
+    their futures as well: the collection, and every one made from it, keeps the values alive
+    through this list, while its tasks hold keys only. Pickled, a plain list of the keys."""
+
+    def __init__(self, args: list[Any], futures: dict[Any, Any]) -> None:
+        super().__init__(args)
+        self.futures = futures
+
+    def __reduce__(self) -> Any:
+        return list, (list(self),)
 
 
 def _dask_dataframe() -> Any:

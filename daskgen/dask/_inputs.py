@@ -67,6 +67,15 @@ class Source:
     items: list[Future | ErrorValue]
     label: str  # the first ref's function name: collections' keys show where they came from
 
+    def args(self) -> list[Any]:
+        """What each partition's task takes: a reference to the ref's key, not its future
+        (``dx.key_ref`` says why), or the ref's error."""
+        return [dx.key_ref(i.key) if isinstance(i, Future) else i for i in self.items]
+
+    def futures(self) -> dict[Any, Future]:
+        """The refs' futures by key: what a collection holds to keep the values alive."""
+        return {i.key: i for i in self.items if isinstance(i, Future)}
+
 
 def read_source(source: Any, what: str, deadline: Deadline) -> Source:
     """The ready refs of ``source`` (see the module's docstring); ``what`` names the caller in
@@ -190,11 +199,12 @@ def read_metadata(
         for i, future in zip(remote, futures, strict=True):
             held_by = sorted(holders.get(future.key) or [None])  # type: ignore[union-attr]
             groups.setdefault(held_by[0], []).append(i)
+        args = source.args()
         tasks = [
             source.client.submit(
                 fn,
                 group,
-                *[source.items[i] for i in group],
+                *[args[i] for i in group],
                 key=f"{source.label}-{what.replace('_', '-')}-meta-{new_token()}",
                 workers=[worker] if worker is not None else None,
                 allow_other_workers=True,
