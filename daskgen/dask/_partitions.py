@@ -19,7 +19,7 @@ from .._objects.refs import ObjectRef
 
 
 def from_collection(collection: Any) -> list[ObjectRef]:
-    """``ObjectRef`` s of the partitions of a Dask collection (a bag's partitions, a
+    """The refs (``ObjectRef``) of a Dask collection's partitions (a bag's partitions, a
     dataframe's or series', an array's blocks in row-major order), to pass to remote functions
     (at the top level a task gets the partition itself; nested, a ref) or to ``get``.
 
