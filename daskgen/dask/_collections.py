@@ -109,7 +109,7 @@ def to_array(
     deadline = Deadline(timeout)
     src = read_source(source, "to_array", deadline)
     n = len(src.items)
-    dtypes: list[str] = []
+    dtypes: list[Any] = []
     if shapes is None:
         described = read_metadata(src, list(range(n)), describe_blocks, "to_array", deadline)
         block_shapes = [shape for shape, _ in described]

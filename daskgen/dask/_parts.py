@@ -63,13 +63,13 @@ def array_block(stored: Any, index: int, shape: tuple[int, ...], dtype: Any) -> 
     return value
 
 
-def describe_blocks(indices: list[int], *stored: Any) -> list[tuple[tuple[int, ...], str]]:
+def describe_blocks(indices: list[int], *stored: Any) -> list[tuple[tuple[int, ...], Any]]:
     """The shape and dtype of each value (a metadata task: small, whatever the values are)."""
     out = []
     for index, s in zip(indices, stored, strict=True):
         value = value_of(s)
         _check_array(value, index)
-        out.append((tuple(value.shape), value.dtype.str))
+        out.append((tuple(value.shape), value.dtype))
     return out
 
 
