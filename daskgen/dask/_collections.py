@@ -7,9 +7,13 @@ and returns it as it is, after turning a ``Put`` box into the user's value and a
 moves and nothing is copied: the partition is the yield's own object. Dask's own
 ``from_delayed`` on futures runs one task per partition for a bag (``reify``) and two for an
 array block or a dataframe partition (an alias, then a concatenation alias or ``check_meta``);
-this task takes their place. The graph holds the refs' futures, so the collection, and every
-collection made from it, keeps the values in the cluster for as long as it needs them, whatever
-becomes of the refs and generators they came from.
+this task takes their place.
+
+The graph holds the refs' futures (a ``{key: future}`` entry per value, as Dask's persisted
+collections hold theirs; Dask sends no task for them), so the collection, and every collection
+made from it, keeps the values in the cluster for as long as it needs them, whatever becomes of
+the refs and generators they came from. The tasks themselves name the keys, not the futures
+(``_dask_internals.key_ref`` says why).
 """
 
 from __future__ import annotations
