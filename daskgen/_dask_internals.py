@@ -329,6 +329,32 @@ async def future_wait(future: Future) -> None:
     await state.wait()
 
 
+def key_ref(key: Key) -> Any:
+    """A reference to ``key`` for a task's arguments or a graph (Dask's ``TaskRef``, which
+    ``Future`` subclasses): the task depends on the key, without holding a future of it.
+
+    Why not the future: where the scheduler runs in this process (daskgen's embedded cluster),
+    a graph reaches it unpickled, so a future in a task is held by the scheduler's task state
+    and by its log of its last 1,000 messages to each worker, and the value with it, long after
+    the caller let go of every ref."""
+    from dask._task_spec import TaskRef
+
+    return TaskRef(key)
+
+
+def alias_target(node: Any) -> Key | None:
+    """The key that ``node``, a value in a collection's graph, only stands for: a future's, or
+    an ``Alias``'s target (a persisted ``dask.dataframe`` collection's graph renames each
+    partition's key to its future's key this way); None for anything else."""
+    from dask._task_spec import Alias
+
+    if isinstance(node, Future):
+        return node.key
+    if isinstance(node, Alias):
+        return node.target
+    return None
+
+
 # --------------------------------------------------------------------------------------- worker
 
 

@@ -812,3 +812,33 @@ def test_a_workers_nanny_memory_limit_and_liveness_are_known(inproc):
     import distributed.worker_memory as wm
 
     assert "worker-restart-memory" in inspect.getsource(wm.NannyMemoryManager.memory_monitor)
+
+
+def test_a_persisted_dataframe_renames_each_partition_to_its_futures_key(inproc):
+    # daskgen.dask.from_collection follows these renames to find each partition's future.
+    import dask.dataframe as dd
+    import pandas as pd
+    from dask.core import flatten
+    from distributed import futures_of
+
+    client, _, _ = inproc
+    frame = client.persist(dd.from_pandas(pd.DataFrame({"x": range(6)}), npartitions=3) + 1)
+    held = {f.key for f in futures_of(frame)}
+    graph = frame.__dask_graph__()
+    targets = [dx.alias_target(graph.get(key)) for key in flatten(frame.__dask_keys__())]
+    assert len(targets) == 3 and set(targets) == held, (
+        "Dask no longer renames a persisted dataframe's partitions with dask._task_spec.Alias"
+    )
+    future = client.submit(int, 1)
+    assert dx.alias_target(future) == future.key
+    assert dx.alias_target((int, 1)) is None
+
+
+def test_a_task_depends_on_a_key_ref_as_on_a_future(inproc):
+    # daskgen.dask's tasks hold key refs, not futures (see dx.key_ref).
+    client, scheduler, _ = inproc
+    future = client.submit(list, range(3))
+    ref = dx.key_ref(future.key)
+    assert not isinstance(ref, Future)
+    assert client.submit(len, ref, pure=False).result(timeout=30) == 3
+    assert scheduler.tasks[future.key].state == "memory"

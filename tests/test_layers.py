@@ -10,7 +10,8 @@ Layers, bottom to top:
 2. ``_objects``
 3. ``_worker``
 4. ``_client``
-5. the public face: ``daskgen`` itself and its public modules
+5. the public face: ``daskgen`` itself and its public modules (``util``, ``dask``, ``actor``,
+   ``remote_function``), whatever their depth
 """
 
 from __future__ import annotations
