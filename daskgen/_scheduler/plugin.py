@@ -80,8 +80,8 @@ from .._protocol import (
 )
 from ..exceptions import NO_WORKER_REASON
 from .lost_workers import LostWorkers
-from .placement import PlacementGroups
 from .names import NamedActors
+from .placement import PlacementGroups
 
 logger = logging.getLogger("daskgen")
 
