@@ -10,7 +10,9 @@ shows the layers (``_protocol`` and the other bottom modules, then ``_cluster``/
 
 from __future__ import annotations
 
-from . import actor, exceptions, remote_function, util
+# ``dask`` (yields into Dask collections) is there as ``ray.dask``, but not in ``__all__``:
+# ``from daskgen import *`` must not shadow the user's own ``dask``.
+from . import actor, dask, exceptions, remote_function, util  # noqa: F401
 from ._client.actors import ActorClass, ActorHandle, get_actor, kill, method
 from ._client.api import cancel, get, put, wait
 from ._client.context import get_runtime_context, progress

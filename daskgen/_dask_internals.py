@@ -338,6 +338,32 @@ async def future_wait(future: Future) -> None:
     await state.wait()
 
 
+def key_ref(key: Key) -> Any:
+    """A reference to ``key`` for a task's arguments or a graph (Dask's ``TaskRef``, which
+    ``Future`` subclasses): the task depends on the key, without holding a future of it.
+
+    Why not the future: where the scheduler runs in this process (daskgen's embedded cluster),
+    a graph reaches it unpickled, so a future in a task is held by the scheduler's task state
+    and by its log of its last 1,000 messages to each worker, and the value with it, long after
+    the caller let go of every ref."""
+    from dask._task_spec import TaskRef
+
+    return TaskRef(key)
+
+
+def alias_target(node: Any) -> Key | None:
+    """The key that ``node``, a value in a collection's graph, only stands for: a future's, or
+    an ``Alias``'s target (a persisted ``dask.dataframe`` collection's graph renames each
+    partition's key to its future's key this way); None for anything else."""
+    from dask._task_spec import Alias
+
+    if isinstance(node, Future):
+        return node.key
+    if isinstance(node, Alias):
+        return node.target
+    return None
+
+
 # --------------------------------------------------------------------------------------- worker
 
 
@@ -479,6 +505,12 @@ def worker_task_alive(worker: Worker, key: Key) -> bool:
     """
     ts = worker.state.tasks.get(key)
     return ts is not None and ts.state in ("executing", "long-running")
+
+
+def worker_started(keys: list[Key], dask_worker: Worker) -> list[bool]:
+    """Run on a worker (``scheduler_run_on_worker``): which of ``keys`` it has started (the
+    others are only assigned to it, waiting for a thread)."""
+    return [worker_task_alive(dask_worker, key) for key in keys]
 
 
 def worker_lend_resources(worker: Worker, key: Key, sign: int) -> None:
@@ -1114,6 +1146,63 @@ def scheduler_restrict(
         scheduler.transitions(dict.fromkeys(again, "released"), stimulus)
         scheduler.transitions(dict.fromkeys(again, "waiting"), stimulus)
     return stuck
+
+
+# Not an address any worker can have: a task restricted to it waits in ``no-worker``.
+_NOWHERE = "daskgen-placement-pending"
+
+
+def scheduler_place(scheduler: Scheduler, keys: list[Key], workers: list[str] | None) -> None:
+    """Set where the tasks ``keys`` may run, as ``Client.submit(workers=...,
+    allow_other_workers=False)`` sets it, replacing their worker and host restrictions:
+    ``workers`` (addresses); ``None``, anywhere; ``[]``, nowhere for now (the task waits in
+    ``no-worker``, as a task restricted to a worker that left does). A task waiting for a
+    worker goes back through ``waiting``; a running task goes on where it is."""
+    again = []
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        if ts is None or ts.state not in (
+            "released",
+            "waiting",
+            "queued",
+            "no-worker",
+            "processing",
+        ):
+            continue
+        if workers is None:
+            ts.worker_restrictions = None
+        else:
+            ts.worker_restrictions = set(workers) if workers else {_NOWHERE}
+        ts.host_restrictions = None
+        ts.loose_restrictions = False
+        if ts.state in ("queued", "no-worker"):
+            again.append(key)
+    if again:
+        stimulus = f"daskgen-place-{time()}"
+        scheduler.transitions(dict.fromkeys(again, "released"), stimulus)
+        scheduler.transitions(dict.fromkeys(again, "waiting"), stimulus)
+
+
+def scheduler_worker_nanny(scheduler: Scheduler, worker: str) -> str | None:
+    """The address of ``worker``'s nanny (None: it runs without one, or is unknown)."""
+    ws = scheduler.workers.get(worker)
+    return ws.nanny if ws is not None else None
+
+
+def scheduler_worker_memory_limit(scheduler: Scheduler, worker: str) -> int:
+    """``worker``'s memory limit in bytes (0: none, or the worker is not registered)."""
+    ws = scheduler.workers.get(worker)
+    return int(ws.memory_limit or 0) if ws is not None else 0
+
+
+async def scheduler_ping(scheduler: Scheduler, address: str, timeout: float) -> bool:
+    """Whether the Dask server at ``address`` (a nanny, a worker) answers within ``timeout``
+    seconds, over the scheduler's connection pool."""
+    try:
+        await asyncio.wait_for(scheduler.rpc(address).identity(), timeout)
+    except Exception:
+        return False
+    return True
 
 
 def scheduler_wanted_by(scheduler: Scheduler, keys: list[Key]) -> dict[str, list[Key]]:

@@ -12,6 +12,8 @@ import numbers
 import warnings
 from typing import Any
 
+from ._job import check_actor_namespace, check_runtime_env
+
 DEFAULTS: dict[str, Any] = {
     "num_returns": None,
     "num_cpus": 1,
@@ -23,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "_generator_backpressure_num_objects": None,
 }
 # Accepted so Ray code runs, but they mean nothing on Dask: warned about once.
-IGNORED = ("scheduling_strategy", "runtime_env", "memory", "_metadata", "label_selector")
+IGNORED = ("memory", "_metadata", "label_selector")
 ACTOR_OPTIONS = (
     "max_concurrency",
     "get_if_exists",
@@ -103,6 +105,24 @@ def _check_retry_exceptions(v: Any) -> None:
     raise TypeError(f"retry_exceptions must be a bool or a list of exception types, not {v!r}")
 
 
+def _check_scheduling_strategy(v: Any) -> None:
+    """None, "DEFAULT", "SPREAD", or a strategy object of ``daskgen.util.scheduling_strategies``
+    (each marks itself with ``_daskgen_strategy``; they live in the client layer)."""
+    if v is None or v in ("DEFAULT", "SPREAD"):
+        return
+    if isinstance(v, str):
+        raise ValueError(
+            f'Invalid scheduling_strategy value {v}. Valid values are ["DEFAULT" | "SPREAD" '
+            "| PlacementGroupSchedulingStrategy | NodeAffinitySchedulingStrategy]"
+        )
+    if getattr(type(v), "_daskgen_strategy", None) is None:
+        raise TypeError(
+            "The type of keyword 'scheduling_strategy' must be (None, str, "
+            "PlacementGroupSchedulingStrategy, NodeAffinitySchedulingStrategy), but received "
+            f"type {type(v)}"
+        )
+
+
 def _check_name(v: Any) -> None:
     if v is not None and (not isinstance(v, str) or not v):
         raise TypeError(f"name must be a non-empty str, not {v!r}")
@@ -173,6 +193,7 @@ _ACTOR_CHECKS = {
     "_actor_generator_backpressure_num_objects": _check_actor_backpressure,
     "max_restarts": lambda v: _check_restarts("max_restarts", v),
     "max_task_retries": lambda v: _check_restarts("max_task_retries", v),
+    "namespace": check_actor_namespace,
 }
 
 _CHECKS = {
@@ -183,8 +204,10 @@ _CHECKS = {
     "max_retries": _check_max_retries,
     "retry_exceptions": _check_retry_exceptions,
     "name": _check_name,
+    "scheduling_strategy": _check_scheduling_strategy,
     "_generator_backpressure_num_objects": _check_backpressure,
     "enable_task_events": lambda v: None,  # Ray's dashboard events: nothing to switch off here
+    "runtime_env": lambda v: check_runtime_env(v, job_level=False),
 }
 
 

@@ -103,6 +103,19 @@ HELLO_OP = "daskgen_hello"
 WORKERS_OP = "daskgen_workers"  # client -> scheduler request: workers able to host an actor
 CLUSTER_OP = "daskgen_cluster"  # client -> scheduler request: every worker's host and resources
 LANE_OP = "daskgen_lane"  # worker -> scheduler request: where the fast lane listens (or None)
+# Placement groups (``_scheduler.placement``): a task's or actor creation's group and bundle,
+# {"group": id, "bundle": index} (-1: any bundle; GATE_BUNDLE: runs anywhere once the group is
+# created), and the requests a client makes of the scheduler's placement-group table.
+PLACEMENT_ANNOTATION = "daskgen_placement"
+GATE_BUNDLE = -2
+PG_CREATE_OP = "daskgen_pg_create"
+PG_REMOVE_OP = "daskgen_pg_remove"
+PG_TABLE_OP = "daskgen_pg_table"
+PG_LOOKUP_OP = "daskgen_pg_lookup"
+PG_BUNDLE_OP = "daskgen_pg_bundle"
+# scheduler -> every daskgen client: why a worker left ({worker, kind, message}: the nanny
+# ended it for memory, or its host or nanny is gone), for the error its tasks raise.
+WORKER_LOST_OP = "daskgen-worker-lost"
 
 Key = Any  # a Dask key: str or tuple
 

@@ -19,6 +19,7 @@ import distributed
 from distributed import Client
 
 from . import _dask_internals as dx
+from ._job import Job
 from ._protocol import CLIENT_OP, DASKGEN_STREAM_INTERVAL_S
 
 session: Any = None  # this process's _client.session.Session, between init() and shutdown()
@@ -36,6 +37,16 @@ current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 # (a direct call, ``_worker.direct``, runs outside Dask's pool).
 current_resources: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
     "daskgen_resources", default=None
+)
+# The placement group of the task running (``get_current_placement_group``): (the group's
+# handle, whether its child tasks join it), set by the task's ``TaskSpec``.
+current_placement: contextvars.ContextVar[tuple[Any, bool] | None] = contextvars.ContextVar(
+    "daskgen_placement", default=None
+)
+# The job (namespace, runtime_env) of the daskgen task or actor running here: the calls it
+# makes and the names it looks up are its driver's (see ``_job``).
+current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+    "daskgen_job", default=None
 )
 
 # Hooks the client layer registers (see the module's docstring).
@@ -64,6 +75,29 @@ def client() -> Client:
         assert start_session is not None, "daskgen._client is not imported"
         current = start_session()
     return current.client
+
+
+_outside_jobs: list[Job] = []  # the job of daskgen calls made in plain Dask tasks here
+
+
+def job() -> Job:
+    """The job of the code running here: inside a daskgen task or actor, its driver's (it
+    travels with each call); in the driver, the session's (started on first use, as Ray's
+    calls initialise); in a plain Dask task, this process's own anonymous one."""
+    running = current_job.get()
+    if running is not None:
+        return running
+    if in_worker_task() is not None:
+        if not _outside_jobs:
+            import uuid
+
+            _outside_jobs.append(Job(str(uuid.uuid4())))
+        return _outside_jobs[0]
+    current = session
+    if current is None:
+        assert start_session is not None, "daskgen._client is not imported"
+        current = start_session()
+    return current.job  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------- daskgen's side of the scheduler

@@ -10,6 +10,10 @@ errors at its one transport boundary)::
     +-- GetTimeoutError         get() ran out of time (also a TimeoutError)
     +-- TaskCancelledError      the task was cancelled before it produced the value
     +-- WorkerCrashedError      the worker running the task died and retries ran out
+    +-- OutOfMemoryError        ... its nanny ended it for memory (the nanny's memory event)
+    +-- NodeDiedError           ... it went with its nanny (host or `dask worker` gone)
+    +-- TaskUnschedulableError  a hard NodeAffinitySchedulingStrategy names no live node
+    +-- TaskPlacementGroupRemoved  the task's placement group was removed before it started
     +-- ObjectLostError         the only copy of a value was on a worker that died
     +-- RaySystemError          the cluster itself failed (the scheduler is unreachable)
     +-- RayActorError
@@ -38,8 +42,8 @@ __all__ = [
     "PendingCallsLimitExceeded",
     "ActorUnavailableError",
     "ActorAlreadyExistsError",
-    # Ray's names for failures daskgen does not produce yet: defined so that Ray code's
-    # ``except ray.exceptions.X`` clauses work unchanged.
+    # Ray's names; those daskgen has no counterpart for (an object store, Ray's raylet, other
+    # languages...) are defined so that Ray code's ``except ray.exceptions.X`` clauses work.
     "OutOfMemoryError",
     "ObjectStoreFullError",
     "OutOfDiskError",
@@ -248,7 +252,16 @@ class ActorAlreadyExistsError(ValueError, RayError):
 
 
 class OutOfMemoryError(RayError):
-    """A task or actor was ended because its worker ran out of memory."""
+    """The worker running the task was ended for using too much memory (Dask's nanny ends a
+    worker past ``distributed.worker.memory.terminate`` of its memory limit) and the task's
+    retries ran out."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ObjectStoreFullError(RayError):
@@ -260,7 +273,15 @@ class OutOfDiskError(RayError):
 
 
 class NodeDiedError(RayError):
-    """The host of a task or actor died."""
+    """The worker running the task was lost with its nanny (its host, or the whole
+    ``dask worker`` process group, is gone) and the task's retries ran out."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LocalRayletDiedError(RayError):
@@ -284,11 +305,27 @@ class ObjectFreedError(ObjectLostError):
 
 
 class TaskUnschedulableError(RayError):
-    """A task can never be placed on any worker."""
+    """A task can never be placed: the node its ``NodeAffinitySchedulingStrategy(...,
+    soft=False)`` names does not exist (any more)."""
+
+    def __init__(self, error_message: str = "") -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return f"The task is not schedulable: {self.error_message}"
 
 
 class ActorUnschedulableError(RayError):
-    """An actor can never be placed on any worker."""
+    """An actor can never be placed: the node its ``NodeAffinitySchedulingStrategy(...,
+    soft=False)`` names does not exist, or its placement group was not created in time."""
+
+    def __init__(self, error_message: str = "") -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return f"The actor is not schedulable: {self.error_message}"
 
 
 class RuntimeEnvSetupError(RayError):
@@ -304,11 +341,17 @@ class CrossLanguageError(RayError):
 
 
 class TaskPlacementGroupRemoved(RayError):
-    """The task's placement group was removed."""
+    """The task's placement group was removed before the task started."""
+
+    def __str__(self) -> str:
+        return "The placement group corresponding to this task has been removed."
 
 
 class ActorPlacementGroupRemoved(RayError):
     """The actor's placement group was removed."""
+
+    def __str__(self) -> str:
+        return "The placement group corresponding to this Actor has been removed."
 
 
 class RayChannelError(RaySystemError):
@@ -321,6 +364,26 @@ class RayChannelError(RaySystemError):
 SCHEDULER_LOST = "scheduler-connection-lost"
 # daskgen's reason for cancelling tasks no worker can run (the rest of the reason says why).
 NO_WORKER_REASON = "daskgen-no-worker: "
+# daskgen's reason for cancelling the tasks of a removed placement group.
+PG_REMOVED_REASON = "daskgen-pg-removed: "
+
+# Why workers left, as the scheduler's daskgen plugin told this process (``WORKER_LOST_OP``):
+# address -> (kind, message), kind "memory" (its nanny ended it) or "node" (nanny and all).
+# Kept for the last few hundred workers only.
+lost_workers: dict[str, tuple[str, str]] = {}
+_LOST_KEPT = 500
+
+
+# Set by the client layer: ask the scheduler why a worker left (records it with worker_lost).
+why_lost: Any = None
+
+
+def worker_lost(worker: str, kind: str, message: str) -> None:
+    """Record why ``worker`` left (the clients' handler of ``daskgen-worker-lost``)."""
+    lost_workers.pop(worker, None)
+    lost_workers[worker] = (kind, message)
+    while len(lost_workers) > _LOST_KEPT:
+        del lost_workers[next(iter(lost_workers))]
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -332,6 +395,8 @@ def translate(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, FutureCancelledError) and str(exc.reason).startswith(NO_WORKER_REASON):
         return WorkerCrashedError(str(exc.reason)[len(NO_WORKER_REASON) :])
+    if isinstance(exc, FutureCancelledError) and str(exc.reason).startswith(PG_REMOVED_REASON):
+        return TaskPlacementGroupRemoved()
     if isinstance(exc, FutureCancelledError) and exc.reason == SCHEDULER_LOST:
         return RaySystemError(
             f"Lost the connection to the Dask scheduler, so the value of {exc.key} cannot be "
@@ -340,9 +405,7 @@ def translate(exc: BaseException) -> BaseException:
     if isinstance(exc, (FutureCancelledError, asyncio.CancelledError)):
         return TaskCancelledError()  # as Ray says of a task cancelled before it ran
     if isinstance(exc, KilledWorker):
-        return WorkerCrashedError(
-            f"The worker running the task died and its retries ran out: {exc}"
-        )
+        return _worker_died(exc)
     return exc
 
 
@@ -360,3 +423,22 @@ def fresh(exc: BaseException) -> BaseException:
         return exc
     copied.__traceback__ = None
     return copied
+
+
+def _worker_died(exc: Any) -> RayError:
+    """Ray's error for a task whose last worker died (Dask's ``KilledWorker``): by why that
+    worker left, as the scheduler's plugin reported it (``lost_workers``): its nanny ended it
+    for memory (``OutOfMemoryError``), it went with its nanny, as a host does
+    (``NodeDiedError``), else its process died (``WorkerCrashedError``)."""
+    last = getattr(getattr(exc, "last_worker", None), "address", None)
+    if last and last not in lost_workers and why_lost is not None:
+        why_lost(last)  # the verdict may still be on its way
+    kind, message = lost_workers.get(last or "", ("", ""))
+    if kind == "memory":
+        return OutOfMemoryError(
+            f"Task was killed due to the node running low on memory.\n{message} The task's "
+            f"retries ran out: {exc}"
+        )
+    if kind == "node":
+        return NodeDiedError(f"{message} The task's retries ran out: {exc}")
+    return WorkerCrashedError(f"The worker running the task died and its retries ran out: {exc}")

@@ -233,6 +233,7 @@ class WorkerSpec:
     nanny: bool = False
     venv: Path | None = None
     env: dict[str, str] | None = None  # on top of the cluster's
+    memory_limit: str | None = None  # ``dask worker --memory-limit`` (None: Dask's default)
 
 
 @dataclass
@@ -314,12 +315,15 @@ class RealCluster:
         venv: Path | None = None,
         nanny: bool | None = None,
         env: dict[str, str] | None = None,
+        memory_limit: str | None = None,
     ) -> subprocess.Popen:
         """Start one single-threaded ``dask worker`` (``CPU=1``), with a nanny if ``nanny`` (by
         default :attr:`nanny`), from the venv at ``venv`` if given (see
         :func:`make_venv_without_daskgen`), with ``env`` added to the cluster's environment.
+        ``memory_limit``: its ``--memory-limit`` (its nanny ends it past
+        ``distributed.worker.memory.terminate`` of that).
         Returns the process: the worker, or its nanny."""
-        spec = WorkerSpec(self.nanny if nanny is None else nanny, venv, env)
+        spec = WorkerSpec(self.nanny if nanny is None else nanny, venv, env, memory_limit)
         proc = self._launch_worker(spec)
         self.workers.append(proc)
         return proc
@@ -331,6 +335,8 @@ class RealCluster:
         args = ["worker", self.address, "--nthreads", "1", "--nworkers", "1"]
         args += ["--nanny" if spec.nanny else "--no-nanny"]
         args += ["--resources", "CPU=1", "--host", "127.0.0.1", "--local-directory", str(local)]
+        if spec.memory_limit is not None:
+            args += ["--memory-limit", spec.memory_limit]
         if self.tls is not None:
             args += self.tls.cli_flags()
         proc = self._spawn(f"worker-{n}", args, spec.venv, spec.env)
@@ -540,18 +546,19 @@ def start_cluster(
     nanny: bool = False,
     worker_venv: Path | None = None,
     scheduler_venv: Path | None = None,
+    memory_limit: str | None = None,
 ) -> Iterator[RealCluster]:
     """Start a scheduler and ``n_workers`` workers; kill them all on exit, even on failure.
 
     ``nanny``: workers with ``--nanny`` (see the module's doc for what a pid is then).
     ``worker_venv`` / ``scheduler_venv``: run their ``dask`` from that venv, e.g. one from
-    :func:`make_venv_without_daskgen`."""
+    :func:`make_venv_without_daskgen`. ``memory_limit``: each worker's ``--memory-limit``."""
     directory.mkdir(parents=True, exist_ok=True)
     cluster = RealCluster(directory, tls=tls, env=dict(env or {}), nanny=nanny)
     try:
         cluster.start_scheduler(venv=scheduler_venv)
         for _ in range(n_workers):
-            cluster.start_worker(venv=worker_venv)
+            cluster.start_worker(venv=worker_venv, memory_limit=memory_limit)
         cluster.wait_for_workers(n_workers)
         yield cluster
     finally:

@@ -758,3 +758,87 @@ def test_the_scheduler_describes_its_workers_for_introspection(inproc):
     assert state["address"] == worker.address and state["nthreads"] == 2
     assert state["resources"] == {"CPU": 2} and state["status"] == "running"
     assert set(state) >= {"host", "memory_limit", "used_resources", "processing"}
+
+
+def test_tasks_are_placed_held_and_released_by_their_restrictions(inproc):
+    """``scheduler_place`` (placement groups): a task restricted nowhere waits in
+    ``no-worker``; placed on the worker, it runs; a host restriction is replaced."""
+    client, scheduler, worker = inproc
+
+    def place(keys, workers):
+        return _call(client, dx.scheduler_place, scheduler, keys, workers)
+
+    running, event = _blocked_task(client, "daskgen-test-place")
+    held = client.submit(lambda x: x, running, pure=False, workers=["somehost"])
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, held.key) == "waiting", "it reached it"
+    )
+    assert scheduler.tasks[held.key].host_restrictions == {"somehost"}
+    place([held.key], [])
+    assert scheduler.tasks[held.key].host_restrictions is None
+    event.set()
+    assert running.result(timeout=realcluster.HANG) is True
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, held.key) == "no-worker", "it waits, held"
+    )
+    place([held.key], [worker.address])
+    assert held.result(timeout=realcluster.HANG) is True
+    free = client.submit(lambda: 1, pure=False, workers=["nowhere"])
+    realcluster.wait_until(
+        lambda: dx.scheduler_key_state(scheduler, free.key) == "no-worker", "it has no worker"
+    )
+    place([free.key], None)  # anywhere
+    assert free.result(timeout=realcluster.HANG) == 1
+
+
+def test_a_workers_nanny_memory_limit_and_liveness_are_known(inproc):
+    client, scheduler, worker = inproc
+    assert dx.scheduler_worker_nanny(scheduler, worker.address) is None  # no nanny here
+    assert dx.scheduler_worker_nanny(scheduler, "tcp://127.0.0.1:1") is None
+    assert dx.scheduler_worker_memory_limit(scheduler, worker.address) == (
+        worker.memory_manager.memory_limit or 0
+    )
+    assert dx.scheduler_worker_memory_limit(scheduler, "tcp://127.0.0.1:1") == 0
+
+    async def ping(address):
+        return await dx.scheduler_ping(scheduler, address, 2.0)
+
+    assert client.sync(ping, worker.address) is True
+    assert client.sync(ping, "tcp://127.0.0.1:1") is False
+    # The nanny's memory event reaches scheduler plugins under this topic.
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    assert "log_event" in vars(SchedulerPlugin)
+    import distributed.worker_memory as wm
+
+    assert "worker-restart-memory" in inspect.getsource(wm.NannyMemoryManager.memory_monitor)
+
+
+def test_a_persisted_dataframe_renames_each_partition_to_its_futures_key(inproc):
+    # daskgen.dask.from_collection follows these renames to find each partition's future.
+    import dask.dataframe as dd
+    import pandas as pd
+    from dask.core import flatten
+    from distributed import futures_of
+
+    client, _, _ = inproc
+    frame = client.persist(dd.from_pandas(pd.DataFrame({"x": range(6)}), npartitions=3) + 1)
+    held = {f.key for f in futures_of(frame)}
+    graph = frame.__dask_graph__()
+    targets = [dx.alias_target(graph.get(key)) for key in flatten(frame.__dask_keys__())]
+    assert len(targets) == 3 and set(targets) == held, (
+        "Dask no longer renames a persisted dataframe's partitions with dask._task_spec.Alias"
+    )
+    future = client.submit(int, 1)
+    assert dx.alias_target(future) == future.key
+    assert dx.alias_target((int, 1)) is None
+
+
+def test_a_task_depends_on_a_key_ref_as_on_a_future(inproc):
+    # daskgen.dask's tasks hold key refs, not futures (see dx.key_ref).
+    client, scheduler, _ = inproc
+    future = client.submit(list, range(3))
+    ref = dx.key_ref(future.key)
+    assert not isinstance(ref, Future)
+    assert client.submit(len, ref, pure=False).result(timeout=30) == 3
+    assert scheduler.tasks[future.key].state == "memory"

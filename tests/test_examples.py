@@ -160,3 +160,13 @@ def test_actor_pool_and_queue_scores_in_order_and_drains_the_queue():
     assert "scores as they finished, sorted: [2.17, 3.5, 4.0]" in out
     assert "produced: 10" in out
     assert "consumed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in out
+
+
+def test_yields_to_dataframe_builds_a_dataframe_on_the_yields_and_hands_partitions_to_tasks():
+    out = _run("yields_to_dataframe.py")
+    assert "24 partitions, columns ['hour', 'sensor', 'celsius']" in out
+    assert "persisting ran 24 tasks: one per partition" in out
+    assert "240000 readings" in out
+    assert "mean at east: 18.050\nmean at north: 16.050\nmean at south: 17.050" in out
+    assert "readings above 24 degrees: 476" in out
+    assert "first hour: (0, 'east', 12.6); of the last hour: (23, 'east', 24.1)" in out

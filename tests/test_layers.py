@@ -5,12 +5,13 @@ folders never import each other, and no import circle exists.
 Layers, bottom to top:
 
 0. ``exceptions``, ``_protocol``, ``_options``, ``_dask_internals``, ``_runtime``, ``_waiting``,
-   ``_buffers``
+   ``_buffers``, ``_job``
 1. ``_cluster``, ``_scheduler`` (siblings)
 2. ``_objects``
 3. ``_worker``
 4. ``_client``
-5. the public face: ``daskgen`` itself and its public modules
+5. the public face: ``daskgen`` itself and its public modules (``util``, ``dask``, ``actor``,
+   ``remote_function``), whatever their depth
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ BOTTOM = {
     "_runtime",
     "_waiting",
     "_buffers",
+    "_job",
 }
 RANKS = {"_cluster": 1, "_scheduler": 1, "_objects": 2, "_worker": 3, "_client": 4}
 

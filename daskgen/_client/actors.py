@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import pickle
 import threading
 import time
@@ -36,6 +37,7 @@ from distributed import Client, Future
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._job import check_namespace
 from .._objects.generators import ObjectRefGenerator
 from .._objects.genstate import GenClaim, GenState, static_refs
 from .._objects.promotion import is_unpromoted, owner_of, promote
@@ -75,6 +77,7 @@ from ..exceptions import (
     fresh,
     translate,
 )
+from . import placement, scheduling
 from .actor_channel import (
     GONE_FOR_S,
     _channels,
@@ -90,8 +93,10 @@ from .actor_channel import (
 from .arguments import pack_args
 from .install import ensure_served
 from .output import owner_of_new_calls
+from .runtime_env import call_job
 
 _METHOD_OPTIONS = "__daskgen_method_options__"
+logger = logging.getLogger("daskgen")
 
 
 def method(*args: Any, **options: Any) -> Any:
@@ -206,16 +211,29 @@ class ActorClass:
             raise TypeError(f"name must be a str, not {name!r}")
         client = _runtime.client()
         ensure_served(client)
+        # Its creator's namespace and runtime_env: the actor's calls and lookups are in that
+        # namespace, even when its name is registered in another (``namespace=``), as Ray's.
+        job = call_job(client, opts.get("runtime_env"))
+        namespace = opts.get("namespace") or job.namespace
         if name is not None:
-            existing = _lookup(client, name)
+            existing = _lookup(client, namespace, name)
             if existing is not None:
                 if opts.get("get_if_exists"):
                     return existing
-                raise _name_taken(name)
+                raise _name_taken(name, opts.get("namespace"))
+            anonymous = opts.get("namespace") is None and namespace == _anonymous_namespace()
+            if opts.get("lifetime") == "detached" and anonymous:
+                logger.warning(
+                    "It looks like you're creating a detached actor in an anonymous namespace. "
+                    "In order to access this actor in the future, you will need to explicitly "
+                    'connect to this namespace with init(namespace="%s", ...)',
+                    namespace,
+                )
+        where = scheduling.for_actor(opts, self._cls.__name__)  # its scheduling_strategy
         found = _workers(client)
         declared = {name for res in found["able"].values() for name in res}
         resources = dask_resources({**DEFAULTS, **opts}, dict.fromkeys(declared, 1.0))
-        worker = _choose_worker(found, resources or {})
+        worker = _choose_worker(found, resources or {}, where.workers)
         actor_id = new_token()
         max_concurrency = opts.get("max_concurrency") or (1000 if self._is_async else 1)
         groups = dict(opts.get("concurrency_groups") or {})
@@ -237,13 +255,15 @@ class ActorClass:
             "detached": opts.get("lifetime") == "detached",
             "max_restarts": opts.get("max_restarts") or 0,
         }
-        with dask.annotate(**{FIRE_AND_FORGET_ANNOTATION: True, ACTOR_ANNOTATION: lifetime}):
+        annotations = {FIRE_AND_FORGET_ANNOTATION: True, ACTOR_ANNOTATION: lifetime}
+        with dask.annotate(**annotations, **where.annotations):
             creation = client.submit(
                 create_actor,
                 actor_id,
                 cloudpickle.dumps((self._cls, code_file(self._cls))),
                 {DEFAULT_GROUP: max_concurrency, **groups},
                 self._is_async,
+                job,
                 packed,
                 *(r._future for r in deps),
                 key=f"{self._cls.__name__}-{actor_id}",
@@ -258,12 +278,12 @@ class ActorClass:
             # The refs in the constructor's arguments live until it has run, as Ray keeps a
             # task's arguments (a handle among them would otherwise keep its actor for ever).
             dx.on_future_done(client, creation, lent.clear)
-        if name is not None and not _register(client, name, handle):
+        if name is not None and not _register(client, namespace, name, handle):
             # Another process took the name between the lookup above and now.
-            existing = _lookup(client, name) if opts.get("get_if_exists") else None
+            existing = _lookup(client, namespace, name) if opts.get("get_if_exists") else None
             kill(handle)
             if existing is None:
-                raise _name_taken(name)
+                raise _name_taken(name, opts.get("namespace"))
             return existing
         return handle
 
@@ -271,11 +291,22 @@ class ActorClass:
         return f"ActorClass({self._cls.__name__})"
 
 
-def _name_taken(name: str) -> ActorAlreadyExistsError:
+def _name_taken(name: str, namespace: str | None) -> ActorAlreadyExistsError:
+    """Ray's error for a name taken in the namespace (which it names as the option gave it:
+    None for the creator's own)."""
     return ActorAlreadyExistsError(
-        f"The name {name} (namespace=None) is already taken. Please use a different name or "
-        f"get the existing actor using ray.get_actor('{name}')"
+        f"The name {name} (namespace={namespace}) is already taken. Please use a different "
+        f"name or get the existing actor using ray.get_actor('{name}', "
+        f"namespace='{namespace}')"
     )
+
+
+def _anonymous_namespace() -> str | None:
+    """The driver's namespace if ``init`` was given none (a fresh one no other driver knows)."""
+    session = _runtime.session
+    if session is None or _runtime.in_worker_task() is not None or session.namespace_given:
+        return None
+    return session.job.namespace  # type: ignore[no-any-return]
 
 
 _placed: dict[str, int] = {}  # worker address -> actors this process placed there
@@ -319,20 +350,32 @@ def _not_closed(found: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _choose_worker(found: dict[str, Any], resources: dict[str, float]) -> str:
-    """The worker that has ``resources``, with a thread free for the actor's creation if one
-    has, then hosting the fewest actors (placed from here, then in all)."""
+def _choose_worker(
+    found: dict[str, Any], resources: dict[str, float], among: list[str] | None = None
+) -> str:
+    """The worker that has ``resources`` (one of ``among``, its scheduling strategy's, if
+    given), with room that no placement group booked if one has, then a thread free for the
+    actor's creation, then hosting the fewest actors (placed from here, then in all)."""
     workers: dict[str, dict[str, float]] = found["able"]
     able = [addr for addr, declared in workers.items() if worker_fits(resources, declared)]
+    if among is not None:
+        able = [addr for addr in able if addr in among]
     if not able:
         raise ValueError(
-            f"No worker can host this actor: it needs {resources}, and the workers declare "
+            f"No worker can host this actor: it needs {resources}, and the workers "
+            f"{'of its scheduling strategy ' if among is not None else ''}declare "
             f"{list(workers.values()) or f'nothing (none joined within {NO_WORKER_WAIT_S} s)'}."
         )
     busy, hosted = found.get("busy", {}), found.get("actors", {})
+    booked = found.get("booked", {}) if among is None else {}
+
+    def no_room(a: str) -> bool:  # its room is booked by placement groups
+        room = {r: v - booked.get(a, {}).get(r, 0.0) for r, v in workers[a].items()}
+        return bool(booked.get(a)) and not worker_fits(resources, room)
+
     choice = min(
         able,
-        key=lambda a: (busy.get(a, 0.0) >= 1.0, _placed.get(a, 0), hosted.get(a, 0), a),
+        key=lambda a: (no_room(a), busy.get(a, 0.0) >= 1.0, _placed.get(a, 0), hosted.get(a, 0), a),
     )
     _placed[choice] = _placed.get(choice, 0) + 1
     return choice
@@ -641,8 +684,13 @@ def _hold(*_: Any) -> None:
 
 
 def _dead_result(mode: str, n: int, actor_id: str) -> Any:
+    return failed_result(mode, n, ActorDiedError(died_message(actor_id, _dead[actor_id])))
+
+
+def failed_result(mode: str, n: int, err: BaseException) -> Any:
+    """What a call that fails before it runs returns, shaped by its mode: refs that raise
+    ``err`` (a stream of one such ref)."""
     client = _runtime.client()
-    err = ActorDiedError(died_message(actor_id, _dead[actor_id]))
     refs = [
         ObjectRef(dx.erred_future(client, f"dead-{new_token()}", err)) for _ in range(max(n, 1))
     ]
@@ -665,49 +713,74 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise TypeError(
             f"kill() expects an actor handle, not {type(actor).__name__} (use cancel() for tasks)."
         )
+    end_actor(_runtime.client(), actor._actor_id, where(actor), "it was killed by `ray.kill`")
+
+
+def end_actor(client: Client, actor_id: str, worker: str | None, reason: str) -> None:
+    """Kill actor ``actor_id`` on ``worker`` (where it lives; None: not known, it is only
+    marked dead here): its pending and later calls raise ``ActorDiedError`` saying
+    ``reason``."""
+    _dead.setdefault(actor_id, reason)
+    worker = moved.get(actor_id, worker)
+    if worker is not None:
+        try:
+            client.run(kill_actor, actor_id, reason, workers=[worker], on_error="ignore")
+        except Exception:  # the worker is already gone: the actor is dead either way
+            pass
+    dx.on_client_loop(client, on_actor_died, actor_id, reason)
+
+
+placement.end_actor = end_actor
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor created with ``.options(name=name)``, in ``namespace``
+    (by default the caller's: the driver's ``init(namespace=)``; inside a task or actor, the
+    namespace of the driver that made the call)."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_actor() needs a str name, not {type(name).__name__}")
+    if not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    check_namespace(namespace)
     client = _runtime.client()
-    reason = "it was killed by `ray.kill`"
-    _dead.setdefault(actor._actor_id, reason)
-    try:
-        client.run(kill_actor, actor._actor_id, reason, workers=[where(actor)], on_error="ignore")
-    except Exception:  # the worker is already gone: the actor is dead either way
-        pass
-    dx.on_client_loop(client, on_actor_died, actor._actor_id, reason)
-
-
-def get_actor(name: str) -> ActorHandle:
-    """The handle of the live actor created with ``.options(name=name)``."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"get_actor() needs a non-empty str name, not {name!r}")
-    handle = _lookup(_runtime.client(), name)
+    handle = _lookup(client, namespace or _runtime.job().namespace, name)
     if handle is None:
-        raise ValueError(f"Failed to look up actor with name '{name}'.")
+        raise ValueError(
+            f"Failed to look up actor with name '{name}'. This could because 1. You are trying "
+            "to look up a named actor you didn't create. 2. The named actor died. 3. You did "
+            "not use a namespace matching the namespace of the actor."
+        )
     return handle
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
-    """The names of the live actors created with ``.options(name=...)``; with
-    ``all_namespaces``, as Ray's ``{"namespace", "name"}`` entries (daskgen has one namespace
-    per cluster: ``"default"``)."""
+    """The names of the live actors created with ``.options(name=...)`` in the caller's
+    namespace; with ``all_namespaces``, Ray's ``{"name", "namespace"}`` entries of every
+    namespace."""
     client = _runtime.client()
-    names: list[str] = client.sync(client.scheduler.daskgen_actor_names)
+    namespace = None if all_namespaces else _runtime.job().namespace
+    found = client.sync(client.scheduler.daskgen_actor_names, namespace=namespace)
     if all_namespaces:
-        return [{"namespace": "default", "name": name} for name in names]
-    return names
+        return [{"name": name, "namespace": ns} for ns, name in found]
+    return [name for _, name in found]
 
 
-def _lookup(client: Client, name: str) -> ActorHandle | None:
-    state = client.sync(client.scheduler.daskgen_actor_lookup, name=name)
+def _lookup(client: Client, namespace: str, name: str) -> ActorHandle | None:
+    state = client.sync(client.scheduler.daskgen_actor_lookup, namespace=namespace, name=name)
     if state is None:
         return None
     handle = cloudpickle.loads(state)
     return None if handle._actor_id in _dead else handle
 
 
-def _register(client: Client, name: str, handle: ActorHandle) -> bool:
+def _register(client: Client, namespace: str, name: str, handle: ActorHandle) -> bool:
     state = cloudpickle.dumps(handle)
     return bool(
         client.sync(
-            client.scheduler.daskgen_actor_register, name=name, state=state, actor=handle._actor_id
+            client.scheduler.daskgen_actor_register,
+            namespace=namespace,
+            name=name,
+            state=state,
+            actor=handle._actor_id,
         )
     )

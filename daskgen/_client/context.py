@@ -83,11 +83,10 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in get_gpu_ids()]}
 
     @property
-    def namespace(self) -> str | None:
-        """The driver's namespace: ``init(namespace=...)``, else an anonymous one (None
-        inside tasks and actors, which do not know their driver's)."""
-        session = _runtime.session
-        return session.namespace if session is not None else None
+    def namespace(self) -> str:
+        """The job's namespace: the driver's ``init(namespace=...)``, else an anonymous one;
+        inside a task or actor, the namespace of the driver that made the call."""
+        return _runtime.job().namespace
 
     @property
     def task_id(self) -> str | None:

@@ -1,25 +1,30 @@
 """Plain task calls sent straight to a worker, the caller's half (runs in the driver;
-``_worker.direct`` is the worker's half and says why and how they run there).
+``_worker.direct`` is the worker's half).
 
-When: a plain call (one result, no ``retry_exceptions``, at most one CPU, no placement asked
-for) made by the driver while none of its direct calls is in flight, with arguments that hold
-no refs and are smaller than ``_protocol.STORED_ARGS``. That is the call a sequential caller
-waits on (``get(f.remote(x))`` in a loop), where the scheduler's hops are most of the wait;
-calls made while one is in flight (a burst, a ``wait`` loop) go through Dask's scheduler
-alone, which spreads them over the cluster.
+When: a plain call (one result, no ``retry_exceptions``, at most one CPU, no placement or
+``runtime_env`` asked for) made by the driver while none of its direct calls is in flight,
+with arguments that hold no refs and are smaller than ``_protocol.STORED_ARGS``. That is the
+call a sequential caller waits on (``get(f.remote(x))`` in a loop), where the scheduler's hops
+are most of the wait; calls made while one is in flight (a burst, a ``wait`` loop) go through
+Dask's scheduler alone, which spreads them over the cluster.
 
 Where: the worker leased for this client, picked among those that can run daskgen's tasks
 (fewest tasks per thread first) and kept while it takes the calls.
 
-How: the call goes on the connection to that worker, and at the same time to the scheduler as
+How: the call goes on the connection to that worker (the actor wire), and to the scheduler as
 a Dask task under the same key, restricted to that worker (Dask's loose restriction: elsewhere
-only if that worker is gone). The scheduler thus sees the worker's slot taken at once (no
-other task is sent to wait behind the call), and the task is an ordinary Dask task for
-everything else: refs, ``cancel()``, retries after a worker's death, the dashboard. On the
-worker, the call starts at once if a slot is free; its Dask task then ends with the call's
-value instead of running the function again. A worker with no free slot answers ``busy``:
-the call then runs as its Dask task does, when the worker has a slot; that worker is let go,
-and for :data:`BUSY_BACKOFF_S` calls go through the scheduler alone.
+only if that worker is gone). The scheduler thus sees the worker's slot taken (no other task
+is sent to wait behind the call), and the task is an ordinary Dask task for everything else:
+refs, ``cancel()``, retries after a worker's death, the dashboard. On the worker the call
+starts at once if a slot is free, its small result comes straight back, and its Dask task ends
+with the call's value instead of running the function again. A worker with no free slot
+answers ``busy``: the call then runs as its Dask task does, when the worker has a slot; that
+worker is let go, and for :data:`BUSY_BACKOFF_S` calls go through the scheduler alone.
+
+On the embedded cluster, whose scheduler shares the driver's process, a direct call's task
+may wait :data:`TASK_DELAY_S` in the client's batch so that a sequential caller's tasks reach
+the scheduler together; anything else the client sends first (another call, a cancel, a ref
+leaving the process) sends them at once, in order (``batching.flush``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .actor_channel import DIRECT, channel, closed_under_us
 from .arguments import pack_args
 from .install import ensure_served
 from .output import owner_of_new_calls
+from .runtime_env import call_job
 
 BUSY_BACKOFF_S = 0.05  # s: after a worker answered busy, calls go through the scheduler
 TASK_DELAY_S = 0.005  # s: a direct call's Dask task may wait that long for others to join it
@@ -81,15 +87,19 @@ def submit(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     resources: dict[str, float] | None,
+    runtime_env: Any,
     submit_task: Any,
 ) -> ObjectRef | None:
     """Send the call straight to this client's leased worker and return its ref; None if it
     must go through the scheduler alone (see the module's docstring). ``submit_task(client,
-    key, packed, worker)`` submits its Dask task, restricted to ``worker``."""
+    key, packed, job, worker)`` submits its Dask task, restricted to ``worker``."""
     client = _runtime.client()
     if client.asynchronous or time.monotonic() < _backoff.get(client, 0.0):
         return None
     ensure_served(client)  # a lost scheduler fails the call at once, as any call's
+    job = call_job(client, runtime_env)
+    if job.env is not None:
+        return None  # a runtime_env is set up around Dask's tasks (``_worker.runtime_env``)
     if any(isinstance(a, ObjectRef) for a in args) or any(
         isinstance(v, ObjectRef) for v in kwargs.values()
     ):
@@ -111,10 +121,11 @@ def submit(
         "spec": spec.pickled(),  # made once per spec; unpickled once per worker
         "packed": packed,
         "owner": owner_of_new_calls(client),
+        "job": job,  # its driver's namespace
         "resources": resources,  # what get_assigned_resources() says in it
     }
     ch.call(key, msg, _ignore, DIRECT, functools.partial(_refused, client), owned=False)
-    submit_task(client, key, packed, address)
+    submit_task(client, key, packed, job, address)
     return ref
 
 

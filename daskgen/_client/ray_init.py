@@ -16,6 +16,8 @@ from typing import Any
 
 import dask
 
+from .._job import check_namespace, check_runtime_env
+
 ADDRESS_ENV = "DASKGEN_ADDRESS"
 
 # Keywords of Ray's init daskgen cannot honour, and what to use on Dask instead.
@@ -34,6 +36,20 @@ _NO_EFFECT = {
     "configure_logging": "daskgen uses Python's logging as Dask does",
     "log_to_driver_level": "",
     "_node_ip_address": "the embedded cluster listens on host= (default 127.0.0.1)",
+    "labels": "Dask places tasks by worker resources (declare them with resources=)",
+    "logging_format": "configure Python's logging (the 'daskgen' and 'distributed' loggers)",
+    "logging_config": "configure Python's logging (the 'daskgen' and 'distributed' loggers)",
+    "enable_resource_isolation": "Dask bounds each worker's memory with memory_limit=",
+    "cgroup_path": "Dask bounds each worker's memory with memory_limit=",
+    "system_reserved_cpu": "size the cluster with num_cpus=",
+    "system_reserved_memory": "Dask bounds each worker's memory with memory_limit=",
+    "proxy_server_url": "",
+    "_metrics_export_port": "the Dask scheduler serves Prometheus metrics at /metrics of its "
+    "dashboard",
+    "_node_name": "",
+    "_plasma_directory": "values live in the Dask workers' memory (spilled to their "
+    "local_directory)",
+    "_skip_env_hook": "",
 }
 
 _warned: set[str] = set()
@@ -57,7 +73,8 @@ def resolve_address(address: str | None) -> str | None:
 
 def take_ray_keywords(kwargs: dict[str, Any], embedded: bool) -> dict[str, Any]:
     """Remove Ray's keywords from ``kwargs`` (the rest go to the cluster or the client), apply
-    those that apply, and return what the session keeps (``namespace``)."""
+    those that apply, and return what the session keeps (``namespace``, ``runtime_env``,
+    checked: it is shipped once the client exists)."""
     for name, instead in _UNSUPPORTED.items():
         if name in kwargs:
             raise TypeError(f"init() does not support Ray's {name}=; on Dask use {instead}.")
@@ -78,41 +95,20 @@ def take_ray_keywords(kwargs: dict[str, Any], embedded: bool) -> dict[str, Any]:
     if temp_dir is not None and embedded:
         worker_kwargs = kwargs.setdefault("worker_kwargs", {})
         worker_kwargs.setdefault("local_directory", str(temp_dir))
-    runtime_env = kwargs.pop("runtime_env", None)
-    if runtime_env:
-        _apply_runtime_env(runtime_env, kwargs, embedded)
+    runtime_env = check_runtime_env(kwargs.pop("runtime_env", None), job_level=True)
+    env_vars = (runtime_env or {}).get("env_vars")
+    if env_vars and embedded:
+        # The embedded workers start with them too (code that runs outside daskgen's calls,
+        # as in Ray's worker processes); on any cluster, every call applies them.
+        worker_kwargs = kwargs.setdefault("worker_kwargs", {})
+        worker_kwargs["env"] = {**worker_kwargs.get("env", {}), **env_vars}
     namespace = kwargs.pop("namespace", None)
-    if namespace is not None and not isinstance(namespace, str):
-        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-    return {"namespace": namespace or f"anonymous-{uuid.uuid4()}"}
-
-
-def _apply_runtime_env(runtime_env: Any, kwargs: dict[str, Any], embedded: bool) -> None:
-    """``env_vars`` become the embedded workers' environment; everything else (and
-    ``env_vars`` on a cluster daskgen did not start, whose workers are running already) is
-    ignored with a warning naming it."""
-    if not isinstance(runtime_env, dict):
-        raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
-    ignored = sorted(set(runtime_env) - {"env_vars"})
-    env_vars = runtime_env.get("env_vars")
-    if env_vars:
-        if not isinstance(env_vars, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-        ):
-            raise TypeError("runtime_env['env_vars'] must be a dict of str to str")
-        if embedded:
-            worker_kwargs = kwargs.setdefault("worker_kwargs", {})
-            worker_kwargs["env"] = {**worker_kwargs.get("env", {}), **env_vars}
-        else:
-            ignored.append("env_vars")
-    if ignored:
-        _warn_once(
-            "runtime_env:" + ",".join(ignored),
-            f"init(runtime_env=...): {', '.join(ignored)} ignored: daskgen does not set up "
-            "the environment of workers it did not start. Install what the tasks need in the "
-            "workers' environment (or use distributed.diagnostics.plugin.PipInstall, "
-            "Client.upload_file, or dask worker's --preload).",
-        )
+    check_namespace(namespace)
+    return {
+        "namespace": namespace or str(uuid.uuid4()),  # Ray's anonymous namespace
+        "namespace_given": namespace is not None,
+        "runtime_env": runtime_env,
+    }
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -15,6 +15,7 @@ from distributed import Client, Future
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._job import Job
 from .._objects import genstate
 from .._objects.generators import ObjectRefGenerator
 from .._objects.genstate import GenClaim, GenState, static_refs
@@ -34,11 +35,12 @@ from .._protocol import (
 from .._worker.interrupt import record_child
 from .._worker.run import Retry, TaskSpec
 from ..exceptions import ObjectLostError
-from . import batching, direct, stored_args
-from .actors import ActorClass
+from . import batching, direct, placement, scheduling, stored_args
+from .actors import ActorClass, failed_result
 from .arguments import pack_args, snapshot
 from .install import ensure_served
 from .output import owner_of_new_calls
+from .runtime_env import call_job
 from .session import worker_resources
 
 _INFINITE_RETRIES = 1_000_000_000
@@ -136,10 +138,19 @@ def submit(
     retries = 0
     if spec.mode == "plain" and spec.retry.enabled:
         retries = options["max_retries"] if options["max_retries"] >= 0 else _INFINITE_RETRIES
+    where = scheduling.for_task(options, spec.name)  # its scheduling_strategy, on Dask
+    if where.error is not None:
+        return failed_result(spec.mode, spec.num_returns, where.error)
+    if where.placement is not None:
+        spec = spec.placed(where.placement)
     resources = _resources(options)
-    if direct.eligible(spec, resources, options):
+    if (
+        where.placement is None
+        and not where.annotations
+        and direct.eligible(spec, resources, options)
+    ):
         its_task = functools.partial(_direct_task, spec, resources, options["max_retries"])
-        ref = direct.submit(spec, args, kwargs, resources, its_task)
+        ref = direct.submit(spec, args, kwargs, resources, options.get("runtime_env"), its_task)
         if ref is not None:
             return ref
     return submit_task(
@@ -149,6 +160,8 @@ def submit(
         resources=resources,
         retries=retries,
         max_retries=options["max_retries"],
+        annotations=where.annotations,
+        runtime_env=options.get("runtime_env"),
     )
 
 
@@ -159,6 +172,7 @@ def _direct_task(
     client: Client,
     key: Key,
     packed: bytes | None,
+    job: Job,
     worker: str,
 ) -> None:
     """The Dask task of a direct call (``_client.direct``), under its key (its ref exists),
@@ -167,7 +181,8 @@ def _direct_task(
     args: bytes | Packed | None = packed
     if packed is not None and len(packed) >= OUT_OF_BAND_ARGS:
         args = Packed(packed)
-    call = _Call(client, spec, key, ((client.id, owner_of_new_calls(client)), args), resources, 0)
+    caller = (client.id, owner_of_new_calls(client), job)
+    call = _Call(client, spec, key, (caller, args), resources, 0)
     call.max_retries = max_retries
     call.fire_and_forget = True
     session = _runtime.session
@@ -178,6 +193,15 @@ def _direct_task(
         batching.submit(client, key, spec, call.args, resources, 0, defer=defer)
 
 
+def _submit_ready(group: placement.PlacementGroup, gate: Any) -> Any:
+    """``group.ready()``'s task: returns the group, and may run only once it is booked."""
+    options = {"num_cpus": 0, "max_retries": -1, "scheduling_strategy": gate}
+    return RemoteFunction(placement.the_group, options).remote(group)
+
+
+placement.submit_ready = _submit_ready
+
+
 def submit_task(
     spec: TaskSpec,
     args: tuple[Any, ...],
@@ -186,12 +210,15 @@ def submit_task(
     resources: dict[str, float] | None,
     retries: int = 0,
     max_retries: int | None = None,
+    annotations: dict[str, Any] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Any:
     """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
     generator."""
     client = _runtime.client()
     ensure_served(client)
+    job = call_job(client, runtime_env)  # travels with the call: namespace, runtime_env
     pickled, deps, lent = pack_args(spec.name, args, kwargs, out_of_band=True)
     packed: bytes | Packed | Stored | None = pickled
     if type(pickled) is bytes and len(pickled) >= OUT_OF_BAND_ARGS:
@@ -213,9 +240,10 @@ def submit_task(
         if parent is not None:
             record_child(parent, key)  # cancel(parent, recursive=True) cancels it too
     futures = tuple(r._future for r in deps)
-    caller = (client.id, owner_of_new_calls(client))
+    caller = (client.id, owner_of_new_calls(client), job)
     call = _Call(client, spec, key, (caller, packed, *futures), resources, retries)
     call.max_retries = max_retries
+    call.placement = annotations or {}
     if stored is not None:
         call.stored = (stored.key, stored_packed)
         call.lent = lent
@@ -326,6 +354,8 @@ class _Call:
         self.resources = resources
         self.retries = retries
         self.max_retries: int | None = None  # re-runs allowed after the worker dies
+        # Dask annotations saying where it may run (``_client.scheduling``)
+        self.placement: dict[str, Any] = {}
         self.fire_and_forget = False  # keep the task running even if every ref is dropped
         # The key of the call's stored arguments (the last dependency) and their bytes: if
         # the worker cannot take them, they go packed into the task instead.
@@ -452,7 +482,7 @@ class _Call:
         ``distributed.fire_and_forget`` is a second message, which can reach the scheduler
         after a quick task has finished, and then holds its result for ever.
         """
-        annotations: dict[str, Any] = {}
+        annotations: dict[str, Any] = dict(self.placement)
         if self.max_retries is not None:
             annotations[MAX_RETRIES_ANNOTATION] = self.max_retries
         if self.fire_and_forget:

@@ -26,14 +26,17 @@ from distributed import Client, SpecCluster
 from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.embedded import start_cluster, tune, untune, wait_for_workers
+from .._job import Job
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
 from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from . import lost_workers
 from .actor_channel import close_channels
 from .actors import on_actor_died
 from .install import check_cluster, install
 from .output import forward_to
 from .ray_init import resolve_address, take_ray_keywords
+from .runtime_env import Shipped, prepare, release
 
 
 @dataclass
@@ -42,7 +45,11 @@ class _Session:
     cluster: SpecCluster | None  # owned: closed by shutdown()
     owns_client: bool
     log_to_driver: bool = True  # show here what the calls made from here print
-    namespace: str | None = None  # Ray's job namespace (init(namespace=), else anonymous)
+    # Ray's job: its namespace (init(namespace=), else an anonymous one) and runtime_env, which
+    # every call made from here carries (see _job); what the runtime_env shipped (_shipped).
+    job: Job = field(default_factory=lambda: Job(""))
+    namespace_given: bool = False
+    shipped: Shipped = field(default_factory=Shipped)
     # what each worker declares, as last read from the scheduler (for placement checks)
     resources: list[dict[str, float]] = field(default_factory=list)
 
@@ -111,11 +118,13 @@ def init(
         else:
             session = _start_embedded(num_cpus, num_gpus, resources or {}, cluster_kwargs)
         session.log_to_driver = log_to_driver
-        session.namespace = kept["namespace"]
+        session.namespace_given = kept["namespace_given"]
         try:
             if session.cluster is None:
                 check_cluster(session.client)  # a user's cluster: can it run daskgen at all?
             setup_client(session.client)
+            env = prepare(session.client, session.shipped, kept["runtime_env"])
+            session.job = Job(kept["namespace"], env)
             session.resources = _worker_resources(session.client)
             if log_to_driver:
                 forward_to(session.client)
@@ -168,6 +177,7 @@ def setup_client(client: Client) -> None:
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
     dx.client_add_stream_handler(client, LOST_OP, on_lost_message(client))
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
+    dx.client_add_stream_handler(client, lost_workers.OP, lost_workers.on_worker_lost)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
     if not client.asynchronous:
         install(client)  # daskgen's scheduler plugin (see _client.install)
@@ -214,6 +224,7 @@ def shutdown() -> None:
 
 def _close(session: _Session) -> None:
     close_channels(session.client)
+    release(session.client, session.shipped)  # what its runtime_env put on the cluster
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if session.owns_client:

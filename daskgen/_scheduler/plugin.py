@@ -28,9 +28,8 @@ Batched-stream messages from clients:
 * ``daskgen-cancel`` {keys, force, recursive, revoke, reason}: Ray's cancel (see
   ``_client.cancel``), interrupting tasks on the workers that run them (Dask's ``run``).
 
-Request handlers: ``daskgen_actor_register`` {name, state, actor} (False if the name is taken)
-and ``daskgen_actor_lookup`` {name} (the pickled handle, or None), for named actors, whose
-names ``daskgen_actor_names`` lists.
+Request handlers: named actors, by namespace (``_scheduler.names`` lists them), and
+``daskgen_hello``, ``daskgen_workers``, ``daskgen_cluster`` below.
 
 Hooks: ``update_graph`` (Ray's ``max_retries``, and calls made fire-and-forget as their graph
 arrives), ``transition`` (calls that ended, early wants settled), ``remove_worker`` and
@@ -68,6 +67,7 @@ from .._protocol import (
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
     OUTPUT_TOPIC_PREFIX,
+    PLACEMENT_ANNOTATION,
     PLUGIN_NAME,
     PUBLISH_OP,
     RELEASE_OP,
@@ -79,6 +79,9 @@ from .._protocol import (
     task_of_yield,
 )
 from ..exceptions import NO_WORKER_REASON
+from .lost_workers import LostWorkers
+from .names import NamedActors
+from .placement import PlacementGroups
 
 logger = logging.getLogger("daskgen")
 
@@ -113,8 +116,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         # and those waiting for a worker to restart on (-> why they were lost).
         self.restartable: dict[str, list[Any]] = {}
         self.to_restart: dict[str, str] = {}
-        self.names: dict[str, bytes] = {}  # actor name -> pickled handle
-        self.named: dict[str, str] = {}  # actor id -> its name
+        self.named = NamedActors()  # (namespace, name) -> pickled handle
+        self.placement: PlacementGroups | None = None  # placement groups (made in start)
+        self.lost: LostWorkers | None = None  # why workers left (made in start)
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -135,13 +139,26 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         for op, handler in self.routes.items():
             dx.scheduler_add_stream_handler(scheduler, op, handler)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_register", self.register_actor)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_lookup", self.lookup_actor)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_names", self.actor_names)
-        dx.scheduler_add_handler(scheduler, "daskgen_actor_name", self.actor_name)
+        for route, handler in self.named.routes.items():
+            dx.scheduler_add_handler(scheduler, route, handler)
         dx.scheduler_add_handler(scheduler, HELLO_OP, self.hello)
         dx.scheduler_add_handler(scheduler, WORKERS_OP, self.able_workers)
         dx.scheduler_add_handler(scheduler, CLUSTER_OP, self.cluster)
+        self.placement = PlacementGroups(scheduler, self._able, self._home)
+        for op, handler in self.placement.routes.items():
+            dx.scheduler_add_handler(scheduler, op, handler)
+        self.lost = LostWorkers(scheduler, self._broadcast)
+        for worker in dx.scheduler_workers(scheduler):  # those that joined before the plugin
+            self.lost.worker_joined(worker)
+        dx.scheduler_add_handler(scheduler, "daskgen_worker_lost", self.lost.why)
+
+    def _home(self, actor: str) -> str | None:
+        """The worker hosting ``actor`` (None: not known here)."""
+        return next((w for w, ids in self.actors.items() if actor in ids), None)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if self.lost is not None:
+            self.lost.log_event(topic, msg)
 
     def on_client(self, client: str, **_: Any) -> None:
         """``daskgen-client``: ``client`` is daskgen's (see ``_broadcast``); its stream from
@@ -176,6 +193,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             "able": {w["address"]: w["resources"] for w in able},
             "busy": {w["address"]: w["processing"] / max(w["nthreads"], 1) for w in able},
             "actors": {w["address"]: len(self.actors.get(w["address"], ())) for w in able},
+            "booked": self.placement.booked() if self.placement is not None else {},
             "lacking": dict(self.lacking),
             "probing": sorted(self.probing),
         }
@@ -315,6 +333,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             for worker in dx.scheduler_holders(self.scheduler, key):
                 self.actors.setdefault(worker, set()).add(actor)
         self.tasks.discard(key)
+        if self.placement is not None:
+            self.placement.ended(key)
         if key in self.fire_and_forget:
             self.fire_and_forget.discard(key)
             if finish == "erred":
@@ -342,6 +362,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def remove_client(self, scheduler: Any, client: str) -> None:
         self.clients.discard(client)
+        if self.placement is not None:
+            self.placement.client_left(client)
         # What its tasks printed was for it alone: Dask would keep the topic for ever.
         dx.scheduler_forget_topic(scheduler, OUTPUT_TOPIC_PREFIX + client)
         for key in [k for k, clients in self.early_wants.items() if client in clients]:
@@ -460,6 +482,12 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 self.fire_and_forget.update(keys)
         except Exception:
             logger.exception("daskgen: failed to keep calls running")
+        placements = annotations.get(PLACEMENT_ANNOTATION)
+        if placements and self.placement is not None:
+            try:  # after fire-and-forget: a task of a removed group is cancelled for everyone
+                self.placement.update_graph(placements, annotations.get(ACTOR_ANNOTATION) or {})
+            except Exception:
+                logger.exception("daskgen: failed to place tasks in placement groups")
 
     # -- workers that cannot run daskgen ------------------------------------------------------
 
@@ -468,6 +496,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         (one without daskgen would die on its first daskgen task). The scheduler holds it
         paused, as Dask holds a worker short of memory, while it is asked (it cannot answer
         before its registration, which waits for this hook, is done)."""
+        if self.lost is not None:
+            self.lost.worker_joined(worker)
         if dx.scheduler_hold_worker(scheduler, worker):
             self.probing.add(worker)
             asyncio.ensure_future(self._probe(worker))
@@ -498,6 +528,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         finally:
             self.probing.discard(worker)
             dx.scheduler_release_worker(s, worker)  # tasks (daskgen's, if it can) go there now
+            if self.placement is not None and worker not in self.lacking:
+                self.placement.worker_joined()  # pending placement groups may fit now
             if self.to_restart and worker not in self.lacking:
                 for actor, reason in list(self.to_restart.items()):
                     entry = self.restartable.get(actor)
@@ -509,6 +541,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         """Restrict daskgen's tasks ``keys`` to the workers that have daskgen; tell the caller
         at once if none has (rather than leave its tasks waiting for ever)."""
         s = self.scheduler
+        if self.placement is not None:  # placed on workers that have daskgen already
+            keys = [k for k in keys if not self.placement.held(k)]
         able = [w for w in dx.scheduler_workers(s) if w not in self.lacking]
         keys = dx.scheduler_restrict(s, keys, able) if able else keys
         if not keys:
@@ -581,6 +615,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             del self.expected[task]
             if task in self.early_by_task:
                 self._settle_early_wants(task, "erred")
+        try:
+            if self.placement is not None:
+                self.placement.worker_left(worker)
+            if self.lost is not None:
+                self.lost.worker_left(worker)
+        except Exception:
+            logger.exception("daskgen: failed to handle the departure of %s", worker)
 
     def _lost_actor(self, actor: str, worker: str) -> None:
         """``actor``'s worker left: restart it elsewhere if it has restarts left (its creation
@@ -617,29 +658,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     def _died(self, actor: str, reason: str) -> None:
         self.restartable.pop(actor, None)
         self.to_restart.pop(actor, None)
-        name = self.named.pop(actor, None)
-        if name is not None:
-            self.names.pop(name, None)
+        self.named.forget(actor)
         msg = {"op": ACTOR_DIED_OP, "actor": actor, "reason": reason}
         self._broadcast(msg)
-
-    def register_actor(self, name: str, state: bytes, actor: str) -> bool:
-        if name in self.names:
-            return False
-        self.names[name] = state
-        self.named[actor] = name
-        return True
-
-    def lookup_actor(self, name: str) -> bytes | None:
-        return self.names.get(name)
-
-    def actor_names(self) -> list[str]:
-        """``daskgen_actor_names``: the names of the live named actors."""
-        return sorted(self.names)
-
-    def actor_name(self, actor: str) -> str:
-        """``daskgen_actor_name``: the name of actor ``actor`` ("" for an unnamed one)."""
-        return self.named.get(actor, "")
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:

@@ -56,6 +56,7 @@ from distributed import get_worker
 from distributed.comm import CommClosedError
 
 from .. import _dask_internals as dx
+from .._job import EnvSpec, Job
 from .._protocol import (
     ACTOR_END_OP,
     ACTOR_OP,
@@ -68,12 +69,19 @@ from .._protocol import (
     dumps,
     with_code_file,
 )
-from .._runtime import current_actor, current_call
-from ..exceptions import ActorDiedError, ObjectLostError, RayTaskError, TaskCancelledError
+from .._runtime import current_actor, current_call, current_job
+from ..exceptions import (
+    ActorDiedError,
+    ObjectLostError,
+    RayTaskError,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+)
 from . import actor_wire, direct
 from .output import origin_for, task_origin
 from .publish import Producer, _producers, inline_bytes, publish_value
 from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
+from .runtime_env import applied
 from .shared_memory import Mapped
 
 logger = logging.getLogger("daskgen")
@@ -459,6 +467,7 @@ class ActorHost:
         self.instance = instance
         self.is_async = is_async
         self.worker = worker
+        self.env: EnvSpec | None = None  # its runtime_env, applied around every call
         self.queue: collections.deque[HostedCall] = collections.deque()
         # Lifetime: the caller streams that sent calls and still hold a handle, and whether the
         # scheduler said no handle is left anywhere (see maybe_end).
@@ -601,7 +610,8 @@ class ActorHost:
                 value = self._in_call(call, lambda: self._invoke(call))
                 if inspect.isawaitable(value):
                     try:
-                        value = await value
+                        with applied(self.env, self.worker):  # while the coroutine runs
+                            value = await value
                     except asyncio.CancelledError as cancel:
                         cancelled = TaskCancelledError(str(call.key))
                         cancelled.__context__ = cancel
@@ -669,7 +679,8 @@ class ActorHost:
         token = current_call.set(str(call.key))
         origin = task_origin.set(origin_for(call.owner, call.name, self.worker))
         try:
-            return fn()
+            with applied(self.env, self.worker):
+                return fn()
         finally:
             task_origin.reset(origin)
             current_call.reset(token)
@@ -827,26 +838,38 @@ def create_actor(
     cls_blob: bytes,
     concurrency: dict[str, int],
     is_async: bool,
+    job: Job,
     packed: bytes | None,
     *deps: Any,
 ) -> str:
-    """The Dask task that creates an actor on this worker; returns the worker's address."""
+    """The Dask task that creates an actor on this worker; returns the worker's address.
+
+    ``job``: its creator's namespace (the actor's, for the calls and lookups it makes) and
+    the runtime_env its constructor and every method run in."""
     worker = get_worker()
     check_scheduler(worker)
-    cls, filename = cloudpickle.loads(cls_blob)
-    with_code_file(cls, filename)  # tracebacks in its methods show the user's file and line
     ctx = contextvars.copy_context()
     ctx.run(current_actor.set, actor_id)
+    ctx.run(current_job.set, job)
+    cls = None
     try:
-        args, kwargs = unpack_args(packed, deps)
-        instance = ctx.run(cls, *args, **kwargs)
+        with applied(job.env, worker):
+            cls, filename = cloudpickle.loads(cls_blob)
+            with_code_file(cls, filename)  # tracebacks in its methods show the user's lines
+            args, kwargs = unpack_args(packed, deps)
+            instance = ctx.run(cls, *args, **kwargs)
     except Exception as exc:
-        error = RayTaskError.from_exception(exc, f"{cls.__name__}.__init__")
+        if isinstance(exc, RuntimeEnvSetupError):
+            error: BaseException = exc
+        else:
+            name = f"{getattr(cls, '__name__', 'actor')}.__init__"
+            error = RayTaskError.from_exception(exc, name)
         worker.loop.add_callback(
             _creation_failed, actor_id, f"an error was raised in its creation task: {exc!r}"
         )
         raise error from None
     host = ActorHost(actor_id, instance, concurrency, is_async, ctx, worker)
+    host.env = job.env
     worker.loop.add_callback(_created, worker, actor_id, host)
     return worker.address
 

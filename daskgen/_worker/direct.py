@@ -3,24 +3,23 @@ worker processes; ``_client.direct`` is the caller's half and says when a call g
 
 Why: a task submitted through Dask's scheduler crosses three processes before its result is
 back (caller -> scheduler -> worker -> caller, each a message on a batched stream), ~4-6 ms
-here; Ray sends a task straight to a worker it leased. So a caller with no other direct call in
-flight sends a plain call on the connection it already holds to its leased worker (the actor
-wire, see ``actor_host``), and the call starts here at once; its small result goes straight
-back on that connection.
+here; Ray sends a task straight to a worker it leased. A caller with no other direct call in
+flight sends a plain call on the connection it holds to its leased worker (the actor wire, see
+``actor_host``) and, at the same time, submits it to the scheduler as a Dask task restricted
+to this worker.
 
-The call stays a Dask task: once this worker has accepted it, the caller submits it to the
-scheduler too, restricted to this worker (Dask's loose restriction: elsewhere only if this
-worker is gone). When Dask runs that task here, it does not run the function again: it waits
-for the direct run and returns its value (``claim``), which Dask then holds, frees and shows
-(dashboard, ``available_resources``, ``progress``, the task stream) as any task's.
-
-* The call takes one of the worker's task slots (``dx.worker_take_slot``: Dask's state machine
-  counts one thread fewer meanwhile, so no other task starts in that slot). None free, or tasks
-  waiting for one: ``busy`` at once, and the caller submits it to the scheduler alone.
-* It runs in a thread of daskgen's own, as a Dask task's function does (the same
-  ``run.TaskSpec``: its errors, ``cancel()``'s interrupt (the scheduler finds the task running
-  here), output forwarding, nested calls, and ``get`` inside it, which lends the slot back while
-  it waits).
+* The call starts at once if it takes one of the worker's task slots
+  (``dx.worker_take_slot``: Dask's state machine counts one thread fewer meanwhile, so no other
+  task starts in that slot). None free, or tasks waiting for one: ``busy``; its Dask task, if
+  it came first: ``late``. Either way that task runs the call, as any task.
+* It runs in a thread of daskgen's own as a Dask task's function does (the same
+  ``run.TaskSpec``: its errors, ``cancel()``'s interrupt (the scheduler finds the task on this
+  worker), output forwarding, its job's namespace, nested calls, and ``get`` inside it, which
+  lends the slot back while it waits). Its small result goes straight back to the caller.
+* Its Dask task does not run the function again. The call's value is put in this worker's
+  memory before the task's ``compute-task`` comes (Dask then answers ``task-finished`` at once,
+  with the call's start and stop: the task stream shows the run), or, if the task came while
+  the call ran, the task waits for the call and returns its value (``DirectCall.claim``).
 * A worker that dies under it: Dask runs the task elsewhere, from the start, as after any
   worker's death (``max_retries``).
 """
@@ -35,15 +34,18 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
+
 from .. import _dask_internals as dx
+from .. import _runtime
 from .._protocol import ErrorValue, Key, as_key, boxed
-from .._runtime import current_call, current_resources
+from .._runtime import current_call, current_job, current_resources
 from .._waiting import blocking, set_slot_lender
 from ..exceptions import RaySystemError
 from .interrupt import force_hook
 from .output import origin_for, task_origin
 from .publish import inline_bytes
-from .run import check_scheduler, served, spec_from_blob
+from .run import TaskSpec, check_scheduler, served, spec_from_blob
 
 logger = logging.getLogger("daskgen")
 
@@ -101,7 +103,7 @@ def start(stream: Any, msg: dict[str, Any]) -> None:
         stream.send({"op": "busy", "key": key})
         return
     call = served[key] = DirectCall(stream, key)
-    args = (msg["spec"], msg["packed"], msg.get("owner"), msg.get("resources"))
+    args = (msg["spec"], msg["packed"], msg.get("owner"), msg["job"], msg.get("resources"))
     _pool(worker).submit(_run, worker, call, *args)
 
 
@@ -143,6 +145,7 @@ def _run(
     spec_blob: Any,
     packed: Any,
     owner: str | None,
+    job: Any,
     resources: dict[str, float] | None,
 ) -> None:
     """In a thread of the pool: the call, then its small result straight back."""
@@ -155,13 +158,19 @@ def _run(
         with dx.as_worker_thread(worker):
             check_scheduler(worker)  # before anything of daskgen's goes to the scheduler
             spec = spec_from_blob(spec_blob)
+            if not isinstance(spec, TaskSpec):  # its function's module cannot be imported here
+                cloudpickle.loads(spec.blob)  # raises what that is
+                raise RuntimeError(f"the function of {call.key!r} cannot be unpickled here")
             origin = task_origin.set(origin_for(owner, spec.name, worker))
             token = current_call.set(str(call.key))
             holds = current_resources.set(dict(resources or {}))
+            job_token = current_job.set(job)
+            _runtime.current_placement.set(None)  # a pool thread runs one call after another
             try:
                 with force_hook(call.key, lambda: _give_back_slot(worker, call)):
                     value = spec.run_direct(worker, call.key, packed)
             finally:
+                current_job.reset(job_token)
                 current_resources.reset(holds)
                 current_call.reset(token)
                 task_origin.reset(origin)

@@ -24,6 +24,7 @@ from distributed.utils import sync
 from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.fastlane import send_soon
+from .._job import Job
 from .._objects.resolve import unwrap
 from .._protocol import (
     HELLO_OP,
@@ -37,10 +38,12 @@ from .._protocol import (
     code_file,
     with_code_file,
 )
+from .._runtime import current_job
 from ..exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from .interrupt import ForceCancelled, finish_detached, running, was_cancelled
 from .output import origin_for, task_origin
 from .publish import Producer, inline_bytes
+from .runtime_env import applied
 
 logger = logging.getLogger("daskgen")
 
@@ -228,14 +231,36 @@ _runtime.send_on_worker_stream = _send_on_worker_stream
 
 
 @functools.lru_cache(maxsize=512)
-def _spec_from_bytes(blob: bytes) -> TaskSpec:
-    *state, filename = cloudpickle.loads(blob)
+def _spec_from_bytes(blob: bytes) -> TaskSpec | _Unloaded:
+    try:
+        *state, filename = cloudpickle.loads(blob)
+    except ImportError:
+        # It names a module of the call's runtime_env (working_dir, py_modules, pip), which
+        # is on sys.path only while the call runs: load it then.
+        return _Unloaded(blob)
     spec = TaskSpec(*state)
     with_code_file(spec.fn, filename)  # tracebacks show the user's file and line
     return spec
 
 
-def spec_from_blob(blob: Any) -> TaskSpec:
+class _Unloaded:
+    """A ``TaskSpec`` that can be unpickled only in its call's runtime_env."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.spec: TaskSpec | None = None
+        self.__name__ = "daskgen-task"
+
+    def __call__(self, call: tuple[Any, ...], packed: Any, *deps: Any) -> Any:
+        if self.spec is None:
+            with applied(call[2].env, get_worker()):
+                *state, filename = cloudpickle.loads(self.blob)
+            self.spec = TaskSpec(*state)
+            with_code_file(self.spec.fn, filename)
+        return self.spec(call, packed, *deps)
+
+
+def spec_from_blob(blob: Any) -> TaskSpec | _Unloaded:
     """A pickled ``TaskSpec``, unpickled once per process for each distinct one."""
     return _spec_from_bytes(bytes(blob))
 
@@ -257,6 +282,7 @@ class TaskSpec:
         num_returns: int,
         retry: Retry,
         backpressure: int | None,
+        placement: tuple[Any, bool] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -264,12 +290,34 @@ class TaskSpec:
         self.num_returns = num_returns
         self.retry = retry
         self.backpressure = backpressure
+        # Its placement group and whether its children join it (get_current_placement_group)
+        self.placement = placement
         self.__name__ = name  # what Dask shows for the task's function
         self._blob: bytes | None = None
         self._pickling = False
+        self._placed: dict[Any, TaskSpec] = {}
+
+    def placed(self, placement: tuple[Any, bool]) -> TaskSpec:
+        """This spec for calls in placement group ``placement[0]`` (made once per group)."""
+        key = (str(placement[0].id), placement[1])
+        spec = self._placed.get(key)
+        if spec is None:
+            if len(self._placed) > 64:
+                self._placed.clear()
+            state = (self.fn, self.name, self.mode, self.num_returns, self.retry)
+            spec = self._placed[key] = TaskSpec(*state, self.backpressure, placement)
+        return spec
 
     def _state(self) -> tuple[Any, ...]:
-        return (self.fn, self.name, self.mode, self.num_returns, self.retry, self.backpressure)
+        return (
+            self.fn,
+            self.name,
+            self.mode,
+            self.num_returns,
+            self.retry,
+            self.backpressure,
+            self.placement,
+        )
 
     def pickled(self) -> bytes:
         """The spec's pickle (made once): what ``spec_from_blob`` takes."""
@@ -287,10 +335,11 @@ class TaskSpec:
             return (TaskSpec, self._state())
         return (spec_from_blob, (pickle.PickleBuffer(self.pickled()),))
 
-    def __call__(self, call: tuple[str, str | None], packed: Any, *deps: Any) -> Any:
-        """``call``: the caller's client id (who holds the results) and the output's owner
-        (whose terminal shows what the task prints; None: not forwarded)."""
-        caller, owner = call
+    def __call__(self, call: tuple[str, str | None, Job], packed: Any, *deps: Any) -> Any:
+        """``call``: the caller's client id (who holds the results), the output's owner
+        (whose terminal shows what the task prints; None: not forwarded) and the job the
+        call runs in (its driver's namespace, its runtime_env: see ``_job``)."""
+        caller, owner, job = call
         worker = get_worker()
         check_scheduler(worker)
         key = worker.get_current_task()
@@ -298,13 +347,18 @@ class TaskSpec:
         if direct is not None:
             return direct.claim()  # it ran here already: its value (its result went back)
         token = task_origin.set(origin_for(owner, self.name, worker))
+        # Always set: a thread of the worker's pool runs one task after another.
+        _runtime.current_placement.set(self.placement)
+        job_token = current_job.set(job)
         try:
-            try:
-                args, kwargs = unpack_args(packed, deps)
-            except RayTaskError as upstream:  # an argument was an error: pass it down as is
-                return self._fail_all(upstream, caller)
-            return self._run_interruptibly(worker, key, caller, args, kwargs)
+            with applied(job.env, worker):
+                try:
+                    args, kwargs = unpack_args(packed, deps)
+                except RayTaskError as upstream:  # an argument was an error: pass it down
+                    return self._fail_all(upstream, caller)
+                return self._run_interruptibly(worker, key, caller, args, kwargs)
         finally:
+            current_job.reset(job_token)
             task_origin.reset(token)
 
     def run_direct(self, worker: Worker, key: Any, packed: Any) -> Any:

@@ -1,5 +1,7 @@
 """Ray's ``ray.util`` names: a pool of actors, results as they complete, a bounded map, named
-actors, and (``daskgen.util.queue``) a queue tasks and actors share."""
+actors, placement groups (``daskgen.util.placement_group``), scheduling strategies
+(``daskgen.util.scheduling_strategies``) and (``daskgen.util.queue``) a queue tasks and actors
+share."""
 
 from __future__ import annotations
 
@@ -8,10 +10,31 @@ from typing import Any
 
 from .._client.actors import list_named_actors
 from .._client.api import get, wait
-from . import queue
+from . import queue, scheduling_strategies
 from .actor_pool import ActorPool
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
-__all__ = ["ActorPool", "as_completed", "list_named_actors", "map_unordered", "queue"]
+__all__ = [
+    "ActorPool",
+    "PlacementGroup",
+    "as_completed",
+    "get_current_placement_group",
+    "get_placement_group",
+    "list_named_actors",
+    "map_unordered",
+    "placement_group",
+    "placement_group_table",
+    "queue",
+    "remove_placement_group",
+    "scheduling_strategies",
+]
 
 
 def as_completed(

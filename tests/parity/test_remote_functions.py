@@ -78,7 +78,8 @@ def test_calling_a_remote_function_directly_raises_type_error_naming_remote(ray)
 
 
 def test_ignored_placement_options_are_accepted(ray):
-    # SPEC 2: scheduling_strategy, runtime_env and memory are accepted (daskgen ignores them).
+    # SPEC 2: scheduling_strategy, runtime_env and memory are accepted (daskgen ignores the
+    # last two; scheduling strategies: tests/parity/test_scheduling_strategies.py).
     @ray.remote(scheduling_strategy="DEFAULT", runtime_env={}, memory=10**6)
     def answer():
         return 42

@@ -1,0 +1,159 @@
+"""Placement groups, scheduling strategies and the errors of lost workers on a real cluster: a
+``dask scheduler`` and ``dask worker --nanny`` processes on 127.0.0.1, daskgen connected by
+address.
+
+* the placement checks of ``tests/test_placement.py`` (two workers);
+* a bundle whose worker died is booked again (the nanny's new worker) and its tasks run there;
+* a task whose worker its nanny ended for memory raises ``OutOfMemoryError``; one whose worker
+  went with its nanny ``NodeDiedError``; one whose worker process alone died (the nanny
+  restarts it) ``WorkerCrashedError``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import realcluster
+import test_placement
+from realcluster import HANG, wait_until
+
+import daskgen
+
+pytestmark = pytest.mark.daskgen_only
+
+
+@pytest.fixture(scope="module")
+def _cluster(tmp_path_factory):
+    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def ray(_cluster, monkeypatch):
+    """daskgen connected to the module's real cluster (2 workers with nannies)."""
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != _cluster.address:
+        daskgen.shutdown()
+    daskgen.init(address=_cluster.address, ignore_reinit_error=True)
+    _cluster.wait_for_workers(2)  # a test may have killed one: its nanny restarts it
+    wait_until(lambda: len(daskgen.nodes()[0]["DaskWorkers"]) == 2, "both workers are listed")
+    yield daskgen
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _back_to_the_embedded_cluster():
+    yield
+    daskgen.shutdown()
+
+
+def test_strict_strategies_place_bundles_on_distinct_or_one_worker(ray):
+    test_placement.check_strict_strategies_place_bundles_on_distinct_or_one_worker(ray)
+
+
+def test_spread_and_node_affinity_follow_worker_restrictions(ray):
+    test_placement.check_spread_and_node_affinity_follow_worker_restrictions(ray)
+
+
+def test_actors_keep_off_booked_workers_and_go_to_their_bundle(ray):
+    test_placement.check_actors_keep_off_booked_workers_and_go_to_their_bundle(ray)
+
+
+def test_a_bundle_whose_worker_died_is_booked_again_and_its_tasks_follow(ray, _cluster):
+    from daskgen.util import placement_group, placement_group_table, remove_placement_group
+    from daskgen.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    @ray.remote
+    def where():
+        import os
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    group = placement_group([{"CPU": 1}])
+    try:
+        assert group.wait(HANG)
+        in_bundle = where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
+        first, pid = ray.get(in_bundle.remote(), timeout=HANG)
+        assert placement_group_table(group)["bundles_to_node_id"] == {0: first}
+        _cluster.kill_worker_process(pid)  # its nanny starts a new worker, at a new address
+
+        def booked_again():
+            table = placement_group_table(group)
+            return table["state"] == "CREATED" and table["bundles_to_node_id"][0] != first
+
+        wait_until(booked_again, "the bundle was booked on a live worker", HANG)
+        again, _ = ray.get(in_bundle.remote(), timeout=HANG)
+        assert again == placement_group_table(group)["bundles_to_node_id"][0] != first
+    finally:
+        remove_placement_group(group)
+
+
+# --- why a worker left --------------------------------------------------------------------------
+
+
+def _hog():
+    """A task allocating past any sane memory limit, 20 MiB at a time (the nanny ends its
+    worker). Made inside a function so that it is pickled by value: the workers cannot import
+    the tests."""
+
+    def hog():
+        import time
+
+        chunks = []
+        for _ in range(400):
+            chunks.append(b"x" * (20 * 2**20))
+            time.sleep(0.01)  # the nanny checks the worker's memory every 100 ms
+        return len(chunks)
+
+    return hog
+
+
+def test_a_task_whose_worker_its_nanny_ended_for_memory_raises_out_of_memory(tmp_path, dg):
+    with realcluster.start_cluster(
+        tmp_path / "cluster", n_workers=1, nanny=True, memory_limit="400MB"
+    ) as cluster:
+        dg.init(address=cluster.address)
+        hog = dg.remote(max_retries=0)(_hog())
+        with pytest.raises(dg.exceptions.OutOfMemoryError) as info:
+            dg.get(hog.remote(), timeout=HANG)
+        message = str(info.value)
+        assert message.startswith("Task was killed due to the node running low on memory.")
+        assert "distributed.worker.memory.terminate" in message
+        assert not isinstance(info.value, dg.exceptions.WorkerCrashedError)
+
+
+def _pid_when_started():
+    """A task that writes its pid to ``marker_dir/pid`` and then waits to be killed (by
+    value, as :func:`_hog`)."""
+
+    def pid_when_started(marker_dir):
+        import os
+        import time
+
+        with open(os.path.join(marker_dir, "pid"), "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)  # killed long before
+
+    return pid_when_started
+
+
+def test_a_task_whose_worker_died_with_its_nanny_raises_node_died(tmp_path, dg):
+    with realcluster.start_cluster(tmp_path / "cluster", n_workers=1, nanny=True) as cluster:
+        dg.init(address=cluster.address)
+        task = dg.remote(max_retries=0)(_pid_when_started())
+        ref = task.remote(str(tmp_path))
+        realcluster.read_marker(tmp_path, "pid")
+        (nanny,) = cluster.worker_pids()
+        cluster.kill_worker(nanny)  # the nanny and its worker: the "node" is gone
+        with pytest.raises(dg.exceptions.NodeDiedError) as info:
+            dg.get(ref, timeout=HANG)
+        assert str(info.value).startswith("The node running the task died")
+
+
+def test_a_task_whose_worker_process_died_raises_worker_crashed(tmp_path, dg):
+    with realcluster.start_cluster(tmp_path / "cluster", n_workers=1, nanny=True) as cluster:
+        dg.init(address=cluster.address)
+        task = dg.remote(max_retries=0)(_pid_when_started())
+        ref = task.remote(str(tmp_path))
+        pid = int(realcluster.read_marker(tmp_path, "pid"))
+        cluster.kill_worker_process(pid)  # its nanny lives on and restarts it
+        with pytest.raises(dg.exceptions.WorkerCrashedError):
+            dg.get(ref, timeout=HANG)
