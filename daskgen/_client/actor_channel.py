@@ -30,7 +30,7 @@ from distributed import Client
 from distributed.comm import CommClosedError, connect
 
 from .. import _dask_internals as dx
-from .._objects import promotion
+from .._objects import genstate, promotion
 from .._objects.refs import deliver_result, early_result, has_result
 from .._protocol import ACTOR_STREAM_OP, WORKERS_OP, Key, Packed, as_key
 from .._waiting import wakes
@@ -121,6 +121,19 @@ def channel(client: Client, address: str) -> Channel:
         if ch is None or ch.closed:
             ch = _channels[(id(client), address)] = Channel(client, address)
         return ch
+
+
+def _connect_to(client: Client, address: str) -> None:
+    """``genstate.connect_to``: this client's connection to ``address``, opened if need be
+    (on the client's loop). Not to a worker whose connection just closed under us."""
+    if address in closed_under_us:
+        return
+    ch = _channels.get((id(client), address))
+    if ch is None or (ch._link is None and not ch._connecting):
+        channel(client, address).connect()
+
+
+genstate.connect_to = _connect_to
 
 
 def close_channels(client: Client) -> None:
@@ -366,6 +379,11 @@ class Channel:
             if msgs and self._link is not None and not self.closed:
                 self._link.send_many(msgs)
 
+    def connect(self) -> None:
+        """On the client's loop: open the connection now, with nothing to send yet."""
+        if not self.closed:
+            self._open()
+
     def _open(self) -> None:
         """On the client's loop: open the connection once (the outbox goes when it is)."""
         if self._link is None and not self._connecting:
@@ -506,6 +524,9 @@ class Channel:
         for msg in msgs:
             if msg["op"] == "fetched":  # on Dask's comm layer: nothing was sent
                 self._fetched(msg)
+                continue
+            if msg["op"] == "yields":  # a streaming generator's, ahead of the scheduler's
+                genstate.on_early_yields(self.client, msg["task"], msg["items"])
                 continue
             self._on_reply(msg)
             keys.append(as_key(msg["key"]))

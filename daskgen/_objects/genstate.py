@@ -33,6 +33,7 @@ from .. import _runtime
 from .._protocol import (
     CONSUMED_OP,
     OUTCOME_INDEX,
+    RELEASE_OP,
     ErrorValue,
     Key,
     as_key,
@@ -66,6 +67,8 @@ def on_yield_message(client: Client) -> Callable[..., None]:
         if large and worker is not None:
             locations.note(worker, [as_key(key) for key in large])
         state = _registry.get(task)
+        if state is not None and state.mode == "streaming" and worker is not None:
+            connect_to(client, worker)  # its next small yields come from there at once
         orphans = []
         for key, index, inline, replace in items:
             key = as_key(key)
@@ -86,6 +89,29 @@ def on_yield_message(client: Client) -> Callable[..., None]:
             dx.client_release(client, orphans)
 
     return handler
+
+
+early_received = 0  # yields this process took straight from their worker (tests)
+
+
+def on_early_yields(client: Client, task: str, items: list) -> None:
+    """Small yields of a streaming generator, straight from its worker (``Producer._send_early``;
+    on the client's loop): handed out now, settled by the scheduler's announcement."""
+    global early_received
+    state = _registry.get(task)
+    if state is not None:
+        early_received += len(items)
+        for key, index, inline in items:
+            state.on_early(index, as_key(key), inline)
+
+
+def _no_connection(client: Client, worker: str) -> None:
+    pass
+
+
+# Set by the client layer (``_client.actor_channel``): open this client's connection to a
+# worker that runs its streaming generators, if it has none yet, without waiting for it.
+connect_to: Callable[[Client, str], None] = _no_connection
 
 
 def on_cancelled_keys(client: Client) -> Callable[..., None]:
@@ -170,6 +196,11 @@ class GenState:
         self.cancelled = False
         self.abandoned = False  # nobody in this process will take the yields any more
         self.lost: set[int] = set()  # yields lost with a worker, not published again yet
+        # Streaming yields that came straight from their worker (``on_early``), not announced
+        # by the scheduler yet: their keys are this state's (``promotion``) until then, and
+        # those dropped meanwhile are released once it knows them.
+        self.early: set[int] = set()
+        self.dropped_early: set[Key] = set()
         self.done = False
         self.cond = threading.Condition()
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []
@@ -210,7 +241,51 @@ class GenState:
 
     # -- events, on the client's loop ---------------------------------------------------------
 
+    def on_early(self, index: int, key: Key, inline: bytes) -> None:
+        """A small streaming yield, straight from its worker, before the scheduler's
+        announcement (on the loop): ``next()`` may hand out its ref now; its value is inline.
+        Until the announcement, dropping the ref is held back and passing it on waits
+        (``promotion``: the scheduler must know the key first)."""
+        with self.cond:
+            if index in self.published or self.done or self.abandoned or self.cancelled:
+                return  # announced already (the scheduler was quicker), or nobody takes it
+            cell = self.cells.get(index)
+            if cell is None:
+                cell = self.cells[index] = InlineValue()
+            cell.blob = inline
+            self.published[index] = dx.light_future(key, self.client)
+            self._held_cells[index] = cell
+            self.early.add(index)
+            promotion.own(key, self, publishing=True)
+            self._wake()
+
+    # ``promotion``'s owner of early yields' keys (see ``on_early``)
+    def released(self, key: Key) -> None:
+        self.dropped_early.add(key)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        pass  # the key's worker has published it already: nothing to ask there
+
+    def completed(self, key: Key) -> None:
+        pass
+
+    def _settle_early(self, index: int, key: Key, inline: bytes | None) -> None:
+        """The scheduler announced a yield that came early: a real key now (on the loop)."""
+        self.early.discard(index)
+        cell = self.cells.get(index)
+        if cell is not None and inline is not None and cell.blob != inline:
+            cell.blob = inline  # a re-run's: the cluster's value wins, as after a loss
+        promotion.on_published(key)
+        if key in self.dropped_early:
+            self.dropped_early.discard(key)
+            _runtime.send(self.client, {"op": RELEASE_OP, "keys": [key]})
+        else:
+            dx.key_finish(self.client, key)
+
     def on_yield(self, index: int, key: Key, inline: bytes | None, replace: bool) -> None:
+        if index in self.early and not replace:
+            self._settle_early(index, key, inline)
+            return
         with self.cond:
             cell = self.cells.get(index)
             if replace:  # a published yield turned into an error
@@ -260,6 +335,18 @@ class GenState:
     def on_done(self) -> None:
         if self.task.status in ("finished", "error", "cancelled"):
             _running.discard(self)  # (a lost task is re-run: still held)
+        if self.early and self.task.status != "lost":
+            # Came early, never announced (their worker died first): readable here from
+            # their inline value, but they cannot be passed on.
+            self.early.clear()
+            self.dropped_early.clear()
+            promotion.owner_lost(
+                self,
+                ObjectLostError(
+                    f"A yield of {self.task_key} was lost with its worker before the cluster "
+                    "registered it; its value is only in this process."
+                ),
+            )
         with self.cond:
             self.done = True
             callbacks = [cb for cbs in self._on_publish.values() for cb in cbs]

@@ -245,11 +245,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             # Only keys new to the cluster may skip the queue to a caller in this process: no
             # earlier message can concern them (a republished or replaced yield may have one).
             direct = len(fresh) == len(announce)
-            msg = {"op": YIELD_OP, "task": task, "items": announce}
+            # The worker: where the caller's get can take large ones straight from
+            # (``_client.fetch``), and where a streaming caller connects to get the next small
+            # ones at once (``GenState.on_early``).
+            msg = {"op": YIELD_OP, "task": task, "items": announce, "worker": worker}
             large = [key for key, nbytes in fresh.items() if nbytes >= FETCH_MIN_BYTES]
-            if large:  # where the caller's get can take them straight from (``_client.fetch``)
+            if large:
                 msg["large"] = large
-                msg["worker"] = worker
             dx.scheduler_send_to_client(s, caller, msg, direct=direct)
 
     # -- refs bound in other processes ---------------------------------------------------------

@@ -79,7 +79,7 @@ from ..exceptions import (
 )
 from . import actor_wire, direct
 from .output import origin_for, task_origin
-from .publish import Producer, _producers, inline_bytes, publish_value
+from .publish import Producer, _producers, caller_streams, inline_bytes, publish_value
 from .run import Retry, TaskSpec, check_scheduler, unpack_args, wrap_error
 from .runtime_env import applied
 from .shared_memory import Mapped
@@ -228,6 +228,7 @@ class CallerStream:
         self.held: set[Key] = set()  # results stored here, not promoted, not released
         self.open = True
         self.mapped: Mapped | None = None  # shared memory the caller lent (``_store``)
+        caller_streams[(id(worker), client)] = self  # small yields go to it at once too
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -365,6 +366,8 @@ class CallerStream:
     def closed(self) -> None:
         """The caller is gone: free the results it never promoted."""
         self.open = False
+        if caller_streams.get((id(self.worker), self.client)) is self:
+            del caller_streams[(id(self.worker), self.client)]
         direct.caller_left(self)
         if self.mapped is not None:
             self.mapped.close()
