@@ -82,7 +82,9 @@ def test_each_embedded_worker_sends_yields_and_results_by_the_lane(dg):
 
     before = sum(end.handled for end in lane.ends)
     assert dg.get(list(gen.remote(3)), timeout=HANG) == [0, 1, 2]
-    assert dg.get(one.remote(), timeout=HANG) == 5
+    # two at once: the second goes through the scheduler (a lone call may go straight to a
+    # worker, see _client/direct.py, and its result straight back)
+    assert dg.get([one.remote(), one.remote()], timeout=HANG) == [5, 5]
     # at least one publish message and one inline result; none of it on Dask's stream
     assert sum(end.handled for end in lane.ends) >= before + 2
 
