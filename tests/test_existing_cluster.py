@@ -378,6 +378,42 @@ def test_only_daskgens_own_streams_batch_at_its_interval(dg, tmp_path):
             assert plain.submit(_plus_one(), 1, pure=False).result(timeout=HANG) == 2
 
 
+def test_a_plain_client_sees_its_tasks_run_while_daskgens_calls_go_straight_to_workers(
+    dg, tmp_path
+):
+    """daskgen's direct calls (a lone call run at once on a leased worker, its Dask task
+    restricted there) and early yields, interleaved with a plain client's tasks on the same
+    cluster: the plain client's tasks all run, where Dask puts them, with Dask's own streams,
+    and the workers' thread counts are Dask's again after."""
+    from daskgen import _dask_internals as dx
+
+    with start_cluster(tmp_path / "cluster") as cluster:
+        with cluster.client(set_as_default=False) as plain:
+            dg.init(address=cluster.address)
+            plus_one = _plus_one_remote(dg)
+
+            @dg.remote
+            def numbers(n):
+                yield from range(n)
+
+            futures = []
+            for i in range(100):
+                futures.append(plain.submit(_plus_one(), i, pure=False))
+                assert dg.get(plus_one.remote(i), timeout=HANG) == i + 1
+            assert [dg.get(r, timeout=HANG) for r in numbers.remote(50)] == list(range(50))
+            assert plain.gather(futures) == list(range(1, 101))
+            assert dx.client_batched_comm(plain).interval == 0.01  # Dask's own
+            threads = plain.run(lambda dask_worker: dask_worker.state.nthreads)
+            realcluster.wait_until(
+                lambda: (
+                    set(plain.run(lambda dask_worker: dask_worker.state.nthreads).values()) == {1}
+                ),
+                f"every worker counts its one thread again ({threads})",
+                HANG,
+            )
+            assert plain.submit(_plus_one(), 1, pure=False).result(timeout=HANG) == 2
+
+
 def _plus_one_remote(dg):
     @dg.remote
     def plus_one(x):
