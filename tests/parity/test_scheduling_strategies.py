@@ -48,7 +48,7 @@ def test_default_and_spread_run_tasks_and_actors(ray, f, Actor):
 
 def test_node_affinity_runs_on_the_drivers_node_and_on_a_listed_node(ray, f, Actor):
     driver = ray.get_runtime_context().get_node_id()
-    listed = ray.nodes()[0]["NodeID"]
+    listed = next(n["NodeID"] for n in ray.nodes() if n["Alive"])  # Ray lists dead nodes too
     for node in (driver, listed):
         for soft in (False, True):
             strategy = _affinity(ray, node, soft)
