@@ -28,6 +28,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -244,6 +245,60 @@ def _cancel_children(worker: Any, children: list[Key], force: bool) -> None:
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
     """Raise ``exc`` in thread ``ident`` at its next bytecode (None: withdraw a pending one)."""
+    if _AT_LINE_STARTS:
+        _at_line_start(ident, exc)
+        return
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
     )
+
+
+# CPython 3.13 delivers an exception set by ``PyThreadState_SetAsyncExc`` at a loop's backward
+# jump as if it came from outside the enclosing ``try`` (cpython#139622): the task's own
+# ``except``/``finally`` are skipped. There, the exception is raised instead by a
+# ``sys.monitoring`` callback at the thread's next line start, which Python attributes to that
+# line; the LINE event is on only while an exception waits. A thread that starts no new line
+# within :data:`LINE_WAIT_S` (a one-line loop, C code) gets ``PyThreadState_SetAsyncExc``.
+_AT_LINE_STARTS = sys.version_info[:2] == (3, 13)
+LINE_WAIT_S = 0.2
+_waiting_at_line: dict[int, type[BaseException]] = {}
+_monitoring_tool: int | None = None
+
+
+def _at_line_start(ident: int, exc: type[BaseException] | None) -> None:
+    monitoring = sys.monitoring  # type: ignore[attr-defined]
+    global _monitoring_tool
+    if exc is None:
+        _waiting_at_line.pop(ident, None)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+        return
+    if _monitoring_tool is None:
+        for tool in (3, 4):
+            if monitoring.get_tool(tool) is None:
+                monitoring.use_tool_id(tool, "daskgen-interrupt")
+                monitoring.register_callback(tool, monitoring.events.LINE, _on_line)
+                _monitoring_tool = tool
+                break
+        else:  # both free tool ids taken (by a debugger, say): the interpreter's own way
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+            return
+    _waiting_at_line[ident] = exc
+    monitoring.set_events(_monitoring_tool, monitoring.events.LINE)
+    timer = threading.Timer(LINE_WAIT_S, _not_at_a_line, (ident, exc))
+    timer.daemon = True
+    timer.start()
+
+
+def _on_line(code: Any, line: int) -> Any:
+    """``sys.monitoring``'s LINE callback, in whichever thread starts a line."""
+    exc = _waiting_at_line.pop(threading.get_ident(), None)
+    if not _waiting_at_line and _monitoring_tool is not None:
+        sys.monitoring.set_events(_monitoring_tool, 0)  # type: ignore[attr-defined]
+    if exc is not None:
+        raise exc
+
+
+def _not_at_a_line(ident: int, exc: type[BaseException]) -> None:
+    if _waiting_at_line.get(ident) is exc:
+        del _waiting_at_line[ident]
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
