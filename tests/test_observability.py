@@ -56,6 +56,31 @@ def test_print_in_an_actor_method_shows_in_the_driver(ray, capsys):
     assert "(Talker.talk pid=" in seen
 
 
+def test_print_in_tasks_submitted_from_a_task_or_an_actor_shows_in_the_driver(ray, capsys):
+    @ray.remote
+    def inner(tag):
+        print(f"nested hello {tag}")
+        return tag
+
+    @ray.remote
+    def outer():
+        return ray.get(inner.remote("from-a-task"))
+
+    @ray.remote
+    class Submitter:
+        def submit(self):
+            return ray.get(inner.remote("from-an-actor"))
+
+    assert ray.get(outer.remote(), timeout=60) == "from-a-task"
+    assert ray.get(Submitter.remote().submit.remote(), timeout=60) == "from-an-actor"
+    seen = _wait_for_output(capsys, "nested hello from-a-task")
+    if "nested hello from-an-actor" not in seen:
+        seen += _wait_for_output(capsys, "nested hello from-an-actor")
+    for tag in ("from-a-task", "from-an-actor"):
+        line = next(ln for ln in seen.splitlines() if f"nested hello {tag}" in ln)
+        assert line.startswith("(inner pid=") and "worker=tcp://" in line
+
+
 def test_runtime_context_in_a_task_gives_its_key_and_worker(ray):
     @ray.remote
     def where():

@@ -97,6 +97,8 @@ def test_a_ray_script_runs_unchanged_on_daskgen(tmp_path):
     # the caught task error is not logged by the embedded workers as well (Dask's "Compute
     # Failed" block, with daskgen's frames): a person reads each error once, as on Ray
     assert "Compute Failed" not in proc.stderr and "Traceback" not in proc.stderr
+    # a program with actors ends quietly (no CRITICAL lines from closing connections)
+    assert "CRITICAL" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_the_scripts_exit_status_and_usage(tmp_path):
