@@ -492,6 +492,11 @@ def worker_send(worker: Worker, msg: dict[str, Any]) -> None:
     shrink_once_logged(worker.batched_stream, msg)
 
 
+def in_worker_process() -> bool:
+    """Whether a Dask worker runs in this process (whatever this thread is)."""
+    return len(Worker._instances) > 0
+
+
 def worker_current_key(worker: Worker) -> Key | None:
     """The task this thread runs for the worker's pool, or None in any other thread (an actor's
     own threads), where ``secede`` would fail."""

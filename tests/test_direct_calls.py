@@ -225,3 +225,41 @@ def test_a_direct_call_whose_worker_dies_runs_again_through_the_scheduler(
                 dg.get(ref, timeout=HANG)
         else:
             assert dg.get(ref, timeout=HANG) == (2, False)
+
+
+def test_a_handle_captured_by_a_functions_globals_runs_in_its_task_not_on_the_workers_loop(
+    api,
+):
+    """Ray's progress-actor pattern: a task's function refers to an actor handle (a ref
+    inside). Dask unpickles a task as it reaches the worker, on the worker's event loop, where
+    no task runs: the function is unpickled when it first runs instead (``LazySpec``), and no
+    daskgen session is ever started inside a worker process."""
+    import daskgen
+
+    @api.remote
+    class Progress:
+        def __init__(self):
+            self.n = 0
+
+        def report(self):
+            self.n += 1
+
+        def get(self):
+            return self.n
+
+    progress = Progress.remote()
+
+    @api.remote
+    def work(i):
+        progress.report.remote()  # the captured handle, used in the task
+        return i
+
+    @api.remote
+    def parent(n):
+        return sum(api.get(work.remote(i)) for i in range(n))  # work, captured, used in a task
+
+    assert api.get([work.remote(i) for i in range(5)], timeout=HANG) == list(range(5))
+    assert api.get(parent.remote(4), timeout=HANG) == 6
+    wait_until(lambda: api.get(progress.get.remote(), timeout=HANG) == 9, "9 reports", HANG)
+    sessions = api.get_client().run(lambda: daskgen._runtime.session is None)
+    assert all(sessions.values()), sessions

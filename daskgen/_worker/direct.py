@@ -34,8 +34,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 from .. import _dask_internals as dx
 from .. import _runtime
 from .._protocol import ErrorValue, Key, as_key, boxed
@@ -45,7 +43,7 @@ from ..exceptions import RaySystemError
 from .interrupt import force_hook
 from .output import origin_for, task_origin
 from .publish import inline_bytes
-from .run import TaskSpec, check_scheduler, served, spec_from_blob
+from .run import check_scheduler, served, spec_from_blob
 
 logger = logging.getLogger("daskgen")
 
@@ -157,10 +155,7 @@ def _run(
     try:
         with dx.as_worker_thread(worker):
             check_scheduler(worker)  # before anything of daskgen's goes to the scheduler
-            spec = spec_from_blob(spec_blob)
-            if not isinstance(spec, TaskSpec):  # its function's module cannot be imported here
-                cloudpickle.loads(spec.blob)  # raises what that is
-                raise RuntimeError(f"the function of {call.key!r} cannot be unpickled here")
+            spec = spec_from_blob(spec_blob).load(job.env)
             origin = task_origin.set(origin_for(owner, spec.name, worker))
             token = current_call.set(str(call.key))
             holds = current_resources.set(dict(resources or {}))

@@ -231,37 +231,52 @@ _runtime.send_on_worker_stream = _send_on_worker_stream
 
 
 @functools.lru_cache(maxsize=512)
-def _spec_from_bytes(blob: bytes) -> TaskSpec | _Unloaded:
-    try:
-        *state, filename = cloudpickle.loads(blob)
-    except ImportError:
-        # It names a module of the call's runtime_env (working_dir, py_modules, pip), which
-        # is on sys.path only while the call runs: load it then.
-        return _Unloaded(blob)
-    spec = TaskSpec(*state)
-    with_code_file(spec.fn, filename)  # tracebacks show the user's file and line
-    return spec
+def _spec_from_bytes(blob: bytes) -> LazySpec:
+    return LazySpec(blob)
 
 
-class _Unloaded:
-    """A ``TaskSpec`` that can be unpickled only in its call's runtime_env."""
+class LazySpec:
+    """A pickled ``TaskSpec``, unpickled where a call first runs it, not where Dask reads the
+    task: Dask unpickles a task on the worker's event loop as it arrives, where the function's
+    globals (a handle, a ref: bound to a client) would find no task to be part of, and where a
+    module of the call's ``runtime_env`` (working_dir, py_modules, pip) is not on ``sys.path``.
+    Made once per process for each distinct spec, unpickled once."""
 
     def __init__(self, blob: bytes) -> None:
         self.blob = blob
         self.spec: TaskSpec | None = None
         self.__name__ = "daskgen-task"
 
-    def __call__(self, call: tuple[Any, ...], packed: Any, *deps: Any) -> Any:
-        if self.spec is None:
-            with applied(call[2].env, get_worker()):
+    def load(self, env: Any) -> TaskSpec:
+        """The spec, unpickled here in ``env`` (the call's runtime_env) the first time."""
+        spec = self.spec
+        if spec is None:
+            with applied(env, get_worker()):
                 *state, filename = cloudpickle.loads(self.blob)
-            self.spec = TaskSpec(*state)
-            with_code_file(self.spec.fn, filename)
-        return self.spec(call, packed, *deps)
+            spec = TaskSpec(*state)
+            with_code_file(spec.fn, filename)  # tracebacks show the user's file and line
+            self.spec = spec
+        return spec
+
+    def __call__(self, call: tuple[Any, ...], packed: Any, *deps: Any) -> Any:
+        return self.load(call[2].env)(call, packed, *deps)
+
+    def __getattr__(self, name: str) -> Any:
+        # A remote function unpickled inside a task holds this: used there (its ``mode``,
+        # ``placed``...), it is the spec itself, unpickled there (in the task's environment).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.load(None), name)
+
+    def pickled(self) -> bytes:
+        return self.blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (spec_from_blob, (pickle.PickleBuffer(self.blob),))
 
 
-def spec_from_blob(blob: Any) -> TaskSpec | _Unloaded:
-    """A pickled ``TaskSpec``, unpickled once per process for each distinct one."""
+def spec_from_blob(blob: Any) -> LazySpec:
+    """A pickled ``TaskSpec`` (see :class:`LazySpec`), once per process for each distinct one."""
     return _spec_from_bytes(bytes(blob))
 
 
