@@ -492,9 +492,9 @@ def worker_send(worker: Worker, msg: dict[str, Any]) -> None:
     shrink_once_logged(worker.batched_stream, msg)
 
 
-def in_worker_process() -> bool:
-    """Whether a Dask worker runs in this process (whatever this thread is)."""
-    return len(Worker._instances) > 0
+def on_a_workers_loop() -> bool:
+    """Whether this thread runs the event loop of a Dask worker of this process."""
+    return any(on_loop_of(worker.loop) for worker in list(Worker._instances))
 
 
 def worker_current_key(worker: Worker) -> Key | None:

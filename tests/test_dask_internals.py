@@ -842,3 +842,29 @@ def test_a_task_depends_on_a_key_ref_as_on_a_future(inproc):
     assert not isinstance(ref, Future)
     assert client.submit(len, ref, pure=False).result(timeout=30) == 3
     assert scheduler.tasks[future.key].state == "memory"
+
+
+def test_direct_calls_take_and_give_back_a_workers_slot_and_know_its_loop(inproc):
+    """``worker_take_slot`` / ``worker_return_slot`` (``_worker.direct``): the worker's state
+    machine counts one thread fewer while a slot is taken; ``worker_store_computed`` puts a
+    value in memory with its run's start and stop; ``on_a_workers_loop`` tells the worker's
+    loop (``Worker._instances``) from any other thread."""
+    client, _, worker = inproc
+    assert worker.state.nthreads == 2
+    assert _call(client, dx.worker_take_slot, worker) is True
+    assert worker.state.nthreads == 1
+    assert _call(client, dx.worker_take_slot, worker, lambda key: False, True) is True
+    assert worker.state.nthreads == 0
+    _call(client, dx.worker_return_slot, worker)
+    _call(client, dx.worker_return_slot, worker)
+    assert worker.state.nthreads == 2
+    assert client.submit(lambda: 3, pure=False).result(timeout=realcluster.HANG) == 3
+    assert _call(client, dx.worker_store_computed, worker, "daskgen-test-direct", 7, 1.0, 2.0)
+    ts = worker.state.tasks["daskgen-test-direct"]
+    assert ts.state == "memory" and worker.data["daskgen-test-direct"] == 7
+    assert ts.startstops == [{"action": "compute", "start": 1.0, "stop": 2.0}]
+    assert dx.worker_key_asked(worker, "daskgen-test-direct") is False
+    assert not _call(client, dx.worker_store_computed, worker, "daskgen-test-direct", 8, 1, 2)
+    _call(client, dx.worker_forget, worker, ["daskgen-test-direct"])
+    assert not dx.on_a_workers_loop()
+    assert client.sync(_on_loop, None, dx.on_a_workers_loop) is True

@@ -287,13 +287,12 @@ def get_client() -> Client:
 
 
 def _start_on_first_use() -> _Session:
-    if dx.in_worker_process():
-        # A daskgen call made in a Dask worker's process outside any task (a thread of its
-        # own, code run by the worker's event loop): never start a cluster inside a worker.
+    if dx.on_a_workers_loop():
+        # Code a Dask worker's event loop runs (it unpickles the tasks it receives, for one):
+        # never start a cluster inside a worker.
         raise RuntimeError(
-            "daskgen was called in a Dask worker's process outside a task (in a thread the "
-            "task did not run in, or from the worker's event loop): make daskgen calls from "
-            "the task's own thread."
+            "daskgen was called from a Dask worker's event loop, where no task runs: make "
+            "daskgen calls from a task's own thread."
         )
     init(ignore_reinit_error=True)
     assert _runtime.session is not None
