@@ -11,6 +11,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _buffers
+from .._objects.handoff import AlreadyPassedError, unpass
 from .._objects.refs import ObjectRef, capture_refs
 from .._protocol import Dep, Packed
 
@@ -51,6 +52,9 @@ def pack_args(
         try:
             packed = cloudpickle.dumps((a, kw), protocol=5, buffer_callback=callback)
         except Exception as exc:
+            unpass(lent)  # no call: the streaming generators in the arguments stay the caller's
+            if isinstance(exc, AlreadyPassedError):
+                raise
             raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
     return (Packed(packed, buffers) if buffers else packed), deps, [*deps, *lent]
 
