@@ -190,6 +190,8 @@ class WorkerFunction:
 
 
 INTERRUPT = WorkerFunction("daskgen._worker.interrupt", "interrupt_all")
+# A paused producer whose stream has no consumer any more runs on (``_scheduler.handoff``).
+LET_GO = WorkerFunction("daskgen._worker.let_go", "let_go")
 
 
 class Dep:

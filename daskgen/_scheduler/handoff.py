@@ -30,25 +30,26 @@ actor, that consumer's client. :class:`StreamHandoffs` keeps, per generator task
 The stream's owner alone may let a paused producer run to its end (a ``daskgen-consumed`` at
 ``NO_CONSUMER_INDEX``): a previous owner dropping its generator must not. When the owner's
 client leaves (its worker died), the yields still to come are freed as they are published
-(the plugin's publish finds no owner), and a paused producer is let go. The scheduler lets a
-producer go only on the worker seen publishing it: a worker that has not started the task yet
-has no handler for ``daskgen-consumed`` (an unknown op would close its connection), and a
-producer pauses only after publishing.
+(the plugin's publish finds no owner), and a paused producer is let go: by Dask's ``run`` on the
+worker processing the task (``_worker.let_go``), which is safe on a worker that has not started
+it yet (a ``daskgen-consumed`` there, before any producer registered its handler, would close
+the worker's connection); if it had not, the producer is let go when it publishes, as it must
+before it can pause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _dask_internals as dx
 from .._protocol import (
-    CONSUMED_OP,
     HANDED_OP,
     HANDOFF_DROP_OP,
     HANDOFF_OP,
-    NO_CONSUMER_INDEX,
+    LET_GO,
     TAKEOVER_OP,
     Key,
     as_key,
@@ -70,8 +71,8 @@ class Route:
     start: int = 0  # where the owner took over
     backpressure: bool = False  # the producer pauses for its consumer
     released: bool = False  # nobody consumes it any more: the producer runs to its end
-    publisher: str | None = None  # the worker last seen publishing its yields
-    let_go: str | None = None  # the worker told to let its producer run on unpaused
+    let_go: str | None = None  # the worker whose producer was let run on unpaused
+    asking: str | None = None  # the worker being asked to (a ``run`` call in flight)
 
 
 class StreamHandoffs:
@@ -94,7 +95,6 @@ class StreamHandoffs:
         route = self.streams.get(task)
         if route is None:
             return caller
-        route.publisher = worker
         if route.released and route.let_go != worker:
             self._let_go(task, route)
         return route.owner
@@ -244,13 +244,21 @@ class StreamHandoffs:
             logger.exception("daskgen: failed to drop a handoff of %s", task)
 
     def _let_go(self, task: Key, route: Route) -> None:
-        """Nobody consumes ``task``'s stream: its paused producer runs to its end (now if it is
-        seen running, else once it publishes)."""
+        """Nobody consumes ``task``'s stream: its paused producer runs to its end."""
         route.released = True
-        worker = route.publisher
-        if not route.backpressure or worker is None or route.let_go == worker:
+        if not route.backpressure:
             return
-        if dx.scheduler_processing_on(self.scheduler, task) == worker:
+        worker = dx.scheduler_processing_on(self.scheduler, task)
+        if worker is not None and worker not in (route.let_go, route.asking):
+            route.asking = worker
+            asyncio.ensure_future(self._ask_to_let_go(task, route, worker))
+
+    async def _ask_to_let_go(self, task: Key, route: Route, worker: str) -> None:
+        try:
+            found = await dx.scheduler_run_on_worker(self.scheduler, worker, LET_GO, task)
+        except Exception:  # the worker is gone, and its producer with it
+            logger.debug("daskgen: could not let %s go on %s", task, worker, exc_info=True)
+            found = False
+        route.asking = None
+        if found:
             route.let_go = worker
-            msg = {"op": CONSUMED_OP, "task": task, "index": NO_CONSUMER_INDEX}
-            dx.scheduler_send_to_worker(self.scheduler, worker, msg)
