@@ -29,7 +29,9 @@ A consumer that cannot take the stream (its task re-run after its worker died, o
 that the same arguments are unpickled again; the generator task is gone) gets a generator whose
 ``next()`` returns one ref raising ``ObjectLostError`` with the reason, then ``StopIteration``:
 what a stream that ends by a failure gives (SPEC 5). Never a hang, never a silently partial
-stream: a stream cannot be replayed, its yields went to the first consumer.
+stream: a stream cannot be replayed, its yields went to the first consumer. A generator
+cancelled (``cancel(gen)``) before it was passed gives the consumer what it gives the caller:
+one ref raising ``TaskCancelledError``, then ``StopIteration``.
 
 When the state passed lives in the consumer's very process (a consumer passing the generator on
 to a task on its own worker; a cluster of threads), the consumer's generator shares it and its
@@ -55,7 +57,7 @@ from .. import _runtime
 from .._protocol import HANDOFF_DROP_OP, HANDOFF_OP, Key, as_key, new_token
 from ..exceptions import ObjectLostError
 from . import generators
-from .generators import ObjectRefGenerator
+from .generators import ObjectRefGenerator, cancelled_error
 from .genstate import GenClaim, GenState
 from .refs import ObjectRef, lend
 
@@ -195,9 +197,8 @@ def on_handed(client: Client) -> Callable[..., None]:
 class _Waiter:
     """A consumer waiting for the scheduler's answer to its ``daskgen-handoff``."""
 
-    def __init__(self, backpressure: int | None, cancelled: bool) -> None:
+    def __init__(self, backpressure: int | None) -> None:
         self.backpressure = backpressure
-        self.cancelled = cancelled
         self.event = threading.Event()
         self.error: str | None = None
         self.state: GenState | None = None  # the consumer's state (made on the client's loop)
@@ -225,8 +226,10 @@ def _adopt(
             "A passed ObjectRefGenerator cannot be unpickled on the client's event loop: it "
             "waits there for the scheduler to hand it the stream."
         )
+    if cancelled:  # cancel(gen) before it was passed: as there, one ref raising why
+        return _unavailable(client, task, token, cancelled_error(task))
     local = _pending.get(token)  # passed from this very process
-    waiter = _Waiter(backpressure, cancelled)
+    waiter = _Waiter(backpressure)
     with _lock:
         _incoming[token] = waiter
     msg = {
@@ -253,7 +256,8 @@ def _adopt(
         else:  # the answer is being handled on the client's loop right now
             waiter.event.wait(HANDOFF_TIMEOUT_S)
     if waiter.error is not None:
-        return _unavailable(client, task, token, waiter.error)
+        why = f"This process cannot consume the streaming generator passed to it: {waiter.error}."
+        return _unavailable(client, task, token, ObjectLostError(why))
     if local is not None:
         state, claim = local.settle()
         _tokens[state] = token
@@ -290,7 +294,6 @@ def on_takeover(client: Client) -> Callable[..., None]:
         try:
             if error is None and not local:
                 state = GenState(client, task, "streaming", waiter.backpressure)
-                state.cancelled = waiter.cancelled
                 state.attach(dx.light_future(task, client))
                 for key, index in items or ():
                     state.on_yield(index, as_key(key), None, False)
@@ -305,12 +308,10 @@ def on_takeover(client: Client) -> Callable[..., None]:
     return handler
 
 
-def _unavailable(client: Client, task: str, token: str, why: str) -> ObjectRefGenerator:
-    """A generator for a stream this consumer cannot have: one ref raising why, then the end."""
+def _unavailable(client: Client, task: str, token: str, error: Exception) -> ObjectRefGenerator:
+    """A generator for a stream this consumer cannot have: one ref raising ``error``, then the
+    end."""
     key = f"{task}-unavailable-{token}"
-    error = ObjectLostError(
-        f"This process cannot consume the streaming generator passed to it: {why}."
-    )
     state = GenState(client, key, "streaming", None)
     state.attach(dx.erred_future(client, key, error))
     fixed(state, f"This ObjectRefGenerator cannot be passed on: {error}")

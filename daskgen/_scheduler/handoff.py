@@ -19,6 +19,8 @@ actor, that consumer's client. :class:`StreamHandoffs` keeps, per generator task
   always has a holder. ``seen``: the yields ``source`` knew of when it passed the generator
   (below it, a yield lost with its worker is a gap, not the end). ``local``: source and
   consumer share a process and a state: only the handoff is recorded.
+  A handoff for a task the scheduler does not know yet waits for it (up to ``PARK_S``): the
+  caller's graph and a direct actor call (straight to the actor's worker) race each other.
   Refused (``daskgen-takeover`` with ``error``) when the task is gone, when this handoff was
   taken already (the same arguments unpickled again: a consumer re-run after its worker died,
   or retried), when the consumer that held the stream is gone, or when ``source`` no longer
@@ -59,6 +61,7 @@ from .._protocol import (
 logger = logging.getLogger("daskgen")
 
 GONE = ""  # the owner of a stream whose consumer's client has left
+PARK_S = 30.0  # s: how long a handoff waits for its generator task to reach the scheduler
 
 
 @dataclass
@@ -81,6 +84,8 @@ class StreamHandoffs:
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         self.streams: dict[Key, Route] = {}
+        # Handoffs of tasks the scheduler does not know yet: task -> their arguments.
+        self.parked: dict[Key, list[tuple[Any, ...]]] = {}
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -118,6 +123,25 @@ class StreamHandoffs:
                 route.owner = GONE
                 self._let_go(task, route)
 
+    def arrived(self, keys: Any) -> None:
+        """Tasks were submitted: the handoffs waiting for them go on (once they are in)."""
+        ready = [args for key in keys for args in self.parked.pop(key, ())]
+        if ready:
+            asyncio.get_running_loop().call_soon(self._resume, ready)
+
+    def _resume(self, ready: list[tuple[Any, ...]]) -> None:
+        for args in ready:
+            self._try_handoff(*args)
+
+    def _expire(self, args: tuple[Any, ...]) -> None:
+        waiting = self.parked.get(args[1])
+        if waiting is None or args not in waiting:
+            return
+        waiting.remove(args)
+        if not waiting:
+            del self.parked[args[1]]
+        self._try_handoff(*args)  # refused now if the task is still unknown
+
     def forget(self, task: Key) -> None:
         """``task`` is forgotten: nobody holds its stream any more."""
         self.streams.pop(task, None)
@@ -137,12 +161,20 @@ class StreamHandoffs:
         local: bool = False,
         **_: Any,
     ) -> None:
+        args = (client, as_key(task), token, start, seen, source, source_token, backpressure, local)
+        task = args[1]
+        if dx.scheduler_key_state(self.scheduler, task) is None:
+            # Maybe not here yet: the caller's graph may be behind a direct actor call.
+            self.parked.setdefault(task, []).append(args)
+            asyncio.get_running_loop().call_later(PARK_S, self._expire, args)
+            return
+        self._try_handoff(*args)
+
+    def _try_handoff(self, *args: Any) -> None:
         try:
-            self._handoff(
-                client, as_key(task), token, start, seen, source, source_token, backpressure, local
-            )
+            self._handoff(*args)
         except Exception:  # never let an error close the client's stream
-            logger.exception("daskgen: failed to hand the stream of %s to %s", task, client)
+            logger.exception("daskgen: failed to hand the stream of %s to %s", args[1], args[0])
 
     def _handoff(
         self,

@@ -471,6 +471,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         task's count higher or lower makes that limit the task's own.
         """
         annotations = annotations or {}
+        if self.handoffs is not None and self.handoffs.parked:
+            self.handoffs.arrived(kwargs.get("keys") or ())  # a stream passed before it came
         ours = [
             as_key(k)
             for name in (MAX_RETRIES_ANNOTATION, FIRE_AND_FORGET_ANNOTATION)

@@ -196,6 +196,87 @@ def test_a_consumer_can_pass_the_generator_on(ray, tmp_path):
     assert ray.get(take_one_then_pass.remote(gen), timeout=HANG) == [0, 10, 20, 30]
 
 
+def _parked_handoffs(ray):
+    """Handoffs the scheduler keeps until their generator task reaches it."""
+    return ray.get_client().run_on_scheduler(
+        lambda dask_scheduler: sum(
+            len(waiting) for waiting in dask_scheduler.plugins["daskgen"].handoffs.parked.values()
+        )
+    )
+
+
+@pytest.mark.beyond
+@pytest.mark.parametrize("consumer", ["task", "actor"])
+def test_a_generator_passed_before_its_task_reaches_the_scheduler_waits_for_it(
+    ray, tmp_path, consumer
+):
+    # The producer takes yield 1 of a gated num_returns=2 generator: it is submitted only once
+    # that yield exists, so its consumer asks for the stream first.
+    wait_for = _wait_for
+    directory = str(tmp_path)
+
+    @ray.remote(num_returns=2)
+    def gated(directory):
+        yield 0
+        yield wait_for(directory, "go", HANG)
+
+    @ray.remote
+    def produce(opened):
+        yield from [opened, "a", "b"]
+
+    @ray.remote
+    class Sink:
+        def ready(self):
+            return True
+
+        def drain(self, gen):
+            return [ray.get(ref) for ref in gen]
+
+    sink = Sink.remote()
+    assert ray.get(sink.ready.remote(), timeout=HANG)
+    _, second = gated.remote(directory)
+    gen = produce.remote(second)
+    ref = (sink.drain if consumer == "actor" else _collector(ray)).remote(gen)
+    try:
+        wait_until(lambda: _parked_handoffs(ray) == 1, "the handoff waits for its task", HANG)
+    finally:
+        _mark(directory, "go")
+
+    assert ray.get(ref, timeout=HANG) == [True, "a", "b"]
+    assert _parked_handoffs(ray) == 0
+
+
+@pytest.mark.beyond
+def test_a_generator_cancelled_before_it_was_passed_gives_the_consumer_the_cancellation(
+    ray, tmp_path
+):
+    wait_for = _wait_for
+
+    @ray.remote
+    def endless(directory):
+        yield 0
+        wait_for(directory, "never", HANG)
+        yield 1
+
+    @ray.remote
+    def consume(gen):
+        out = []
+        for ref in gen:
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.TaskCancelledError:
+                out.append("cancelled")
+        return out
+
+    gen = endless.remote(str(tmp_path))
+    try:
+        assert ray.get(next(gen), timeout=HANG) == 0
+        ray.cancel(gen)
+        assert ray.get(consume.remote(gen), timeout=HANG) == ["cancelled"]
+    finally:
+        _mark(str(tmp_path), "never")
+
+
 # --- actors as consumers -----------------------------------------------------------------------
 
 
