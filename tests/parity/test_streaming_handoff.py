@@ -183,17 +183,43 @@ def test_the_same_generator_twice_in_one_call_arrives_as_one_generator(ray, tmp_
 
 
 @pytest.mark.beyond
-def test_a_consumer_can_pass_the_generator_on(ray, tmp_path):
+@pytest.mark.parametrize("where", ["same worker", "other worker"])
+def test_a_consumer_can_pass_the_generator_on(ray, tmp_path, where):
+    # On its own worker the second consumer shares the first one's state (one process).
     collect = _collector(ray)
+    first_worker, other_worker = _workers(ray)
 
     @ray.remote
-    def take_one_then_pass(gen):
+    def take_one_then_pass(gen, worker):
         first = ray.get(next(gen))
-        return [first, *ray.get(collect.remote(gen))]
+        on = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(worker, soft=False)
+        return [first, *ray.get(collect.options(scheduling_strategy=on).remote(gen))]
+
+    gen = _producer(ray).remote(str(tmp_path / "progress"), 4)
+    target = first_worker if where == "same worker" else other_worker
+    first = take_one_then_pass.options(scheduling_strategy=_on(ray, first_worker))
+
+    assert ray.get(first.remote(gen, target), timeout=HANG) == [0, 10, 20, 30]
+
+
+@pytest.mark.beyond
+def test_a_generator_task_can_consume_a_passed_generator(ray, tmp_path):
+    @ray.remote
+    def doubled(gen):
+        for ref in gen:
+            yield 2 * ray.get(ref)
 
     gen = _producer(ray).remote(str(tmp_path / "progress"), 4)
 
-    assert ray.get(take_one_then_pass.remote(gen), timeout=HANG) == [0, 10, 20, 30]
+    assert [ray.get(ref, timeout=HANG) for ref in doubled.remote(gen)] == [0, 20, 40, 60]
+
+
+@pytest.mark.beyond
+def test_a_generator_exhausted_by_the_caller_stops_at_once_in_the_consumer(ray, tmp_path):
+    gen = _producer(ray).remote(str(tmp_path / "progress"), 2)
+    assert ray.get(list(gen), timeout=HANG) == [0, 10]
+
+    assert ray.get(_collector(ray).remote(gen), timeout=HANG) == []
 
 
 def _parked_handoffs(ray):
