@@ -565,6 +565,24 @@ def _waits_then_collects(ray):
     return collect_after
 
 
+@pytest.mark.beyond
+def test_a_consumer_retried_after_an_error_cannot_replay_the_stream(ray, tmp_path):
+    attempt = _attempt
+
+    @ray.remote(retry_exceptions=True, max_retries=1)
+    def consume(attempts, gen):
+        first = ray.get(next(gen))
+        if attempt(attempts) == 1:
+            raise ValueError(f"the first attempt fails after taking {first}")
+        return [first, *(ray.get(ref) for ref in gen)]
+
+    gen = _producer(ray).remote(str(tmp_path / "progress"), 3)
+
+    with pytest.raises(ray.exceptions.ObjectLostError, match="cannot replay it"):
+        ray.get(consume.remote(str(tmp_path), gen), timeout=HANG)
+    assert len(list(tmp_path.glob("attempt-*"))) == 1  # the second one failed at next()
+
+
 # --- the consumer's worker dies ------------------------------------------------------------------
 
 
