@@ -475,10 +475,11 @@ def test_backpressure_pauses_the_producer_until_the_consumer_takes_refs(ray, tmp
 # --- errors and endings --------------------------------------------------------------------------
 
 
-@pytest.mark.beyond
-def test_a_producer_failing_midway_gives_the_consumer_its_error_then_stop_iteration(ray, tmp_path):
-    @ray.remote
-    def consume(gen):
+def _error_aware_consumer(ray, kind):
+    """``.remote(gen)`` of a task, sync actor method or async actor method that takes every ref
+    (an error as ``"error: <cause>"``), then records ``"stop"`` if the next ``next`` stops."""
+
+    def drain(gen):
         values = []
         for ref in gen:
             try:
@@ -491,9 +492,42 @@ def test_a_producer_failing_midway_gives_the_consumer_its_error_then_stop_iterat
             values.append("stop")
         return values
 
+    if kind == "task":
+        return ray.remote(drain).remote
+
+    @ray.remote
+    class Sink:
+        def drain(self, gen):
+            return drain(gen)
+
+    @ray.remote
+    class AsyncSink:
+        async def drain(self, gen):
+            values = []
+            async for ref in gen:
+                try:
+                    values.append(await ref)
+                except ValueError as error:
+                    values.append(f"error: {error.cause}")
+            try:
+                await gen.__anext__()
+            except StopAsyncIteration:
+                values.append("stop")
+            return values
+
+    return (Sink if kind == "actor" else AsyncSink).remote().drain.remote
+
+
+@pytest.mark.beyond
+@pytest.mark.parametrize("consumer", ["task", "actor", "async actor"])
+def test_a_producer_failing_midway_gives_the_consumer_its_error_then_stop_iteration(
+    ray, tmp_path, consumer
+):
     gen = _producer(ray).remote(str(tmp_path / "progress"), 5, fail_at=2)
 
-    assert ray.get(consume.remote(gen), timeout=HANG) == [0, 10, "error: boom at 2", "stop"]
+    ref = _error_aware_consumer(ray, consumer)(gen)
+
+    assert ray.get(ref, timeout=HANG) == [0, 10, "error: boom at 2", "stop"]
 
 
 @pytest.mark.beyond
