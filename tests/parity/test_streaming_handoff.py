@@ -459,9 +459,12 @@ def test_backpressure_pauses_the_producer_until_the_consumer_takes_refs(ray, tmp
             return "the test never opened the gate"
         return [first, *(ray.get(ref) for ref in gen)]
 
+    # Apart: a producer let go after a pause takes its worker's thread back (Dask's rejoin),
+    # which the consumer holds while it waits for the gate.
+    producer_worker, consumer_worker = _workers(ray)
     producer = _producer(ray, _generator_backpressure_num_objects=BACKPRESSURE)
-    gen = producer.remote(str(progress), 10)
-    ref = consume.remote(directory, gen)
+    gen = producer.options(scheduling_strategy=_on(ray, producer_worker)).remote(str(progress), 10)
+    ref = consume.options(scheduling_strategy=_on(ray, consumer_worker)).remote(directory, gen)
     realcluster.read_marker(tmp_path, "took-one")
 
     # One ref taken: the producer may start at most BACKPRESSURE + 1 yields.
@@ -571,11 +574,15 @@ def test_a_call_that_never_runs_gives_up_the_stream_and_lets_the_producer_go(ray
     def blocked(directory):
         return wait_for(directory, "never", HANG)
 
+    # Apart: a producer let go after a pause takes its worker's thread back (Dask's rejoin),
+    # which the blocked task would hold.
+    producer_worker, other_worker = _workers(ray)
     progress = tmp_path / "progress"
-    gen = _producer(ray, _generator_backpressure_num_objects=1).remote(str(progress), 20)
+    producer = _producer(ray, _generator_backpressure_num_objects=1)
+    gen = producer.options(scheduling_strategy=_on(ray, producer_worker)).remote(str(progress), 20)
     task = gen.task_key()
     wait_until(lambda: len(_lines(progress)) >= 1, "the producer started", HANG)
-    gate = blocked.remote(str(tmp_path))
+    gate = blocked.options(scheduling_strategy=_on(ray, other_worker)).remote(str(tmp_path))
     try:
         # It waits for its first argument, and is cancelled before it can run.
         pending = _waits_then_collects(ray).remote(gate, gen)
