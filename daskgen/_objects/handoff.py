@@ -92,8 +92,8 @@ class Handoff:
         # The call it was passed to has ended (its lent refs are gone).
         if self.settled:
             return
-        state, claim = self.settle()
         try:
+            state, claim = self.settle()
             with _lock:
                 _dropping[self.token] = (state, claim)
             msg = {
@@ -103,9 +103,8 @@ class Handoff:
                 "backpressure": bool(state.backpressure),
             }
             _runtime.send(state.client, msg)
-        except Exception:  # the client is closing: nothing is left to free
-            with _lock:
-                _dropping.pop(self.token, None)
+        except Exception:  # the client (or the interpreter) is closing: nothing left to free
+            _dropping.pop(self.token, None)
 
 
 _lock = threading.Lock()

@@ -71,7 +71,6 @@ class Route:
     owner: str  # client id ("" once that client has left)
     token: str | None  # the handoff by which the owner got it (None: the task's caller)
     used: set[str] = field(default_factory=set)  # every handoff taken or dropped
-    start: int = 0  # where the owner took over
     backpressure: bool = False  # the producer pauses for its consumer
     released: bool = False  # nobody consumes it any more: the producer runs to its end
     let_go: str | None = None  # the worker whose producer was let run on unpaused
@@ -201,7 +200,6 @@ class StreamHandoffs:
             route = self.streams[task] = Route(source, None)
         route.used.add(token)
         route.token = token
-        route.start = start
         route.backpressure = bool(backpressure)
         if local:  # the same state in the same process: the owner stays the same client
             dx.scheduler_send_to_client(s, client, {**reply, "local": True})
@@ -229,9 +227,9 @@ class StreamHandoffs:
             )
         if route is not None and token in route.used:
             return (
-                f"the stream of {task!r} was handed over by these very arguments already, at "
-                f"index {route.start} if they were taken: a streaming generator is consumed once, "
-                "so a call that runs again (its worker died, or it was retried) cannot replay it"
+                f"the stream of {task!r} was handed over by these very arguments already: a "
+                "streaming generator is consumed once, so a call that runs again (its worker "
+                "died, or it was retried) cannot replay it"
             )
         if route is not None and route.owner == GONE:
             return f"the process consuming the stream of {task!r} is gone (its worker died)"
