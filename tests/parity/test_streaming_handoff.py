@@ -155,6 +155,49 @@ def test_a_partly_consumed_generator_continues_where_the_caller_stopped(
     assert ray.get([first, second], timeout=HANG) == [0, 10]  # the caller's refs stay valid
 
 
+def _wanted_by(ray, keys):
+    """Which clients the scheduler says want each of ``keys``."""
+    return ray.get_client().run_on_scheduler(
+        lambda dask_scheduler: [
+            sorted(cs.client_key for cs in dask_scheduler.tasks[k].who_wants or ())
+            if k in dask_scheduler.tasks
+            else None
+            for k in keys
+        ]
+    )
+
+
+@pytest.mark.beyond
+def test_yields_published_before_the_handoff_move_to_the_consumer_with_their_keys(ray, tmp_path):
+    mark, wait_for = _mark, _wait_for
+    directory = str(tmp_path)
+
+    @ray.remote
+    def consume(directory, gen):
+        mark(directory, "consumer", ray.get_client().id)  # the stream is its client's now
+        if not wait_for(directory, "go", HANG):
+            return "the test never opened the gate"
+        return [ray.get(ref) for ref in gen]
+
+    from daskgen._protocol import yield_key
+
+    gen = _producer(ray).remote(str(tmp_path / "progress"), 5)
+    ray.get(gen.completed(), timeout=HANG)  # all five published, to this process
+    first = next(gen)
+    keys = [yield_key(gen.task_key(), i) for i in range(5)]
+    driver = ray.get_client().id
+    try:
+        ref = consume.remote(directory, gen)
+        consumer = realcluster.read_marker(tmp_path, "consumer")
+
+        expected = [[driver]] + [[consumer]] * 4  # the driver's ref; the rest the consumer's
+        wait_until(lambda: _wanted_by(ray, keys) == expected, "the untaken keys moved", HANG)
+    finally:
+        _mark(directory, "go")
+    assert ray.get(ref, timeout=HANG) == [10, 20, 30, 40]
+    assert ray.get(first, timeout=HANG) == 0
+
+
 @pytest.mark.beyond
 @pytest.mark.parametrize("container", ["list", "dict"])
 def test_a_generator_nested_in_an_argument_arrives_live(ray, tmp_path, container):
