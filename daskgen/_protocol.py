@@ -19,6 +19,10 @@ Who sends what to whom::
     <─── daskgen-lost                 a desired key that will never exist
     daskgen-cancel ────────────────>  Dask cancel; interrupt (run) ─────────> _worker.interrupt
     daskgen-expect ────────────────>  a direct actor call publishing yields
+    daskgen-handoff ───────────────>  a generator passed to this task: its stream comes here
+    <─── daskgen-takeover             (the yields not taken yet; or why it cannot)
+    <─── daskgen-handed               (to the process that passed it: let them go)
+    daskgen-handoff-drop ──────────>  the call it was passed to ended without taking it
                                       daskgen-actor    <───────────────────── actor made/killed
     <─── daskgen-actor-died           (worker left, actor killed)
 
@@ -113,6 +117,18 @@ PG_REMOVE_OP = "daskgen_pg_remove"
 PG_TABLE_OP = "daskgen_pg_table"
 PG_LOOKUP_OP = "daskgen_pg_lookup"
 PG_BUNDLE_OP = "daskgen_pg_bundle"
+# A streaming generator passed to another task or actor (``_objects.handoff``, the scheduler's
+# half in ``_scheduler.handoff``): the consumer's process asks to receive the stream
+# (HANDOFF_OP), the scheduler answers it (TAKEOVER_OP: the yields it takes over, or why not) and
+# tells the previous owner (HANDED_OP); a call that ended without taking it gives it up
+# (HANDOFF_DROP_OP).
+HANDOFF_OP = "daskgen-handoff"  # consumer's client -> scheduler
+HANDOFF_DROP_OP = "daskgen-handoff-drop"  # previous owner's client -> scheduler
+TAKEOVER_OP = "daskgen-takeover"  # scheduler -> consumer's client
+HANDED_OP = "daskgen-handed"  # scheduler -> previous owner's client
+# A consumed index from here on lets a paused producer run to its end: nobody consumes any more
+# (``genstate.NO_CONSUMER`` has the same value).
+NO_CONSUMER_INDEX = 2**62
 # scheduler -> every daskgen client: why a worker left ({worker, kind, message}: the nanny
 # ended it for memory, or its host or nanny is gone), for the error its tasks raise.
 WORKER_LOST_OP = "daskgen-worker-lost"
@@ -174,6 +190,8 @@ class WorkerFunction:
 
 
 INTERRUPT = WorkerFunction("daskgen._worker.interrupt", "interrupt_all")
+# A paused producer whose stream has no consumer any more runs on (``_scheduler.handoff``).
+LET_GO = WorkerFunction("daskgen._worker.let_go", "let_go")
 
 
 class Dep:

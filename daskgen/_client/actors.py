@@ -38,6 +38,7 @@ from distributed import Client, Future
 from .. import _dask_internals as dx
 from .. import _runtime
 from .._job import check_namespace
+from .._objects import handoff
 from .._objects.generators import ObjectRefGenerator
 from .._objects.genstate import GenClaim, GenState, static_refs
 from .._objects.promotion import is_unpromoted, owner_of, promote
@@ -676,7 +677,17 @@ def _call_result(
     if mode == "dynamic":
         cell = state.cells[OUTCOME_INDEX] = InlineValue()
         return ObjectRef(future, owner=GenClaim(state), inline=cell), state.fail
+    handoff.fixed(state, _FIXED_STREAM)
     return ObjectRefGenerator(state), state.fail
+
+
+# Why the stream of a direct actor call stays with its caller (see ``_objects.handoff``).
+_FIXED_STREAM = (
+    "A streaming generator returned by an actor method cannot be passed to another task or "
+    "actor: its end, failures and backpressure travel this process's own connection to the "
+    "actor, which the other process does not have. Iterate it here and pass the refs, or call "
+    "the actor method from the task that consumes the stream."
+)
 
 
 def _hold(*_: Any) -> None:

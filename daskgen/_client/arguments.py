@@ -11,6 +11,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _buffers
+from .._objects.handoff import AlreadyPassedError, unpass
 from .._objects.refs import ObjectRef, capture_refs
 from .._protocol import Dep, Packed
 
@@ -47,11 +48,17 @@ def pack_args(
         return pickle.dumps((a, kw), protocol=5), deps, list(deps)
     buffers: list[Any] = []
     callback = functools.partial(_take_large, buffers) if out_of_band else None
+    failure: Exception | None = None
     with capture_refs() as lent:
         try:
             packed = cloudpickle.dumps((a, kw), protocol=5, buffer_callback=callback)
         except Exception as exc:
-            raise TypeError(_unpicklable(name, args, kwargs, exc)) from exc
+            failure = exc
+    if failure is not None:
+        unpass(lent)  # no call: the streaming generators in the arguments stay the caller's
+        if isinstance(failure, AlreadyPassedError):
+            raise failure
+        raise TypeError(_unpicklable(name, args, kwargs, failure)) from failure
     return (Packed(packed, buffers) if buffers else packed), deps, [*deps, *lent]
 
 
@@ -97,11 +104,21 @@ def _unpicklable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: 
     labels = [(f"argument {i}", v) for i, v in enumerate(args)]
     labels += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in labels:
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
+        if not _pickles(value):
             return (
                 f"Could not serialize {label} ({type(value).__name__}) of {name}.remote(): {exc}. "
                 "Arguments are pickled to reach the worker."
             )
     return f"Could not serialize the arguments of {name}.remote(): {exc}"
+
+
+def _pickles(value: Any) -> bool:
+    """Whether ``value`` pickles as an argument (a streaming generator in it stays the caller's)."""
+    with capture_refs() as lent:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return False
+        finally:
+            unpass(lent)
+    return True

@@ -27,9 +27,10 @@ from .. import _dask_internals as dx
 from .. import _runtime
 from .._cluster.embedded import start_cluster, tune, untune, wait_for_workers
 from .._job import Job
+from .._objects import handoff
 from .._objects.genstate import on_cancelled_keys, on_yield_message
 from .._objects.refs import on_lost_message, on_result_message
-from .._protocol import ACTOR_DIED_OP, LOST_OP, RESULT_OP, YIELD_OP
+from .._protocol import ACTOR_DIED_OP, HANDED_OP, LOST_OP, RESULT_OP, TAKEOVER_OP, YIELD_OP
 from . import lost_workers
 from .actor_channel import close_channels
 from .actors import on_actor_died
@@ -179,6 +180,8 @@ def setup_client(client: Client) -> None:
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)
     dx.client_add_stream_handler(client, lost_workers.OP, lost_workers.on_worker_lost)
     dx.client_add_stream_handler(client, "cancelled-keys", on_cancelled_keys(client))
+    dx.client_add_stream_handler(client, TAKEOVER_OP, handoff.on_takeover(client))
+    dx.client_add_stream_handler(client, HANDED_OP, handoff.on_handed(client))
     if not client.asynchronous:
         install(client)  # daskgen's scheduler plugin (see _client.install)
     _ready_clients.add(client)

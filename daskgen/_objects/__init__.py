@@ -6,6 +6,7 @@ Runs in every process that holds refs: the driver, and workers whose tasks take 
 
 Layer rule: imports the bottom modules and ``_cluster`` (the embedded cluster's fast lane for
 large values); never ``_scheduler``, ``_worker`` or ``_client``. Inside, ``promotion`` <-
-``refs`` <- ``genstate`` <- ``generators`` <- ``resolve``; ``resolve`` registers itself with
-``refs`` for ``ObjectRef.future()``. ``tests/test_layers.py`` checks it.
+``refs`` <- ``genstate`` <- ``generators`` <- ``resolve``, ``handoff``; ``resolve`` registers
+itself with ``refs`` for ``ObjectRef.future()``, and ``handoff`` (passing a streaming generator
+to another task) with ``generators`` for pickling one. ``tests/test_layers.py`` checks it.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .. import _dask_internals as dx
@@ -25,13 +25,20 @@ class ObjectRefGenerator:
     gives k refs, then one ref that raises it. Dropping the generator releases every ref it has
     not handed out; the task runs on to its end, as in Ray, and what it yields meanwhile is
     freed as it comes (a paused producer is let go). ``cancel(gen)`` stops it.
+
+    Beyond Ray, it can be passed to another task or actor as an argument of ``.remote()``
+    (``handoff``): the stream moves there, from the next ref not taken here, and this object
+    can no longer be iterated.
     """
 
-    def __init__(self, state: GenState) -> None:
+    def __init__(self, state: GenState, claim: GenClaim | None = None, index: int = 0) -> None:
         self._state = state
-        self._claim = GenClaim(state)  # dropping the generator abandons the call's yields
-        self._index = 0
+        # Dropping the generator abandons the call's yields (a generator made for a consumer in
+        # the process that passed it shares the claim of the one passed).
+        self._claim = claim if claim is not None else GenClaim(state)
+        self._index = index
         self._ended = False
+        self._passed = False  # passed to another task or actor, which consumes it now
 
     # -- iteration ------------------------------------------------------------------------------
 
@@ -44,6 +51,7 @@ class ObjectRefGenerator:
     def _next_sync(self, timeout_s: float | None = None) -> ObjectRef:
         """The next ref, waiting up to ``timeout_s`` seconds (None: forever)."""
         timeout_s = check_timeout(timeout_s, "timeout_s")
+        self._check_here()
         st = self._state
         with st.cond:
             ready = self._is_ready()
@@ -77,6 +85,7 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        self._check_here()
         try:
             if not self._is_ready():
                 await asyncio.wrap_future(self._state.ready_future(self._index))
@@ -94,6 +103,7 @@ class ObjectRefGenerator:
     def next_ready(self) -> bool:
         """True when ``next()`` would return a ref at once: the next yield's, or the one that
         raises why the stream ended early (after ``cancel()``, or a failed task)."""
+        self._check_here()
         st = self._state
         if self._ended:
             return False
@@ -104,6 +114,7 @@ class ObjectRefGenerator:
     def is_finished(self) -> bool:
         """True when the task has ended and every ref has been taken (after ``cancel()`` or a
         failed task, the ref that raises why included)."""
+        self._check_here()
         st = self._state
         if self._ended:
             return True
@@ -113,7 +124,18 @@ class ObjectRefGenerator:
 
     def _is_ready(self) -> bool:
         st = self._state
-        return self._ended or st.cancelled or self._index in st.published or st.done
+        # Passed on: "ready", so that wait() returns it and next() says why it cannot go on.
+        return self._ended or self._passed or st.cancelled or self._index in st.published or st.done
+
+    def _check_here(self) -> None:
+        """Raise if this generator was passed to another task or actor (it consumes it now)."""
+        if self._passed:
+            raise RuntimeError(
+                f"This ObjectRefGenerator (of {self._state.task_key}) was passed to another "
+                "task or actor, which consumes its stream now: it cannot be iterated here any "
+                "more. Take the refs you need here before passing it, or iterate it where you "
+                "passed it."
+            )
 
     async def _wait_ready(self) -> None:
         await asyncio.wrap_future(self._state.ready_future(self._index))
@@ -147,10 +169,22 @@ class ObjectRefGenerator:
         return f"ObjectRefGenerator({self._state.task_key}, next={self._index})"
 
     def __reduce__(self) -> Any:
-        raise TypeError(
-            "A streaming ObjectRefGenerator cannot be passed to another task; pass its refs, or "
-            "use num_returns='dynamic' to get a generator object that can travel."
-        )
+        """Passed as an argument of ``.remote()``: its stream moves to the call (``handoff``,
+        which sets :data:`reduce_for_call`); pickled any other way: ``TypeError``."""
+        return reduce_for_call(self)
+
+
+def _not_passable(gen: ObjectRefGenerator) -> Any:
+    raise TypeError(
+        "A streaming ObjectRefGenerator can only be passed as an argument of a remote call "
+        "(f.remote(gen), actor.method.remote(gen), Cls.remote(gen)), where its stream moves to "
+        "the call; it cannot be pickled otherwise (put, a return value). Pass its refs, or use "
+        "num_returns='dynamic' for a generator object that can travel anywhere."
+    )
+
+
+# How a generator pickles: ``handoff`` (which builds on this module) sets its own on import.
+reduce_for_call: Callable[[ObjectRefGenerator], Any] = _not_passable
 
 
 def cancelled_error(task_key: str) -> RayTaskError:

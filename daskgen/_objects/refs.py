@@ -219,6 +219,16 @@ class capture_refs:
         _capture.refs = self._outer
 
 
+def lend(ref: ObjectRef) -> bool:
+    """Record ``ref`` among the refs the call whose arguments are being pickled in this thread
+    keeps alive until it has run (see :class:`capture_refs`); False outside such pickling."""
+    refs = getattr(_capture, "refs", None)
+    if refs is None:
+        return False
+    refs.append(ref)
+    return True
+
+
 # Inline results expected by this process, by task key (see _executor._send_inline_result).
 _result_cells: weakref.WeakValueDictionary[Key, InlineValue] = weakref.WeakValueDictionary()
 

@@ -27,6 +27,8 @@ Batched-stream messages from clients:
   wants wait as for a generator task).
 * ``daskgen-cancel`` {keys, force, recursive, revoke, reason}: Ray's cancel (see
   ``_client.cancel``), interrupting tasks on the workers that run them (Dask's ``run``).
+* ``daskgen-handoff``, ``daskgen-handoff-drop``: a streaming generator passed to another task
+  or actor; its yields go to the consumer from then on (``_scheduler.handoff``).
 
 Request handlers: named actors, by namespace (``_scheduler.names`` lists them), and
 ``daskgen_hello``, ``daskgen_workers``, ``daskgen_cluster`` below.
@@ -66,6 +68,7 @@ from .._protocol import (
     INTERRUPT,
     LOST_OP,
     MAX_RETRIES_ANNOTATION,
+    NO_CONSUMER_INDEX,
     OUTPUT_TOPIC_PREFIX,
     PLACEMENT_ANNOTATION,
     PLUGIN_NAME,
@@ -79,6 +82,7 @@ from .._protocol import (
     task_of_yield,
 )
 from ..exceptions import NO_WORKER_REASON
+from .handoff import StreamHandoffs
 from .lost_workers import LostWorkers
 from .names import NamedActors
 from .placement import PlacementGroups
@@ -119,6 +123,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.named = NamedActors()  # (namespace, name) -> pickled handle
         self.placement: PlacementGroups | None = None  # placement groups (made in start)
         self.lost: LostWorkers | None = None  # why workers left (made in start)
+        # Generator streams passed to other tasks: who receives them now (made in start).
+        self.handoffs: StreamHandoffs | None = None
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -151,6 +157,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         for worker in dx.scheduler_workers(scheduler):  # those that joined before the plugin
             self.lost.worker_joined(worker)
         dx.scheduler_add_handler(scheduler, "daskgen_worker_lost", self.lost.why)
+        self.handoffs = StreamHandoffs(scheduler)
+        for op, handler in self.handoffs.routes.items():
+            dx.scheduler_add_stream_handler(scheduler, op, handler)
 
     def _home(self, actor: str) -> str | None:
         """The worker hosting ``actor`` (None: not known here)."""
@@ -210,6 +219,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def _publish(self, worker: str, task: str, caller: str, items: list) -> None:
         s = self.scheduler
+        if self.handoffs is not None and self.handoffs.streams:
+            # passed to another task: it gets them
+            caller = self.handoffs.owner(task, caller, worker)
         if not dx.scheduler_has_client(s, caller):
             # The caller is gone: nobody would ever release these keys, so never register them.
             dx.scheduler_free_on_worker(
@@ -327,6 +339,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             return
         if finish == "forgotten" and key in self.actor_keys:
             self._unreferenced(*self.actor_keys.pop(key))
+        elif finish == "forgotten" and self.handoffs is not None and self.handoffs.streams:
+            self.handoffs.forget(key)
         elif finish == "memory" and key in self.actor_keys:
             # A creation task finished: its actor lives where its result is. Known here before
             # any caller can reach the actor, which the worker's own "alive" message is not (a
@@ -364,6 +378,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def remove_client(self, scheduler: Any, client: str) -> None:
         self.clients.discard(client)
+        if self.handoffs is not None:
+            self.handoffs.client_left(client)
         if self.placement is not None:
             self.placement.client_left(client)
         # What its tasks printed was for it alone: Dask would keep the topic for ever.
@@ -457,6 +473,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         task's count higher or lower makes that limit the task's own.
         """
         annotations = annotations or {}
+        if self.handoffs is not None and self.handoffs.parked:
+            self.handoffs.arrived(kwargs.get("keys") or ())  # a stream passed before it came
         ours = [
             as_key(k)
             for name in (MAX_RETRIES_ANNOTATION, FIRE_AND_FORGET_ANNOTATION)
@@ -666,6 +684,9 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     def on_consumed(self, client: str, task: str, index: int, **_: Any) -> None:
         try:
+            if index >= NO_CONSUMER_INDEX and self.handoffs is not None:
+                if self.handoffs.nobody_consumes(task, client):
+                    return  # passed to another task: only its consumer may let it go
             worker = dx.scheduler_processing_on(self.scheduler, task)
             if worker is not None:
                 dx.scheduler_send_to_worker(

@@ -470,6 +470,7 @@ class ActorHost:
         self.instance = instance
         self.is_async = is_async
         self.worker = worker
+        self.ctx = ctx
         self.env: EnvSpec | None = None  # its runtime_env, applied around every call
         self.queue: collections.deque[HostedCall] = collections.deque()
         # Lifetime: the caller streams that sent calls and still hold a handle, and whether the
@@ -578,7 +579,12 @@ class ActorHost:
             call.future = pool.submit(self._run_generator, call)
         elif self.is_async:
             assert self.loop is not None
-            call.future = asyncio.run_coroutine_threadsafe(self._run_async(call), self.loop)
+            # Its task copies the context of the thread that asks for it (the worker's loop, the
+            # wire's reader): asked from within the actor's context, the method sees
+            # get_worker() and the actor's ids (else ray.get there would start a new session).
+            call.future = self.ctx.copy().run(
+                asyncio.run_coroutine_threadsafe, self._run_async(call), self.loop
+            )
         else:
             with self._count_lock:
                 self._not_started += 1

@@ -83,6 +83,23 @@ def test_the_runtime_context_names_resources_and_the_actor(ray):
     ray.kill(named)
 
 
+def test_an_async_actor_sees_its_runtime_context_on_every_call(ray):
+    # Its calls after the first start from another thread than its creation (daskgen: they
+    # lost the worker's context, and a get in them started a new session in the worker).
+    @ray.remote
+    class Async:
+        async def ids(self, ref_list):
+            context = ray.get_runtime_context()
+            return context.get_actor_id(), ray.get(ref_list[0])
+
+    actor = Async.remote()
+    seen = [ray.get(actor.ids.remote([ray.put(i)]), timeout=HANG) for i in range(5)]
+
+    assert [value for _, value in seen] == list(range(5))
+    assert seen[0][0] is not None
+    assert {actor_id for actor_id, _ in seen} == {seen[0][0]}
+
+
 def test_timeline_writes_the_tasks_as_a_chrome_trace(ray, tmp_path):
     import json
 
