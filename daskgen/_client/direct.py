@@ -89,30 +89,33 @@ def submit(
     resources: dict[str, float] | None,
     runtime_env: Any,
     submit_task: Any,
-) -> ObjectRef | None:
+) -> tuple[ObjectRef | None, Any]:
     """Send the call straight to this client's leased worker and return its ref; None if it
     must go through the scheduler alone (see the module's docstring). ``submit_task(client,
     key, packed, job, worker)`` submits its Dask task, restricted to ``worker``."""
     client = _runtime.client()
     if client.asynchronous or time.monotonic() < _backoff.get(client, 0.0):
-        return None
+        return None, None
     ensure_served(client)  # a lost scheduler fails the call at once, as any call's
     job = call_job(client, runtime_env)
     if job.env is not None:
-        return None  # a runtime_env is set up around Dask's tasks (``_worker.runtime_env``)
+        return None, None  # a runtime_env is set up around Dask's tasks (``_worker.runtime_env``)
     if any(isinstance(a, ObjectRef) for a in args) or any(
         isinstance(v, ObjectRef) for v in kwargs.values()
     ):
-        return None
+        return None, None
     address = _lease(client, resources)
     if address is None:
-        return None
+        return None, None
     ch = channel(client, address)
     if ch.direct_in_flight():
-        return None
-    packed, _, lent = pack_args(spec.name, args, kwargs)
-    if lent or (packed is not None and len(packed) >= STORED_ARGS):
-        return None  # refs inside, or large: the scheduler's path keeps and stores them
+        return None, None
+    packing = pack_args(spec.name, args, kwargs, out_of_band=True)
+    packed, _, lent = packing
+    if lent or (packed is not None and (type(packed) is not bytes or len(packed) >= STORED_ARGS)):
+        # Refs inside, or large: the scheduler's path keeps and stores them, with this very
+        # pickle (pickling passes a streaming generator on: it is done once).
+        return None, packing
     key = task_key(spec.name)
     ref = result_ref(dx.light_future(key, client))
     msg = {
@@ -126,7 +129,7 @@ def submit(
     }
     ch.call(key, msg, _ignore, DIRECT, functools.partial(_refused, client), owned=False)
     submit_task(client, key, packed, job, address)
-    return ref
+    return ref, None
 
 
 def _lease(client: Client, resources: dict[str, float] | None) -> str | None:

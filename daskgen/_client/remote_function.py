@@ -144,13 +144,15 @@ def submit(
     if where.placement is not None:
         spec = spec.placed(where.placement)
     resources = _resources(options)
+    packing = None
     if (
         where.placement is None
         and not where.annotations
         and direct.eligible(spec, resources, options)
     ):
         its_task = functools.partial(_direct_task, spec, resources, options["max_retries"])
-        ref = direct.submit(spec, args, kwargs, resources, options.get("runtime_env"), its_task)
+        runtime_env = options.get("runtime_env")
+        ref, packing = direct.submit(spec, args, kwargs, resources, runtime_env, its_task)
         if ref is not None:
             return ref
     return submit_task(
@@ -162,6 +164,7 @@ def submit(
         max_retries=options["max_retries"],
         annotations=where.annotations,
         runtime_env=options.get("runtime_env"),
+        packing=packing,
     )
 
 
@@ -212,14 +215,18 @@ def submit_task(
     max_retries: int | None = None,
     annotations: dict[str, Any] | None = None,
     runtime_env: dict[str, Any] | None = None,
+    packing: tuple[Any, list[ObjectRef], list[ObjectRef]] | None = None,
 ) -> Any:
     """Submit ``spec(caller, packed_args, *deps)`` as a Dask task and shape what the caller
     gets by ``spec``'s mode: a ref, N refs, None, a dynamic generator's ref or a streaming
-    generator."""
+    generator. ``packing``: the arguments as ``pack_args(..., out_of_band=True)`` made them
+    already (pickling passes a streaming generator on, so it is done once)."""
     client = _runtime.client()
     ensure_served(client)
     job = call_job(client, runtime_env)  # travels with the call: namespace, runtime_env
-    pickled, deps, lent = pack_args(spec.name, args, kwargs, out_of_band=True)
+    if packing is None:
+        packing = pack_args(spec.name, args, kwargs, out_of_band=True)
+    pickled, deps, lent = packing
     packed: bytes | Packed | Stored | None = pickled
     if type(pickled) is bytes and len(pickled) >= OUT_OF_BAND_ARGS:
         packed = Packed(pickled)  # carried as a frame of its own, not copied into each pickle
