@@ -993,6 +993,13 @@ def scheduler_cancel(scheduler: Scheduler, keys: list[Key], client: str, reason:
         scheduler.stimulus_cancel(wanted, client, force=True, reason=reason, msg="")
 
 
+def scheduler_call_later(
+    scheduler: Scheduler, delay: float, fn: Callable[..., Any], *args: Any
+) -> None:
+    """On the scheduler's event loop: run ``fn(*args)`` there after ``delay`` s."""
+    scheduler.loop.call_later(delay, fn, *args)
+
+
 def scheduler_desire(scheduler: Scheduler, keys: list[Key], client: str) -> None:
     """Dask's ``client-desires-keys``: ``client`` wants the known ``keys`` (and is told at once
     about those already in memory or erred)."""

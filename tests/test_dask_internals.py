@@ -868,3 +868,10 @@ def test_direct_calls_take_and_give_back_a_workers_slot_and_know_its_loop(inproc
     _call(client, dx.worker_forget, worker, ["daskgen-test-direct"])
     assert not dx.on_a_workers_loop()
     assert client.sync(_on_loop, None, dx.on_a_workers_loop) is True
+
+
+def test_the_scheduler_runs_a_callback_later_on_its_loop(inproc):
+    client, scheduler, _ = inproc
+    ran = threading.Event()
+    _call(client, dx.scheduler_call_later, scheduler, 0.01, ran.set)
+    assert ran.wait(realcluster.HANG)

@@ -44,6 +44,7 @@ everything and logs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any
 
@@ -92,6 +93,10 @@ logger = logging.getLogger("daskgen")
 PROBE_S = 10.0  # s: how long a joining worker has to say which daskgen it has
 
 
+UNKNOWN_KEY_WAIT_S = 30.0  # s: a ref taken to a key the scheduler has not heard of yet
+FORGOTTEN_KEPT = 10_000  # the last keys forgotten, told apart from those still to come
+
+
 class DaskgenSchedulerPlugin(SchedulerPlugin):
     """Installs daskgen's stream handlers on the scheduler (idempotent, by name)."""
 
@@ -103,6 +108,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         # Yields wanted by clients before their generator published them: key -> clients,
         # and generator task -> those keys (see on_desire).
         self.early_wants: dict[Any, set[str]] = {}
+        # Refs taken to keys the scheduler has not heard of yet (a task just submitted, whose
+        # ref reached another process first: a direct actor call's arguments go straight to
+        # the actor), key -> the clients that took them: granted as its graph comes, else lost
+        # after UNKNOWN_KEY_WAIT_S.
+        self.unknown_wants: dict[Any, set[str]] = {}
+        # The last keys the scheduler forgot: a ref taken to one of them was taken too late.
+        self.forgotten: collections.OrderedDict[Any, None] = collections.OrderedDict()
         self.early_by_task: dict[str, set[Any]] = {}
         # Direct actor calls that publish yields, not ended: call key -> worker (on_expect).
         self.expected: dict[Any, str] = {}
@@ -287,6 +299,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 ):
                     self.early_wants.setdefault(key, set()).add(client)
                     self.early_by_task.setdefault(task, set()).add(key)
+                elif task is None and key not in self.forgotten:
+                    if key not in self.unknown_wants:
+                        dx.scheduler_call_later(s, UNKNOWN_KEY_WAIT_S, self._unknown_gone, key)
+                    self.unknown_wants.setdefault(key, set()).add(client)
                 else:
                     lost.append(key)
             if known:
@@ -295,6 +311,11 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
                 self._tell_lost(client, lost, "lost", "it was freed before this process took it")
         except Exception:
             logger.exception("daskgen: failed to register refs of %s", client)
+
+    def _unknown_gone(self, key: Any) -> None:
+        """A key refs were taken to never reached the scheduler (or came and went)."""
+        for client in self.unknown_wants.pop(key, ()):
+            self._tell_lost(client, [key], "lost", "it was freed before this process took it")
 
     def on_release(self, client: str, keys: list, **_: Any) -> None:
         """A client dropped its refs to ``keys``: Dask's release, one message per worker."""
@@ -337,6 +358,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         publish never will be."""
         if finish not in ("memory", "erred", "forgotten"):
             return
+        if finish == "forgotten":
+            self.forgotten[key] = None
+            if len(self.forgotten) > FORGOTTEN_KEPT:
+                self.forgotten.popitem(last=False)
         if finish == "forgotten" and key in self.actor_keys:
             self._unreferenced(*self.actor_keys.pop(key))
         elif finish == "forgotten" and self.handoffs is not None and self.handoffs.streams:
@@ -473,6 +498,10 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         task's count higher or lower makes that limit the task's own.
         """
         annotations = annotations or {}
+        if self.unknown_wants:  # refs taken before their task came (see on_desire)
+            for key in map(as_key, kwargs.get("keys") or ()):
+                for client in self.unknown_wants.pop(key, ()):
+                    dx.scheduler_desire(self.scheduler, [key], client)
         if self.handoffs is not None and self.handoffs.parked:
             self.handoffs.arrived(kwargs.get("keys") or ())  # a stream passed before it came
         ours = [

@@ -609,3 +609,24 @@ def test_refs_passed_nested_while_their_generator_runs_always_resolve_in_the_tas
         elif mode == "streaming":
             refs = list(refs)
         assert ray.get(first_bytes.remote(refs), timeout=HANG) == list(range(n))
+
+
+def test_refs_of_tasks_just_submitted_passed_nested_to_an_actor_at_once_resolve_there(ray):
+    """An actor call travels straight to the actor's worker, so the ref of a task made just
+    before it may reach the scheduler (taken by the actor's process) before the task does:
+    the ref waits for it, as on Ray."""
+
+    @ray.remote
+    def value(i):
+        return i
+
+    @ray.remote
+    class Reader:
+        def first(self, refs):
+            return ray.get(refs[0])
+
+    reader = Reader.remote()
+    calls = [reader.first.remote([value.remote(i)]) for i in range(100)]
+    assert ray.get(calls, timeout=HANG) == list(range(100))
+    for i in range(50):  # one at a time too
+        assert ray.get(reader.first.remote([value.remote(i)]), timeout=HANG) == i
