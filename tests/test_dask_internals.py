@@ -872,6 +872,8 @@ def test_direct_calls_take_and_give_back_a_workers_slot_and_know_its_loop(inproc
 
 def test_the_scheduler_runs_a_callback_later_on_its_loop(inproc):
     client, scheduler, _ = inproc
+    import threading
+
     ran = threading.Event()
     _call(client, dx.scheduler_call_later, scheduler, 0.01, ran.set)
     assert ran.wait(realcluster.HANG)
