@@ -23,6 +23,7 @@ from typing import Any
 import dask
 from dask.sizeof import sizeof
 from distributed import Client, Future, Worker
+from distributed.client import FutureState
 from distributed.deploy.subprocess import SubprocessWorker
 from distributed.protocol.serialize import Serialize, Serialized, deserialize
 from distributed.scheduler import Scheduler
@@ -115,16 +116,75 @@ def route_releases(route: Callable[[Client, list[Key]], None]) -> None:
     _release_route = route
 
 
+_DONE = frozenset(("finished", "error", "cancelled"))
+
+
+class _NoWaiter:
+    """The event a :class:`LazyEventState` sets or clears while nobody waits: nothing."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
+
+
+class LazyEventState(FutureState):
+    """A ``FutureState`` (shared by a client's futures of one key) whose ``asyncio.Event``
+    exists only once something waits on it.
+
+    Dask's makes its event at the first change of status (``finish``, ``cancel``): ~860 bytes,
+    760 of them the event's deque of waiters, which glibc allocates on the client's loop
+    thread. A yield's future is finished the moment its announcement arrives and is rarely
+    awaited (its value came inline), so a driver made and dropped ~86 MB of events per
+    100,000-yield round, as many at once as refs were waiting to be taken or released, and its
+    RSS kept creeping after each such peak (docs/performance.md, "Long-running drivers").
+    Here the status alone says whether the future is done (Dask keeps the two in step); the
+    event is made, set or not to match, when ``wait`` first needs one.
+    """
+
+    __slots__ = ()
+
+    def _get_event(self) -> Any:
+        # Dask's setters call ``self._get_event().set()``/``.clear()`` after the status change.
+        event = self._event
+        return _NO_WAITER if event is None else event
+
+    def done(self) -> bool:
+        return self.status in _DONE
+
+    async def wait(self, timeout: float | None = None) -> None:
+        if self._event is None:
+            event = self._event = asyncio.Event()
+            if self.status in _DONE:
+                event.set()
+        await super().wait(timeout)
+
+
+def _lazy_event(future: Future) -> Future:
+    state = future._state
+    if type(state) is FutureState:
+        state.__class__ = LazyEventState  # the same slots: only the methods change
+    return future
+
+
 def light_future(key: Key, client: Client) -> Future:
-    """A new future of ``key`` held by ``client`` (see :class:`LightFuture`)."""
-    return LightFuture(key, client)
+    """A new future of ``key`` held by ``client`` (see :class:`LightFuture`), whose state makes
+    no event until something waits (see :class:`LazyEventState`)."""
+    return _lazy_event(LightFuture(key, client))
 
 
 def lighten(future: Future) -> Future:
-    """Make a future that Dask created (``Client.submit``) release like a :class:`LightFuture`."""
+    """Make a future that Dask created (``Client.submit``) release like a :class:`LightFuture`
+    and wait like one (:class:`LazyEventState`)."""
     if type(future) is Future:
         future.__class__ = LightFuture
-    return future
+    return _lazy_event(future)
 
 
 def client_add_stream_handler(client: Client, op: str, handler: Callable[..., Any]) -> None:

@@ -174,6 +174,49 @@ def test_light_futures_release_their_keys(inproc):
     assert key not in client.futures
 
 
+def test_a_light_futures_state_makes_its_event_only_when_something_waits(inproc):
+    from distributed.client import FutureState
+
+    client, _, _ = inproc
+    _has(FutureState, "_get_event", "done", "wait", "finish", "cancel", "lose", "set_error")
+    assert "_event" in FutureState.__slots__
+    for setter in (FutureState.finish, FutureState.cancel, FutureState.lose):
+        # LazyEventState relies on Dask's setters changing the status, then the event by
+        # ``_get_event()``: a setter that touched ``_event`` directly would bypass it.
+        assert "self._get_event()" in inspect.getsource(setter), setter.__name__
+
+    key = "lazy-event-" + "b" * 32  # never in the cluster: only this client's future
+    future = dx.light_future(key, client)
+    state = future._state
+    assert type(state) is dx.LazyEventState
+    assert not future.done()
+
+    async def finish() -> None:
+        dx.key_finish(client, key)
+
+    client.sync(finish)
+    assert future.status == "finished" and future.done()
+    assert state._event is None  # finished without an event: nobody waited
+
+    client.sync(dx.future_wait, future)  # the first wait makes it, already set
+    assert state._event is not None and state._event.is_set()
+
+    async def lose() -> None:
+        dx.key_lose(client, key)
+
+    client.sync(lose)
+    assert not future.done() and not state._event.is_set()
+
+    async def fail() -> None:
+        dx.key_set_error(client, key, ValueError("gone"))
+
+    client.sync(fail)
+    client.sync(dx.future_wait, future)
+    assert future.status == "error" and future.done()
+    del future, state
+    realcluster.wait_until(lambda: key not in client.futures, "the light future released")
+
+
 def test_a_client_on_the_scheduler_loop_is_found_for_direct_delivery(inproc):
     client, scheduler, _ = inproc
     assert client.scheduler.address.startswith("inproc://")
