@@ -1115,16 +1115,25 @@ def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[K
 # are their length, as Dask writes "large-message" for a payload of 1 MB or more: the log still
 # shows what was sent. The message itself is never changed: an in-process comm hands the very
 # same objects to the receiver, which may not have read them yet.
-_BULKY = ("items", "keys", "blob", "packed")
+_BULKY = ("items", "keys", "blob", "packed", "indexed")  # indexed: {name: [index, ...]}
 _SHRINK_SWEEP_S = 0.5
+
+
+def _bulk(value: Any) -> int:
+    """How many items (or bytes) a bulky field carries; 0 if it is not one."""
+    if isinstance(value, (list, tuple, bytes)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(v) for v in value.values() if isinstance(v, (list, tuple)))
+    return 0
 
 
 def _shrunk(msg: dict[str, Any]) -> dict[str, Any]:
     out = dict(msg)
     for field in _BULKY:
-        value = out.get(field)
-        if isinstance(value, (list, tuple, bytes)) and len(value) > 16:
-            out[field] = f"<{len(value)} {field}: sent>"
+        n = _bulk(out.get(field))
+        if n > 16:
+            out[field] = f"<{n} {field}: sent>"
     return out
 
 
@@ -1173,7 +1182,7 @@ def shrink_once_logged(stream: Any, msg: dict[str, Any]) -> None:
     stream has written it."""
     if stream is None or not hasattr(stream, "recent_message_log"):
         return
-    if not any(isinstance(msg.get(f), (list, tuple, bytes)) for f in _BULKY):
+    if not any(_bulk(msg.get(f)) > 16 for f in _BULKY):
         return
     try:
         here = asyncio.get_running_loop() is getattr(stream.loop, "asyncio_loop", None)

@@ -661,7 +661,12 @@ def test_a_logged_message_is_shrunk_in_the_log_and_never_changed(inproc):
             comm = await connect(listener.contact_address)
             stream = dx.batched_send(comm, 0.001)
             _has(stream, "recent_message_log", "batch_count", "loop", "comm")
-            msg = {"op": "daskgen-test", "keys": list(range(100)), "blob": b"x" * 10}
+            msg = {
+                "op": "daskgen-test",
+                "keys": list(range(100)),
+                "blob": b"x" * 10,
+                "indexed": {"a": list(range(30)), "b": [1, 2]},
+            }
             stream.send(msg)
             while stream.batch_count == 0:
                 await asyncio.sleep(0.01)
@@ -680,6 +685,7 @@ def test_a_logged_message_is_shrunk_in_the_log_and_never_changed(inproc):
 
     msg, logged = client.sync(send_and_shrink)
     assert logged["keys"] == "<100 keys: sent>" and logged["blob"] == b"x" * 10
+    assert logged["indexed"] == "<32 indexed: sent>"
     assert msg["keys"] == list(range(100))  # the message itself, which inproc hands over
     assert received[0]["keys"] == list(range(100))
 
