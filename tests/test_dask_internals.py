@@ -217,6 +217,42 @@ def test_a_light_futures_state_makes_its_event_only_when_something_waits(inproc)
     realcluster.wait_until(lambda: key not in client.futures, "the light future released")
 
 
+def test_the_client_lets_its_loop_run_between_two_messages_of_one_batch(inproc):
+    # Dask's report loop awaits what a stream handler returns (``yield_after`` relies on it);
+    # without that, a callback queued while one message is handled waits for the whole batch.
+    import asyncio
+
+    client, scheduler, _ = inproc
+    _has(client, "_handle_report")
+    seen: list = []
+    all_handled = asyncio.Event()
+
+    def handler(i: int, **_) -> None:
+        seen.append(f"message {i}")
+        if i == 0:
+            dx.on_client_loop(client, seen.append, "callback queued by message 0")
+        if i == 2:
+            all_handled.set()
+
+    async def send_one_batch(yield_after: bool) -> list:
+        dx.client_add_stream_handler(client, "daskgen-test-turn", handler, yield_after)
+        seen.clear()
+        all_handled.clear()
+        for i in range(3):  # queued in the same tick: one payload on the stream
+            scheduler.client_send(client.id, {"op": "daskgen-test-turn", "i": i})
+        await all_handled.wait()
+        await asyncio.sleep(0)  # let a callback still queued run before reading `seen`
+        return list(seen)
+
+    try:
+        turns = client.sync(send_one_batch, True)
+        assert turns.index("callback queued by message 0") < turns.index("message 1"), turns
+        batch = client.sync(send_one_batch, False)
+        assert batch[:3] == ["message 0", "message 1", "message 2"], batch  # why it is needed
+    finally:
+        client._stream_handlers.pop("daskgen-test-turn", None)
+
+
 def test_a_client_on_the_scheduler_loop_is_found_for_direct_delivery(inproc):
     client, scheduler, _ = inproc
     assert client.scheduler.address.startswith("inproc://")
