@@ -24,6 +24,7 @@ from typing import Any
 import dask
 from dask.sizeof import sizeof
 from distributed import Client, Future, Worker
+from distributed.client import FutureState
 from distributed.deploy.subprocess import SubprocessWorker
 from distributed.protocol.serialize import Serialize, Serialized, deserialize
 from distributed.scheduler import Scheduler
@@ -116,21 +117,115 @@ def route_releases(route: Callable[[Client, list[Key]], None]) -> None:
     _release_route = route
 
 
-def light_future(key: Key, client: Client) -> Future:
-    """A new future of ``key`` held by ``client`` (see :class:`LightFuture`)."""
-    return LightFuture(key, client)
+_DONE = frozenset(("finished", "error", "cancelled"))
 
 
-def lighten(future: Future) -> Future:
-    """Make a future that Dask created (``Client.submit``) release like a :class:`LightFuture`."""
-    if type(future) is Future:
-        future.__class__ = LightFuture
+class _NoWaiter:
+    """The event a :class:`LazyEventState` sets or clears while nobody waits: nothing."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
+
+
+class LazyEventState(FutureState):
+    """A ``FutureState`` (shared by a client's futures of one key) whose ``asyncio.Event``
+    exists only once something waits on it.
+
+    Dask's makes its event at the first change of status (``finish``, ``cancel``): ~860 bytes,
+    760 of them the event's deque of waiters, which glibc allocates on the client's loop
+    thread. A yield's future is finished the moment its announcement arrives and is rarely
+    awaited (its value came inline), so a driver made and dropped ~86 MB of events per
+    100,000-yield round, as many at once as refs were waiting to be taken or released, and its
+    RSS kept creeping after each such peak (docs/performance.md, "Long-running drivers").
+    Here the status alone says whether the future is done (Dask keeps the two in step); the
+    event is made, set or not to match, when ``wait`` first needs one.
+    """
+
+    __slots__ = ()
+
+    def _get_event(self) -> Any:
+        # Dask's setters call ``self._get_event().set()``/``.clear()`` after the status change.
+        event = self._event
+        return _NO_WAITER if event is None else event
+
+    def done(self) -> bool:
+        return self.status in _DONE
+
+    async def wait(self, timeout: float | None = None) -> None:
+        if self._event is None:
+            event: asyncio.Event = asyncio.Event()
+            self._event = event  # type: ignore[assignment]
+            if self.status in _DONE:
+                event.set()
+        await super().wait(timeout)
+
+
+def _lazy_event(future: Future) -> Future:
+    state = future._state
+    if type(state) is FutureState:
+        state.__class__ = LazyEventState  # the same slots: only the methods change
     return future
 
 
-def client_add_stream_handler(client: Client, op: str, handler: Callable[..., Any]) -> None:
-    """Handle messages with ``op`` that the scheduler sends on the client's batched stream."""
+def light_future(key: Key, client: Client) -> Future:
+    """A new future of ``key`` held by ``client`` (see :class:`LightFuture`), whose state makes
+    no event until something waits (see :class:`LazyEventState`)."""
+    return _lazy_event(LightFuture(key, client))
+
+
+def lighten(future: Future) -> Future:
+    """Make a future that Dask created (``Client.submit``) release like a :class:`LightFuture`
+    and wait like one (:class:`LazyEventState`)."""
+    if type(future) is Future:
+        future.__class__ = LightFuture
+    return _lazy_event(future)
+
+
+def client_add_stream_handler(
+    client: Client, op: str, handler: Callable[..., Any], yield_after: bool = False
+) -> None:
+    """Handle messages with ``op`` that the scheduler sends on the client's batched stream.
+
+    ``yield_after``: after each such message, let the client's event loop run what is ready.
+    Dask's report loop (``Client._handle_report``) handles message after message without
+    returning to the event loop for as long as its socket has data (tornado completes such a
+    read at once): a driver taking in yields faster than it could handle them starved its loop
+    for 0.4-0.8 s at a time, holding back the releases of refs it had dropped meanwhile (up to
+    63,000 keys in one message) while the scheduler and the producing worker kept every one of
+    those keys. Dask awaits what a handler returns, so the handler returns one loop turn.
+    """
+    if yield_after:
+        handler = _then_a_loop_turn(handler)
     client._stream_handlers[op] = handler
+
+
+class _LoopTurn:
+    """Awaited, lets the event loop run everything ready once, as ``asyncio.sleep(0)`` does;
+    unlike a coroutine, it may also be dropped unawaited (a direct delivery, below)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        yield  # a bare yield: the awaiting task resumes on the loop's next turn
+
+
+_LOOP_TURN = _LoopTurn()
+
+
+def _then_a_loop_turn(handler: Callable[..., Any]) -> Callable[..., Any]:
+    def handle(**msg: Any) -> _LoopTurn:
+        handler(**msg)
+        return _LOOP_TURN
+
+    return handle
 
 
 def client_stream_handler(client: Client, op: str) -> Callable[..., Any]:
@@ -1245,16 +1340,25 @@ def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[K
 # are their length, as Dask writes "large-message" for a payload of 1 MB or more: the log still
 # shows what was sent. The message itself is never changed: an in-process comm hands the very
 # same objects to the receiver, which may not have read them yet.
-_BULKY = ("items", "keys", "blob", "packed")
+_BULKY = ("items", "keys", "blob", "packed", "indexed")  # indexed: {name: [index, ...]}
 _SHRINK_SWEEP_S = 0.5
+
+
+def _bulk(value: Any) -> int:
+    """How many items (or bytes) a bulky field carries; 0 if it is not one."""
+    if isinstance(value, (list, tuple, bytes)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(v) for v in value.values() if isinstance(v, (list, tuple)))
+    return 0
 
 
 def _shrunk(msg: dict[str, Any]) -> dict[str, Any]:
     out = dict(msg)
     for field in _BULKY:
-        value = out.get(field)
-        if isinstance(value, (list, tuple, bytes)) and len(value) > 16:
-            out[field] = f"<{len(value)} {field}: sent>"
+        n = _bulk(out.get(field))
+        if n > 16:
+            out[field] = f"<{n} {field}: sent>"
     return out
 
 
@@ -1303,7 +1407,7 @@ def shrink_once_logged(stream: Any, msg: dict[str, Any]) -> None:
     stream has written it."""
     if stream is None or not hasattr(stream, "recent_message_log"):
         return
-    if not any(isinstance(msg.get(f), (list, tuple, bytes)) for f in _BULKY):
+    if not any(_bulk(msg.get(f)) > 16 for f in _BULKY):
         return
     try:
         here = asyncio.get_running_loop() is getattr(stream.loop, "asyncio_loop", None)

@@ -174,6 +174,85 @@ def test_light_futures_release_their_keys(inproc):
     assert key not in client.futures
 
 
+def test_a_light_futures_state_makes_its_event_only_when_something_waits(inproc):
+    from distributed.client import FutureState
+
+    client, _, _ = inproc
+    _has(FutureState, "_get_event", "done", "wait", "finish", "cancel", "lose", "set_error")
+    assert "_event" in FutureState.__slots__
+    for setter in (FutureState.finish, FutureState.cancel, FutureState.lose):
+        # LazyEventState relies on Dask's setters changing the status, then the event by
+        # ``_get_event()``: a setter that touched ``_event`` directly would bypass it.
+        assert "self._get_event()" in inspect.getsource(setter), setter.__name__
+
+    key = "lazy-event-" + "b" * 32  # never in the cluster: only this client's future
+    future = dx.light_future(key, client)
+    state = future._state
+    assert type(state) is dx.LazyEventState
+    assert not future.done()
+
+    async def finish() -> None:
+        dx.key_finish(client, key)
+
+    client.sync(finish)
+    assert future.status == "finished" and future.done()
+    assert state._event is None  # finished without an event: nobody waited
+
+    client.sync(dx.future_wait, future)  # the first wait makes it, already set
+    assert state._event is not None and state._event.is_set()
+
+    async def lose() -> None:
+        dx.key_lose(client, key)
+
+    client.sync(lose)
+    assert not future.done() and not state._event.is_set()
+
+    async def fail() -> None:
+        dx.key_set_error(client, key, ValueError("gone"))
+
+    client.sync(fail)
+    client.sync(dx.future_wait, future)
+    assert future.status == "error" and future.done()
+    del future, state
+    realcluster.wait_until(lambda: key not in client.futures, "the light future released")
+
+
+def test_the_client_lets_its_loop_run_between_two_messages_of_one_batch(inproc):
+    # Dask's report loop awaits what a stream handler returns (``yield_after`` relies on it);
+    # without that, a callback queued while one message is handled waits for the whole batch.
+    import asyncio
+
+    client, scheduler, _ = inproc
+    _has(client, "_handle_report")
+    seen: list = []
+    all_handled = asyncio.Event()
+
+    def handler(i: int, **_) -> None:
+        seen.append(f"message {i}")
+        if i == 0:
+            dx.on_client_loop(client, seen.append, "callback queued by message 0")
+        if i == 2:
+            all_handled.set()
+
+    async def send_one_batch(yield_after: bool) -> list:
+        dx.client_add_stream_handler(client, "daskgen-test-turn", handler, yield_after)
+        seen.clear()
+        all_handled.clear()
+        for i in range(3):  # queued in the same tick: one payload on the stream
+            scheduler.client_send(client.id, {"op": "daskgen-test-turn", "i": i})
+        await all_handled.wait()
+        await asyncio.sleep(0)  # let a callback still queued run before reading `seen`
+        return list(seen)
+
+    try:
+        turns = client.sync(send_one_batch, True)
+        assert turns.index("callback queued by message 0") < turns.index("message 1"), turns
+        batch = client.sync(send_one_batch, False)
+        assert batch[:3] == ["message 0", "message 1", "message 2"], batch  # why it is needed
+    finally:
+        client._stream_handlers.pop("daskgen-test-turn", None)
+
+
 def test_a_client_on_the_scheduler_loop_is_found_for_direct_delivery(inproc):
     client, scheduler, _ = inproc
     assert client.scheduler.address.startswith("inproc://")
@@ -618,7 +697,12 @@ def test_a_logged_message_is_shrunk_in_the_log_and_never_changed(inproc):
             comm = await connect(listener.contact_address)
             stream = dx.batched_send(comm, 0.001)
             _has(stream, "recent_message_log", "batch_count", "loop", "comm")
-            msg = {"op": "daskgen-test", "keys": list(range(100)), "blob": b"x" * 10}
+            msg = {
+                "op": "daskgen-test",
+                "keys": list(range(100)),
+                "blob": b"x" * 10,
+                "indexed": {"a": list(range(30)), "b": [1, 2]},
+            }
             stream.send(msg)
             while stream.batch_count == 0:
                 await asyncio.sleep(0.01)
@@ -637,6 +721,7 @@ def test_a_logged_message_is_shrunk_in_the_log_and_never_changed(inproc):
 
     msg, logged = client.sync(send_and_shrink)
     assert logged["keys"] == "<100 keys: sent>" and logged["blob"] == b"x" * 10
+    assert logged["indexed"] == "<32 indexed: sent>"
     assert msg["keys"] == list(range(100))  # the message itself, which inproc hands over
     assert received[0]["keys"] == list(range(100))
 

@@ -174,7 +174,7 @@ def setup_client(client: Client) -> None:
     """Give ``client`` daskgen's handlers: the scheduler plugin and the yield stream handler."""
     if client in _ready_clients:
         return
-    dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client))
+    dx.client_add_stream_handler(client, YIELD_OP, on_yield_message(client), yield_after=True)
     dx.client_add_stream_handler(client, RESULT_OP, on_result_message)
     dx.client_add_stream_handler(client, LOST_OP, on_lost_message(client))
     dx.client_add_stream_handler(client, ACTOR_DIED_OP, on_actor_died)

@@ -169,6 +169,46 @@ def _not_restored(key: Key) -> bool:
 restore_lost: Callable[[Key], bool] = _not_restored
 
 
+class PublishedIndices:
+    """The indices of a generator's published yields: every index below ``count``, and the few
+    that arrived ahead of a gap (none while yields arrive in order, as the protocol sends them).
+
+    A few words however many values the generator yields: a dict with an entry per yield ever
+    published (what this replaced) reached 5 MB and 100,000 index objects per 100,000-yield
+    call, all alive until the call's state went; freeing that block raised glibc's dynamic mmap
+    threshold, after which the client's loop thread kept ~10 MB of freed heap that
+    ``malloc_trim`` does not return (docs/performance.md, "Long-running drivers").
+    """
+
+    __slots__ = ("count", "ahead")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ahead: set[int] = set()
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.count or index in self.ahead
+
+    def __len__(self) -> int:
+        return self.count + len(self.ahead)
+
+    def high(self) -> int:
+        """The highest index published (-1: none)."""
+        return max(self.ahead, default=self.count - 1)
+
+    def add(self, index: int) -> None:
+        if index < self.count:
+            return
+        if index > self.count:
+            self.ahead.add(index)
+            return
+        count, ahead = index + 1, self.ahead
+        while count in ahead:
+            ahead.discard(count)
+            count += 1
+        self.count = count
+
+
 class GenState:
     """What the caller knows about one generator task: published yields, and whether it ended."""
 
@@ -185,7 +225,10 @@ class GenState:
         self.task_key = task_key
         self.mode = mode
         self.backpressure = backpressure
-        self.published: dict[int, Future | None] = {}  # index -> future held for the caller
+        self.published = PublishedIndices()
+        # Futures of published yields held for the caller until it takes their refs
+        # (streaming and dynamic): as many as are waiting to be taken, not one per yield.
+        self._held: dict[int, Future] = {}
         # Inline values by index: held here until handed to a ref, then only weakly.
         self.cells: weakref.WeakValueDictionary[int, InlineValue] = weakref.WeakValueDictionary()
         self._held_cells: dict[int, InlineValue] = {}
@@ -231,9 +274,7 @@ class GenState:
             self.abandoned = True
             if self.mode != "static":
                 # The futures held for refs never handed out: dropped, so Dask frees the keys.
-                for index, future in self.published.items():
-                    if future is not None:
-                        self.published[index] = None
+                self._held.clear()
                 self._held_cells.clear()
         if self.backpressure and not self.done:
             # A paused producer would wait forever for a consumer that is gone.
@@ -253,7 +294,8 @@ class GenState:
             if cell is None:
                 cell = self.cells[index] = InlineValue()
             cell.blob = inline
-            self.published[index] = dx.light_future(key, self.client)
+            self.published.add(index)
+            self._held[index] = dx.light_future(key, self.client)
             self._held_cells[index] = cell
             self.early.add(index)
             promotion.own(key, self, publishing=True)
@@ -301,19 +343,18 @@ class GenState:
                         cell.blob = inline
                 dx.key_finish(self.client, key)
                 return
+            self.published.add(index)
             if self.abandoned and self.mode != "static":
-                self.published[index] = None
                 dx.client_release(self.client, [key])  # nobody here will take it
                 return
             if cell is None:
                 cell = self.cells[index] = InlineValue()
             cell.blob = inline
             if self.mode == "static":
-                self.published[index] = None
                 if dx.client_refcount(self.client, key) == 0:
                     dx.client_release(self.client, [key])
             else:
-                self.published[index] = dx.light_future(key, self.client)
+                self._held[index] = dx.light_future(key, self.client)
                 self._held_cells[index] = cell
             dx.key_finish(self.client, key)
             callbacks = self._on_publish.pop(index, [])
@@ -468,8 +509,7 @@ class GenState:
     def take(self, index: int) -> ObjectRef:
         """Hand the caller the ref of yield ``index`` (the state stops holding it)."""
         with self.cond:
-            fut = self.published.get(index)
-            self.published[index] = None
+            fut = self._held.pop(index, None)
             cell = self._held_cells.pop(index, None)
         assert fut is not None
         if self.backpressure:
@@ -478,7 +518,7 @@ class GenState:
 
     def ref(self, index: int, key: Key) -> ObjectRef:
         """Another ref to yield ``index``, sharing its future and inline value (dynamic)."""
-        fut = self.published.get(index)
+        fut = self._held.get(index)
         if fut is None:
             return bind_ref(key, self.client, inline=self.cells.get(index))
         return ObjectRef(fut, inline=self.cells.get(index))

@@ -147,7 +147,7 @@ def _reduce(gen: ObjectRefGenerator) -> Any:
     gen._passed = True
     _pending[token] = handoff
     with st.cond:  # the client's loop adds yields
-        seen = max(st.published, default=-1) + 1
+        seen = st.published.high() + 1
     args = (
         st.task_key,
         token,

@@ -20,7 +20,7 @@ from distributed import Client
 
 from .. import _dask_internals as dx
 from .. import _runtime
-from .._protocol import RELEASE_OP, Key
+from .._protocol import RELEASE_OP, Key, pack_keys
 from ..exceptions import RayActorError
 
 _owners: dict[Key, Any] = {}  # unpromoted direct-call keys this process holds -> their owner
@@ -52,7 +52,8 @@ def _route_releases(client: Client, keys: list[Key]) -> None:
     scheduler plugin, which frees them in bulk (``dx.scheduler_release``)."""
     rest = keys if not _owners else _to_owners(keys)
     if rest:
-        _runtime.send(client, {"op": RELEASE_OP, "keys": rest})
+        others, indexed = pack_keys(rest)
+        _runtime.send(client, {"op": RELEASE_OP, "keys": others, "indexed": indexed})
 
 
 def _to_owners(keys: list[Key]) -> list[Key]:

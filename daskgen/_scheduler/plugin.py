@@ -18,8 +18,9 @@ Batched-stream messages from clients:
 
 * ``daskgen-consumed`` {task, index}: a consumer's progress, forwarded to the producing worker
   (backpressure).
-* ``daskgen-release`` {keys}: Dask's ``client-releases-keys``, with the messages to each
-  worker merged into one (``dx.scheduler_release``).
+* ``daskgen-release`` {keys, indexed}: Dask's ``client-releases-keys``, with the messages to
+  each worker merged into one (``dx.scheduler_release``); ``(name, index)`` keys come packed
+  as ``{name: [index, ...]}`` (``_protocol.pack_keys``).
 * ``daskgen-desire`` {keys}: Dask's ``client-desires-keys`` for refs a client took from task
   data, which also remembers yields not published yet; a key that will never exist is answered
   with ``daskgen-lost`` {keys, kind, why}.
@@ -81,6 +82,7 @@ from .._protocol import (
     YIELD_OP,
     as_key,
     task_of_yield,
+    unpack_keys,
 )
 from ..exceptions import NO_WORKER_REASON
 from .handoff import StreamHandoffs
@@ -317,10 +319,13 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         for client in self.unknown_wants.pop(key, ()):
             self._tell_lost(client, [key], "lost", "it was freed before this process took it")
 
-    def on_release(self, client: str, keys: list, **_: Any) -> None:
-        """A client dropped its refs to ``keys``: Dask's release, one message per worker."""
+    def on_release(
+        self, client: str, keys: list, indexed: dict[str, list[int]] | None = None, **_: Any
+    ) -> None:
+        """A client dropped its refs to ``keys`` (and the ``indexed`` ones, see
+        ``_protocol.pack_keys``): Dask's release, one message per worker."""
         try:
-            dx.scheduler_release(self.scheduler, [as_key(k) for k in keys], client)
+            dx.scheduler_release(self.scheduler, unpack_keys(keys, indexed), client)
         except Exception:
             logger.exception("daskgen: failed to release keys of %s", client)
 
