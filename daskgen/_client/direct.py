@@ -50,6 +50,7 @@ from .runtime_env import call_job
 
 BUSY_BACKOFF_S = 0.05  # s: after a worker answered busy, calls go through the scheduler
 TASK_DELAY_S = 0.005  # s: a direct call's Dask task may wait that long for others to join it
+ENABLED = True  # off: every call goes through the scheduler alone (benchmarks compare both)
 
 _leases: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
 _backoff: weakref.WeakKeyDictionary[Client, float] = weakref.WeakKeyDictionary()
@@ -64,9 +65,6 @@ def _refused(client: Client) -> None:
 
 def _ignore(error: BaseException | None) -> None:
     """A direct call whose connection closed: its Dask task delivers its value instead."""
-
-
-ENABLED = True  # off: every call goes through the scheduler alone (benchmarks compare both)
 
 
 def eligible(spec: TaskSpec, resources: dict[str, float] | None, options: dict[str, Any]) -> bool:
@@ -90,9 +88,10 @@ def submit(
     runtime_env: Any,
     submit_task: Any,
 ) -> tuple[ObjectRef | None, Any]:
-    """Send the call straight to this client's leased worker and return its ref; None if it
-    must go through the scheduler alone (see the module's docstring). ``submit_task(client,
-    key, packed, job, worker)`` submits its Dask task, restricted to ``worker``."""
+    """Send the call straight to this client's leased worker: (its ref, None); or (None, the
+    arguments' packing if it was made) if it must go through the scheduler alone (see the
+    module's docstring). ``submit_task(client, key, packed, job, worker)`` submits its Dask
+    task, restricted to ``worker``."""
     client = _runtime.client()
     if client.asynchronous or time.monotonic() < _backoff.get(client, 0.0):
         return None, None

@@ -27,6 +27,7 @@ to this worker.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -90,8 +91,9 @@ def is_direct(key: Key) -> bool:
 
 
 def start(stream: Any, msg: dict[str, Any]) -> None:
-    """On the worker's loop: run the call in ``msg`` ({key, spec, packed, owner, resources})
-    now if a slot is free, else answer ``busy`` (its Dask task runs it here later)."""
+    """On the worker's loop: run the call in ``msg`` ({key, spec, packed, owner, job,
+    resources}) now if a slot is free; else answer ``busy``, or ``late`` if its Dask task came
+    first (that task runs it here, as any task)."""
     key = as_key(msg["key"])
     worker = stream.worker
     if key in worker.state.tasks:  # its Dask task came first (a connection still opening)
@@ -126,8 +128,6 @@ def _drop(worker: Any, keys: list[Key]) -> None:
 def _pool(worker: Any) -> Any:
     """The threads direct calls run in (made on first use): one per slot at most, plus those
     of force-cancelled calls still stuck in C code (their slots are free again)."""
-    import concurrent.futures
-
     with _pools_lock:
         pool = _pools.get(worker)
         if pool is None:
