@@ -73,3 +73,55 @@ def dg(monkeypatch):
     daskgen.shutdown()
     yield daskgen
     daskgen.shutdown()
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    """A real ``dask scheduler`` and two ``dask worker --nanny`` processes on 127.0.0.1 for a
+    module's tests (``tests/realcluster.py``); daskgen is shut down after them, and the
+    session's embedded cluster comes back with the next test that needs it."""
+    import realcluster
+
+    import daskgen
+
+    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
+        yield cluster
+        daskgen.shutdown()
+
+
+@pytest.fixture
+def on_real_cluster(real_cluster, monkeypatch):
+    """daskgen connected to the module's ``real_cluster``, both workers in it."""
+    import daskgen
+
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != real_cluster.address:
+        daskgen.shutdown()
+    daskgen.init(address=real_cluster.address, ignore_reinit_error=True)
+    real_cluster.wait_for_workers(2)  # a test may have killed one: its nanny restarts it
+    return daskgen
+
+
+@pytest.fixture(params=["embedded", "real"])
+def api(request, monkeypatch):
+    """daskgen on the session's embedded cluster, then on a real one of two 1-thread workers
+    (its own, for the test): for what travels differently between them."""
+    import realcluster
+
+    import daskgen
+
+    if request.param == "embedded":
+        if daskgen.is_initialized() and daskgen.get_client().cluster is None:
+            daskgen.shutdown()  # connected to a real cluster by another test
+        daskgen.init(num_cpus=2, ignore_reinit_error=True)
+        yield daskgen
+        return
+    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
+    daskgen.shutdown()
+    tmp = request.getfixturevalue("tmp_path_factory").mktemp("cluster")
+    with realcluster.start_cluster(tmp, nanny=True) as cluster:
+        daskgen.init(address=cluster.address)
+        try:
+            yield daskgen
+        finally:
+            daskgen.shutdown()

@@ -10,14 +10,11 @@ The tests are the parity modules' own, collected here with this module's ``ray``
 from __future__ import annotations
 
 import pytest
-import realcluster
 from parity.test_actor_options import *  # noqa: F403
 from parity.test_actors import *  # noqa: F403
 from parity.test_api_names import *  # noqa: F403
 from parity.test_call_semantics import *  # noqa: F403
 from parity.test_introspection import *  # noqa: F403
-
-import daskgen
 
 pytestmark = [
     pytest.mark.daskgen_only,
@@ -25,24 +22,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def _real_cluster(tmp_path_factory):
-    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def ray(_real_cluster, monkeypatch):
-    """daskgen connected to the real cluster (the session's embedded one comes back after)."""
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != _real_cluster.address:
-        daskgen.shutdown()
-    daskgen.init(address=_real_cluster.address, ignore_reinit_error=True)
-    _real_cluster.wait_for_workers(2)  # a test may have killed one: its nanny restarts it
-    yield daskgen
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _back_to_the_embedded_cluster():
-    yield
-    daskgen.shutdown()
+def ray(on_real_cluster):
+    """daskgen connected to the module's real cluster (``conftest.real_cluster``)."""
+    return on_real_cluster

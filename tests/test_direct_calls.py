@@ -37,27 +37,6 @@ def _where(api):
     return where
 
 
-@pytest.fixture(params=["embedded", "real"])
-def api(request, tmp_path_factory, monkeypatch):
-    """daskgen on the session's embedded cluster, or on a real one of two 1-thread workers."""
-    import daskgen
-
-    if request.param == "embedded":
-        if daskgen.is_initialized() and daskgen.get_client().cluster is None:
-            daskgen.shutdown()  # connected to a real cluster by another test
-        daskgen.init(num_cpus=2, ignore_reinit_error=True)
-        yield daskgen
-        return
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    daskgen.shutdown()
-    with start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        daskgen.init(address=cluster.address)
-        try:
-            yield daskgen
-        finally:
-            daskgen.shutdown()
-
-
 def _scheduler_knows(api, key) -> bool:
     return api.get_client().run_on_scheduler(
         lambda dask_scheduler, key=key: key in dask_scheduler.tasks

@@ -10,29 +10,9 @@ from __future__ import annotations
 import gc
 
 import pytest
-from realcluster import HANG, start_cluster, wait_until
+from realcluster import HANG, wait_until
 
 pytestmark = pytest.mark.daskgen_only
-
-
-@pytest.fixture(params=["embedded", "real"])
-def api(request, tmp_path_factory, monkeypatch):
-    import daskgen
-
-    if request.param == "embedded":
-        if daskgen.is_initialized() and daskgen.get_client().cluster is None:
-            daskgen.shutdown()
-        daskgen.init(num_cpus=2, ignore_reinit_error=True)
-        yield daskgen
-        return
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    daskgen.shutdown()
-    with start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        daskgen.init(address=cluster.address)
-        try:
-            yield daskgen
-        finally:
-            daskgen.shutdown()
 
 
 def _paced(api):

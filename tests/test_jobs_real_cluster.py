@@ -22,38 +22,21 @@ import daskgen
 pytestmark = pytest.mark.daskgen_only
 
 
-@pytest.fixture(scope="module")
-def _real_cluster(tmp_path_factory):
-    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        yield cluster
+@pytest.fixture
+def ray(on_real_cluster):
+    """daskgen connected to the module's real cluster (``conftest.real_cluster``)."""
+    return on_real_cluster
 
 
 @pytest.fixture
-def ray(_real_cluster, monkeypatch):
-    """daskgen connected to the real cluster (the session's embedded one comes back after)."""
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != _real_cluster.address:
-        daskgen.shutdown()
-    daskgen.init(address=_real_cluster.address, ignore_reinit_error=True)
-    _real_cluster.wait_for_workers(2)
-    yield daskgen
-
-
-@pytest.fixture
-def reinit(ray, _real_cluster):
+def reinit(ray, real_cluster):
     """``reinit(**init_keywords)``: daskgen connected again to the real cluster with them."""
 
     def start(**keywords):
         daskgen.shutdown()
-        daskgen.init(address=_real_cluster.address, **keywords)
+        daskgen.init(address=real_cluster.address, **keywords)
 
     yield start
-    daskgen.shutdown()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _back_to_the_embedded_cluster():
-    yield
     daskgen.shutdown()
 
 

@@ -15,35 +15,16 @@ from parity.test_streaming_handoff import *  # noqa: F403
 from parity.test_streaming_handoff import _lines, _on, _producer, _workers, _yield_keys
 from realcluster import HANG, wait_until
 
-import daskgen
-
 pytestmark = [pytest.mark.daskgen_only]
 
 _mark, _wait_for = realcluster.file_signals()
 _attempt = realcluster.attempt_counter()
 
 
-@pytest.fixture(scope="module")
-def _real_cluster(tmp_path_factory):
-    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def ray(_real_cluster, monkeypatch):
-    """daskgen connected to the real cluster (the session's embedded one comes back after)."""
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != _real_cluster.address:
-        daskgen.shutdown()
-    daskgen.init(address=_real_cluster.address, ignore_reinit_error=True)
-    _real_cluster.wait_for_workers(2)  # a test may have killed one: its nanny restarts it
-    yield daskgen
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _back_to_the_embedded_cluster():
-    yield
-    daskgen.shutdown()
+def ray(on_real_cluster):
+    """daskgen connected to the module's real cluster (``conftest.real_cluster``)."""
+    return on_real_cluster
 
 
 @pytest.mark.parametrize("max_retries", [1, 0])
