@@ -161,10 +161,10 @@ class LazyEventState(FutureState):
 
     async def wait(self, timeout: float | None = None) -> None:
         if self._event is None:
-            event: asyncio.Event = asyncio.Event()
-            self._event = event  # type: ignore[assignment]
+            event = asyncio.Event()
             if self.status in _DONE:
                 event.set()
+            self._event = event  # type: ignore[assignment]  # Dask annotates it as None
         await super().wait(timeout)
 
 
