@@ -1228,8 +1228,9 @@ def scheduler_restrict(
 ) -> list[Key]:
     """Let the tasks ``keys`` run only on ``workers`` from now on, as ``Client.submit(workers=
     ...)`` restricts a task; a task already restricted keeps its allowed workers among
-    ``workers``. Returns the tasks none of whose allowed workers is in ``workers`` (left
-    unchanged: they cannot run). A task waiting in the scheduler's queue (which holds only
+    ``workers`` (a loose restriction none of whose workers is in ``workers``: all of them).
+    Returns the tasks none of whose allowed workers is in ``workers`` (left unchanged: they
+    cannot run). A task waiting in the scheduler's queue (which holds only
     unrestricted tasks) or for a worker goes back through ``waiting``; a running task goes on
     where it is, and is placed by its new restrictions if its worker dies. With ``replace``,
     the tasks' own restrictions are replaced by ``workers`` (none is stuck)."""
@@ -1242,8 +1243,11 @@ def scheduler_restrict(
             continue
         current = None if replace else ts.worker_restrictions
         if current and not current & allowed:
-            stuck.append(key)
-            continue
+            if not ts.loose_restrictions:
+                stuck.append(key)
+                continue
+            current = None  # a loose restriction lets it run elsewhere
+
         ts.worker_restrictions = current & allowed if current else set(allowed)
         ts.loose_restrictions = False
         if ts.state in ("queued", "no-worker"):

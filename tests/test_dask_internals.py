@@ -628,13 +628,22 @@ def test_tasks_are_restricted_to_workers_queued_running_or_stuck(inproc):
     # for such a worker), one already restricted elsewhere is returned, unchanged.
     parked = client.submit(lambda x: x, running, pure=False)
     pinned = client.submit(lambda x: x, running, pure=False, workers=[worker.address])
+    # loosely restricted (a direct call's task): it may go where it is allowed instead
+    loose = client.submit(
+        lambda x: x, running, pure=False, workers=[worker.address], allow_other_workers=True
+    )
     realcluster.wait_until(
-        lambda: {dx.scheduler_key_state(scheduler, f.key) for f in (parked, pinned)} == {"waiting"},
+        lambda: (
+            {dx.scheduler_key_state(scheduler, f.key) for f in (parked, pinned, loose)}
+            == {"waiting"}
+        ),
         "they reached the scheduler",
     )
-    assert restrict([parked.key, pinned.key], [elsewhere]) == [pinned.key]
+    assert restrict([parked.key, pinned.key, loose.key], [elsewhere]) == [pinned.key]
     assert scheduler.tasks[parked.key].worker_restrictions == {elsewhere}
     assert scheduler.tasks[pinned.key].worker_restrictions == {worker.address}
+    assert scheduler.tasks[loose.key].worker_restrictions == {elsewhere}
+    client.cancel([loose])
     assert dx.scheduler_wanted_by(scheduler, [parked.key]) == {client.id: [parked.key]}
     event.set()
     assert running.result(timeout=realcluster.HANG) is True

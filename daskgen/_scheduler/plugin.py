@@ -93,6 +93,7 @@ from .placement import PlacementGroups
 logger = logging.getLogger("daskgen")
 
 PROBE_S = 10.0  # s: how long a joining worker has to say which daskgen it has
+PROBE_TRIES = 3  # times it is asked before a worker that never answers is kept off
 
 
 UNKNOWN_KEY_WAIT_S = 30.0  # s: a ref taken to a key the scheduler has not heard of yet
@@ -558,12 +559,16 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
 
     async def _probe(self, worker: str) -> None:
         s = self.scheduler
-        try:
-            has = await asyncio.wait_for(
-                dx.scheduler_run_on_worker(s, worker, dx.daskgen_probe()), PROBE_S
-            )
-        except Exception as exc:  # no answer: it cannot be trusted with daskgen's tasks
-            has = exc
+        for _attempt in range(PROBE_TRIES):
+            try:
+                has = await asyncio.wait_for(
+                    dx.scheduler_run_on_worker(s, worker, dx.daskgen_probe()), PROBE_S
+                )
+                break
+            except Exception as exc:  # no answer: asked again (a busy host), then not trusted
+                has = exc
+                if not dx.scheduler_has_worker(s, worker):
+                    break
         try:
             if has != VERSION and dx.scheduler_has_worker(s, worker):
                 what = "no daskgen" if has is None else f"daskgen {has!r}"
