@@ -23,7 +23,7 @@ from typing import Any
 
 import dask
 from dask.sizeof import sizeof
-from distributed import Client, Future, Worker
+from distributed import Client, Future, Worker, WorkerPlugin
 from distributed.client import FutureState
 from distributed.deploy.subprocess import SubprocessWorker
 from distributed.protocol.serialize import Serialize, Serialized, deserialize
@@ -673,6 +673,34 @@ def worker_return_slot(worker: Worker) -> None:
     worker.state.nthreads += 1
     if worker.state.running and (worker.state.ready or worker.state.constrained):
         worker.handle_stimulus(UnpauseEvent(stimulus_id=f"daskgen-slot-{time()}"))
+
+
+def worker_slots_short(worker: Worker, ignore: Callable[[Key], bool]) -> int:
+    """How many more tasks on this worker wait to run (ready, or waiting for resources) than
+    it has free slots (0 or less: none waits for want of a slot), not counting the tasks
+    ``ignore(key)`` says do not count."""
+    state = worker.state
+    waiting = sum(1 for ts in state.ready if not ignore(ts.key))
+    waiting += sum(1 for ts in state.constrained if not ignore(ts.key))
+    busy = sum(1 for ts in state.executing if not ignore(ts.key))
+    return waiting - max(state.nthreads - busy, 0)
+
+
+def worker_on_task_waiting(worker: Worker, name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` each time a task on this worker becomes ready to run (Dask's
+    ``ready`` or ``constrained`` state), from inside the worker's state machine: it may only
+    look and schedule work on the loop. Installed once, under ``name``, among this worker's
+    plugins (Dask's ``WorkerState.plugins``, which gets each transition): in this process
+    only, unknown to the scheduler and other workers, gone with the worker."""
+    if name in worker.plugins:
+        return
+
+    class _Watch(WorkerPlugin):
+        def transition(self, key: Key, start: str, finish: str, **kwargs: Any) -> None:
+            if finish in ("ready", "constrained"):
+                callback()
+
+    worker.plugins[name] = _Watch()
 
 
 @contextlib.contextmanager

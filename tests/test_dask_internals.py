@@ -964,6 +964,38 @@ def test_direct_calls_take_and_give_back_a_workers_slot_and_know_its_loop(inproc
     assert client.sync(_on_loop, None, dx.on_a_workers_loop) is True
 
 
+def test_a_worker_reports_tasks_that_become_ready_and_counts_those_short_of_a_slot(
+    inproc, tmp_path
+):
+    """``worker_on_task_waiting`` (a plugin in ``WorkerState.plugins`` gets each transition)
+    and ``worker_slots_short`` (``state.ready`` / ``constrained`` / ``executing`` against
+    ``nthreads``), used by ``_worker.direct._make_room``."""
+    import threading
+
+    client, _, worker = inproc
+    became_ready = threading.Event()
+    _call(client, dx.worker_on_task_waiting, worker, "daskgen-test-watch", became_ready.set)
+    try:
+        assert _call(client, dx.worker_slots_short, worker, lambda key: False) <= -2
+        mark, wait_for = realcluster.file_signals()
+        blockers = [
+            client.submit(wait_for, str(tmp_path), "go", realcluster.HANG, pure=False)
+            for _ in range(3)
+        ]
+        assert became_ready.wait(realcluster.HANG)
+        realcluster.wait_until(
+            lambda: _call(client, dx.worker_slots_short, worker, lambda key: False) == 1,
+            "three tasks on two slots: one short",
+            realcluster.HANG,
+        )
+        waiting = [b.key for b in blockers if worker.state.tasks[b.key].state == "ready"]
+        assert _call(client, dx.worker_slots_short, worker, lambda key: key in waiting) == 0
+        mark(str(tmp_path), "go")
+        assert all(b.result(timeout=realcluster.HANG) for b in blockers)
+    finally:
+        worker.plugins.pop("daskgen-test-watch", None)
+
+
 def test_the_scheduler_runs_a_callback_later_on_its_loop(inproc):
     client, scheduler, _ = inproc
     import threading

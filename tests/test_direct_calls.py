@@ -175,6 +175,41 @@ def test_a_direct_call_holds_its_workers_slot_and_lends_it_while_it_waits(dg, tm
         assert dg.get(parent.remote(3), timeout=HANG) == [0, 1, 2]
 
 
+def test_a_task_placed_before_the_scheduler_knew_of_a_direct_call_does_not_wait_behind_it(
+    dg, tmp_path, monkeypatch
+):
+    """One worker with one thread, the direct call's Dask task held back in the client's batch:
+    the scheduler sends a task to the worker it sees idle, where the direct call runs. That
+    task runs at once (the call gives its slot back), not after the call: it was submitted
+    first as far as the scheduler knows (the race behind a generator's task waiting 30 s for a
+    plain call made after it); and the slot count is right again once both ended."""
+    from daskgen._client import direct
+
+    dg.init(num_cpus=1)
+    client = dg.get_client()
+    where = _where(dg)
+    last = where.remote(0)  # once the scheduler has it, no batch waits to be sent
+    wait_until(lambda: _scheduler_knows(dg, last.key), "the last call's task sent", HANG)
+    monkeypatch.setattr(direct, "TASK_DELAY_S", HANG)  # its Dask task waits in the batch
+    held = where.remote(1, str(tmp_path), "held")
+    wait_until(lambda: (tmp_path / "held-started").exists(), "the direct call runs", HANG)
+    assert not _scheduler_knows(dg, held.key)
+    other = client.submit(lambda: "other", pure=False)
+    # before the call ends (it waits up to HANG for its go: a shorter bound here)
+    assert other.result(timeout=HANG / 2) == "other"
+    _mark(str(tmp_path), "held-go")
+    assert dg.get(held, timeout=HANG) == (1, True)
+    # a ref passed on sends the held-back task (``batching.flush``): the call's value is there
+    assert dg.get(where.remote(held), timeout=HANG)[0] == (1, True)
+    state = lambda dask_worker: (  # noqa: E731
+        dask_worker.state.nthreads,
+        len(dask_worker.state.executing),
+        len(dask_worker.state.ready),
+    )
+    wait_until(lambda: list(client.run(state).values()) == [(1, 0, 0)], "slots right", HANG)
+    wait_until(lambda: _scheduler_knows(dg, held.key), "the call's task reached it", HANG)
+
+
 @pytest.mark.parametrize("max_retries", [3, 0])
 def test_a_direct_call_whose_worker_dies_runs_again_through_the_scheduler(
     dg, tmp_path, max_retries

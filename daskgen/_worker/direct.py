@@ -11,7 +11,9 @@ to this worker.
 * The call starts at once if it takes one of the worker's task slots
   (``dx.worker_take_slot``: Dask's state machine counts one thread fewer meanwhile, so no other
   task starts in that slot). None free, or tasks waiting for one: ``busy``; its Dask task, if
-  it came first: ``late``. Either way that task runs the call, as any task.
+  it came first: ``late``. Either way that task runs the call, as any task. A task the
+  scheduler sent here before it heard of the call (they crossed) does not wait behind it: the
+  call gives its slot back and runs on (``_make_room``).
 * It runs in a thread of daskgen's own as a Dask task's function does (the same
   ``run.TaskSpec``: its errors, ``cancel()``'s interrupt (the scheduler finds the task on this
   worker), output forwarding, its job's namespace, nested calls, and ``get`` inside it, which
@@ -68,7 +70,8 @@ class DirectCall:
         self.stream = stream
         self.key = key
         # one of the worker's task slots: "held", "lent" (while it waits in get) or "none"
-        # (given back: it ended, or cancel(force=True) reached it)
+        # (given back: it ended, cancel(force=True) reached it, or a task the scheduler sent
+        # here needed it: ``_make_room``)
         self.slot = "held"
         self.done = threading.Event()
         self.value: Any = None
@@ -102,6 +105,7 @@ def start(stream: Any, msg: dict[str, Any]) -> None:
     if not dx.worker_take_slot(worker, is_direct):
         stream.send({"op": "busy", "key": key})
         return
+    dx.worker_on_task_waiting(worker, "daskgen-direct-slots", lambda: _task_waits(worker))
     call = served[key] = DirectCall(stream, key)
     args = (msg["spec"], msg["packed"], msg.get("owner"), msg["job"], msg.get("resources"))
     _pool(worker).submit(_run, worker, call, *args)
@@ -208,6 +212,39 @@ def _give_back_slot(worker: Any, call: DirectCall) -> None:
     if call.slot == "held":
         dx.worker_return_slot(worker)
     call.slot = "none"
+
+
+def _task_waits(worker: Any) -> None:
+    """In the worker's state machine, as a task the scheduler sent becomes ready to run here:
+    the direct calls holding slots whose own Dask task has not come yet were unknown to the
+    scheduler when it placed that task (the call reaches the worker first; the scheduler's
+    messages to the worker keep their order). The task must not wait behind them
+    (``_make_room``, on the loop, once this message is handled)."""
+    unknown = [
+        call
+        for call in served.values()
+        if call.slot == "held"
+        and call.stream.worker is worker
+        and dx.worker_key_asked(worker, call.key) is None
+    ]
+    if unknown:
+        worker.loop.add_callback(_make_room, worker, unknown)
+
+
+def _make_room(worker: Any, calls: list[DirectCall]) -> None:
+    """On the loop: tasks the scheduler placed here before it knew of ``calls`` wait for the
+    slots those hold. The calls give their slots back and run on, the worker running one
+    thread more per call meanwhile (as after Dask's ``rejoin``); the next direct call here
+    finds no slot and its caller lets this worker go. Else a task submitted first would wait
+    for a call submitted after it (and a task waiting for that call's progress, for ever). A
+    task the scheduler placed knowing of a call waits for its slot, as behind any task."""
+    short = dx.worker_slots_short(worker, is_direct)
+    for call in calls:
+        if short <= 0:
+            return
+        if call.slot == "held":
+            _give_back_slot(worker, call)
+            short -= 1
 
 
 def _lend(worker: Any, call: DirectCall, sign: int) -> None:
