@@ -210,6 +210,27 @@ def test_a_task_placed_before_the_scheduler_knew_of_a_direct_call_does_not_wait_
     wait_until(lambda: _scheduler_knows(dg, held.key), "the call's task reached it", HANG)
 
 
+def test_a_driver_whose_leased_worker_left_leases_another(dg, tmp_path):
+    """The leased worker's process ends: the driver's next lone calls run direct on the
+    other worker."""
+    import os
+
+    from daskgen._client import direct
+
+    with start_cluster(tmp_path / "cluster", n_workers=2, nanny=False) as cluster:
+        dg.init(address=cluster.address)
+        client = dg.get_client()
+        _where(dg)
+        leased = direct._leases[client]
+        cluster.kill_worker(client.run(os.getpid, workers=[leased])[leased])
+        wait_until(
+            lambda: leased not in client.scheduler_info()["workers"], "the worker left", HANG
+        )
+        where = _where(dg)  # a call runs direct again
+        assert direct._leases[client] != leased
+        assert dg.get(where.remote(5), timeout=HANG)[0] == 5
+
+
 @pytest.mark.parametrize("max_retries", [3, 0])
 def test_a_direct_call_whose_worker_dies_runs_again_through_the_scheduler(
     dg, tmp_path, max_retries

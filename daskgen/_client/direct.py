@@ -63,8 +63,13 @@ def _refused(client: Client) -> None:
     _leases.pop(client, None)
 
 
-def _ignore(error: BaseException | None) -> None:
-    """A direct call whose connection closed: its Dask task delivers its value instead."""
+def _connection_lost(client: Client, address: str, error: BaseException | None) -> None:
+    """A direct call whose connection closed (the worker left, or could not be reached): its
+    Dask task delivers its value instead, and the worker is let go (a worker restarted by its
+    nanny comes back under another address; the next call leases one the scheduler lists)."""
+    with _lock:
+        if _leases.get(client) == address:
+            del _leases[client]
 
 
 def eligible(spec: TaskSpec, resources: dict[str, float] | None, options: dict[str, Any]) -> bool:
@@ -126,7 +131,8 @@ def submit(
         "job": job,  # its driver's namespace
         "resources": resources,  # what get_assigned_resources() says in it
     }
-    ch.call(key, msg, _ignore, DIRECT, functools.partial(_refused, client), owned=False)
+    lost = functools.partial(_connection_lost, client, address)
+    ch.call(key, msg, lost, DIRECT, functools.partial(_refused, client), owned=False)
     submit_task(client, key, packed, job, address)
     return ref, None
 

@@ -51,7 +51,7 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
                 f"Get timed out after {timeout} s: {len(remote)} value(s) not ready."
             )
         pending = [refs[i] for i in remote]
-        failed = next((r._future for r in pending if failed_future(r._future)), None)
+        failed = next((r for r in pending if failed_future(r._future)), None)
         if failed is None and not all(r._is_done() for r in pending):
             if timeout == 0:
                 left = sum(not r._is_done() for r in pending)
@@ -65,7 +65,7 @@ def get_values(client: Client, refs: list[ObjectRef], timeout: float | None) -> 
                     f"Get timed out after {timeout} s: {left} value(s) not ready."
                 )
         if failed is not None:
-            raise_failure(failed)
+            raise_failed(failed)
         remote = _take_inline(refs, remote, out)  # small results arrive with completion
         # large values: over the embedded cluster's lane, else straight from the worker
         # holding them (``_client.fetch``); Dask's gather fetches the rest
@@ -125,10 +125,10 @@ def wait_ready(client: Client, items: list[Any], need: int, timeout: float | Non
 
 async def await_ready(
     items: Sequence[Any], need: int, timeout: float | None, fail_fast: bool
-) -> tuple[Future | None, int]:
+) -> tuple[ObjectRef | None, int]:
     """On the client's loop: return once ``need`` of ``items`` are ready, or one has failed
-    (``fail_fast``), or ``timeout`` s passed. Returns (the first failed ref's future, how many
-    of ``need`` are still not ready).
+    (``fail_fast``), or ``timeout`` s passed. Returns (the first failed ref, how many of
+    ``need`` are still not ready).
 
     O(n): each item gets one small waiter that counts itself when ready; ``asyncio.wait`` over
     all of them at every completion would be quadratic in the number of items.
@@ -140,8 +140,8 @@ async def await_ready(
         await item._wait_ready()
         state["ready"] += 1
         future = getattr(item, "_future", None)
-        if fail_fast and future is not None and failed_future(future):
-            state["failed"] = state["failed"] or future
+        if fail_fast and future is not None and failed_ref(item):
+            state["failed"] = state["failed"] or item
             finished.set()
         if state["ready"] >= need:
             finished.set()
@@ -187,6 +187,29 @@ def failed_future(future: Future) -> bool:
     """Erred, cancelled, or holding an error value (which Dask reports as a normal result)."""
     status = future.status
     return status in ("error", "cancelled") or (status == "finished" and future.type is ErrorValue)
+
+
+def failed_ref(ref: ObjectRef) -> bool:
+    """Whether the ready ``ref`` failed: its future did (:func:`failed_future`), or its small
+    result came inline as an error value (a direct call's, or an actor call's: their futures
+    finish only with the task's own report, or with no type)."""
+    if failed_future(ref._future):
+        return True
+    blob = ref._inline_blob()
+    # The class's name opens the pickle of an ErrorValue: only those are unpickled here.
+    return (
+        blob is not None
+        and blob.find(b"ErrorValue", 0, 64) >= 0
+        and type(pickle.loads(blob)) is ErrorValue
+    )
+
+
+def raise_failed(ref: ObjectRef) -> None:
+    """Raise what the failed ``ref`` (see :func:`failed_ref`) raises."""
+    blob = ref._inline_blob()
+    if blob is not None and not failed_future(ref._future):
+        unwrap(pickle.loads(blob))  # raises, as ``_take_inline`` would
+    raise_failure(ref._future)
 
 
 def raise_failure(future: Future) -> None:

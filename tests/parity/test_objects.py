@@ -45,19 +45,25 @@ def _wait_until_exists(path, timeout=HANG):
 
 @pytest.fixture
 def slow_task(ray, tmp_path):
-    """``slow_task()`` starts a task running for SLOW s and returns ``(ref, started_path)``."""
+    """``slow_task()`` starts a task running for SLOW s and returns ``(ref, started_path)``.
+    After the test, the tasks are released and waited for: the next test starts with every
+    CPU free (a task Dask placed behind a slow one still running waits for it, see
+    ``docs/existing-cluster.md``, Resources)."""
     remote_blocker = ray.remote(_make_blocker())
-    releases = []
+    releases, refs = [], []
 
     def start():
         n = len(releases)
         started, release = tmp_path / f"started-{n}", tmp_path / f"release-{n}"
         releases.append(release)
-        return remote_blocker.remote(str(started), str(release), SLOW), started
+        refs.append(remote_blocker.remote(str(started), str(release), SLOW))
+        return refs[-1], started
 
     yield start
     for release in releases:
         release.touch()
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=HANG)
 
 
 def _explode_fn():
@@ -200,6 +206,46 @@ def test_get_of_a_list_raises_the_first_error_without_waiting_for_a_slow_task(ra
     start = time.monotonic()
     with pytest.raises(ValueError):
         ray.get([slow, failing], timeout=HANG)
+    assert time.monotonic() - start < SLOW / 2
+
+
+def test_get_of_a_list_raises_a_lone_calls_error_without_waiting_for_a_slow_task(ray, tmp_path):
+    """The slow task goes through the scheduler (SPREAD); the failing call made after it is
+    then the driver's lone call (daskgen sends it straight to a worker): its error, which comes
+    back with its result while ``get`` waits (the call runs a little first), ends the get."""
+    blocker = ray.remote(_make_blocker()).options(scheduling_strategy="SPREAD")
+    slow = blocker.remote(str(tmp_path / "started"), str(tmp_path / "release"), SLOW)
+
+    @ray.remote
+    def explode_soon():
+        time.sleep(0.3)  # the work before the failure: get is waiting when it comes
+        raise ValueError("bad input")
+
+    try:
+        _wait_until_exists(tmp_path / "started")
+        failing = explode_soon.remote()
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="bad input"):
+            ray.get([slow, failing], timeout=HANG)
+        assert time.monotonic() - start < SLOW / 2
+    finally:
+        (tmp_path / "release").touch()
+
+
+def test_get_of_a_list_raises_an_actor_calls_error_without_waiting_for_a_slow_task(ray, slow_task):
+    @ray.remote
+    class Checker:
+        def check(self, x):
+            if x < 0:
+                raise ValueError("negative")
+            return x
+
+    checker = Checker.remote()
+    assert ray.get(checker.check.remote(1), timeout=HANG) == 1
+    slow, _ = slow_task()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="negative"):
+        ray.get([slow, checker.check.remote(-1)], timeout=HANG)
     assert time.monotonic() - start < SLOW / 2
 
 
