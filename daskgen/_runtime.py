@@ -155,6 +155,11 @@ def is_served(client: Client) -> bool:
     return comm is not None and _served.get(client) is comm
 
 
+def was_served(client: Client) -> bool:
+    """Whether daskgen's scheduler plugin has served one of ``client``'s connections."""
+    return client in _served
+
+
 def send(client: Client, msg: dict[str, Any]) -> None:
     """Send daskgen's own message ``msg`` to the scheduler (any thread): now if daskgen's
     plugin serves the client's connection, else once it does."""

@@ -448,3 +448,31 @@ def test_a_plain_client_never_gets_daskgens_messages(dg, tmp_path):
             # of daskgen's before it.
             assert plain.submit(_plus_one(), 1, pure=False).result(timeout=HANG) == 2
             assert got == []
+
+
+def test_tasks_starting_together_on_fresh_workers_all_make_calls(dg, tmp_path):
+    """Each task calls an actor from inside, the first daskgen calls made on these workers:
+    one thread starts the worker's Dask client while others already ask for it (Dask hands
+    them the client still connecting). That first connection is waited for, not taken for a
+    lost scheduler (an example failed once so: 'lost its connection ... trying to
+    reconnect'). The race is not forced: this catches it when the threads meet."""
+    with start_cluster(tmp_path / "cluster", n_workers=2) as cluster:
+        dg.init(address=cluster.address)
+
+        @dg.remote
+        class Tally:
+            def __init__(self):
+                self.n = 0
+
+            def add(self, k):
+                self.n += k
+                return self.n
+
+        tally = Tally.remote()
+
+        @dg.remote
+        def report(tally, k):
+            return dg.get(tally.add.remote(k), timeout=HANG)
+
+        refs = [report.remote(tally, 1) for _ in range(8)]
+        assert sorted(dg.get(refs, timeout=HANG)) == list(range(1, 9))

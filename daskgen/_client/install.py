@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import dask
+from dask.utils import parse_timedelta
 from distributed import Client
 
 from .. import _dask_internals as dx
@@ -34,6 +37,7 @@ from ..exceptions import RaySystemError
 logger = logging.getLogger("daskgen")
 
 FIX = f"pip install daskgen=={VERSION}"
+FIRST_CONNECTION_POLL_S = 0.01  # s: how often a caller looks whether a first connection is up
 
 
 def check_cluster(client: Client) -> None:
@@ -105,6 +109,8 @@ def ensure_served(client: Client) -> None:
     fail at once instead of waiting for it."""
     if _runtime.is_served(client):
         return
+    if client.status == "connecting" and not _runtime.was_served(client):
+        _first_connection(client)
     if client.status == "connecting":
         raise RaySystemError(
             f"daskgen lost its connection to the Dask scheduler at {client.scheduler.address}; "
@@ -116,6 +122,17 @@ def ensure_served(client: Client) -> None:
             f"daskgen's Dask client is {client.status}: call daskgen.init() again."
         )
     install(client)
+
+
+def _first_connection(client: Client) -> None:
+    """Wait (bounded by Dask's connect timeout) while ``client`` makes its first connection: a
+    worker's client that another of the worker's threads has just started (Dask's
+    ``get_client`` in a task returns the default client while it still connects). Not a lost
+    connection: nothing of daskgen's ever went on it."""
+    limit = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    deadline = time.monotonic() + (limit or 30.0)
+    while client.status == "connecting" and time.monotonic() < deadline:
+        time.sleep(FIRST_CONNECTION_POLL_S)
 
 
 _runtime.prepare_scheduler = _reinstall
