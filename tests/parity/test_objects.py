@@ -62,7 +62,10 @@ def slow_task(ray, tmp_path):
     yield start
     for release in releases:
         release.touch()
-    if refs:
+    # Not on Ray: its driver (2.60) exited with status 1 and no message in this wait, after
+    # the force-cancel tests, in a run of the parity suite; Ray needs no such wait either (it
+    # starts a task on whichever CPU frees first).
+    if refs and ray.__name__ != "ray":
         ray.wait(refs, num_returns=len(refs), timeout=HANG)
 
 
