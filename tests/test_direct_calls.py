@@ -141,6 +141,33 @@ def test_a_call_its_worker_has_no_slot_for_goes_through_the_scheduler(api, tmp_p
     assert all(b.result(timeout=HANG) for b in blockers)
 
 
+def test_a_call_its_leased_worker_has_no_slot_for_runs_on_a_free_worker(dg, tmp_path):
+    """The embedded cluster: the leased worker runs a long Dask task, the other is free. A lone
+    call answered ``busy`` runs on the free worker at once (its Dask task, still in the
+    client's batch, loses the restriction to the leased worker), not after the long task."""
+    import dask
+
+    from daskgen._client import direct
+
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):  # not by stealing
+        dg.init(num_cpus=2)
+    client = dg.get_client()
+    where = _where(dg)
+    leased = direct._leases[client]
+    blocker = client.submit(_wait_for, str(tmp_path), "go", HANG, workers=[leased], pure=False)
+    try:
+        wait_until(
+            lambda: client.run(lambda dask_worker: len(dask_worker.state.executing))[leased],
+            "the leased worker runs the long task",
+            HANG,
+        )
+        # before the long task ends (it waits up to HANG for its go: a shorter bound here)
+        assert dg.get(where.remote(3), timeout=HANG / 2) == (3, False)
+    finally:
+        _mark(str(tmp_path), "go")
+    assert blocker.result(timeout=HANG)
+
+
 def test_a_direct_call_holds_its_workers_slot_and_lends_it_while_it_waits(dg, tmp_path):
     """One worker with one thread: while a direct call runs, a Dask task waits for the slot
     (the worker's state machine counts none free); a direct call that waits in ``get`` for a

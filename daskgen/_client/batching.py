@@ -108,6 +108,25 @@ def flush(client: Client) -> None:
 refs.flush_submissions = flush
 
 
+def unrestrict(client: Client, key: Key) -> bool:
+    """Let the call ``key``, still waiting in this client's batch, run on any worker (a direct
+    call its worker had no slot for, ``_client.direct``). False if it is not waiting there."""
+    batch = _batches.get(client)
+    if batch is None:
+        return False
+    with batch.lock:
+        for i, (k, fn, args, (task, annotations), future) in enumerate(batch.calls):
+            if k == key:
+                free = {
+                    name: value
+                    for name, value in annotations.items()
+                    if name not in ("workers", "allow_other_workers")
+                }
+                batch.calls[i] = (k, fn, args, (task, free), future)
+                return True
+    return False
+
+
 def _send(client: Client, batch: _Batch) -> None:
     """On the client's loop: send the batch, one message per run of calls that share their
     submitting task and annotations, in the order they were made."""

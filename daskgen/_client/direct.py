@@ -40,8 +40,9 @@ from distributed import Client
 from .. import _dask_internals as dx
 from .. import _runtime
 from .._objects.refs import ObjectRef, result_ref
-from .._protocol import STORED_ARGS, WORKERS_OP, task_key
+from .._protocol import STORED_ARGS, WORKERS_OP, Key, task_key
 from .._worker.run import TaskSpec
+from . import batching
 from .actor_channel import DIRECT, channel, closed_under_us
 from .arguments import pack_args
 from .install import ensure_served
@@ -55,12 +56,22 @@ ENABLED = True  # off: every call goes through the scheduler alone (benchmarks c
 _leases: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
 _backoff: weakref.WeakKeyDictionary[Client, float] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_submitting: set[Key] = set()  # direct calls sent whose Dask task is not submitted yet
+_refused_keys: set[Key] = set()  # ... of them, those their worker answered busy for
 
 
-def _refused(client: Client) -> None:
-    """The leased worker had no free slot (on the client's loop): let it go for a while."""
+def _refused(client: Client, key: Key) -> None:
+    """The leased worker had no free slot for the call ``key`` (on the client's loop): let it
+    go for a while; and the call's Dask task, if it still waits in the client's batch (the
+    embedded cluster's few ms), may run on any worker, not only behind that worker's tasks.
+    (A task already sent, on a real cluster, runs on the leased worker once it has a slot.)"""
     _backoff[client] = time.monotonic() + BUSY_BACKOFF_S
     _leases.pop(client, None)
+    with _lock:
+        if key in _submitting:  # its task is not in the batch yet: ``submit`` does it
+            _refused_keys.add(key)
+            return
+    batching.unrestrict(client, key)
 
 
 def _connection_lost(client: Client, address: str, error: BaseException | None) -> None:
@@ -132,8 +143,16 @@ def submit(
         "resources": resources,  # what get_assigned_resources() says in it
     }
     lost = functools.partial(_connection_lost, client, address)
-    ch.call(key, msg, lost, DIRECT, functools.partial(_refused, client), owned=False)
+    with _lock:
+        _submitting.add(key)
+    ch.call(key, msg, lost, DIRECT, functools.partial(_refused, client, key), owned=False)
     submit_task(client, key, packed, job, address)
+    with _lock:
+        _submitting.discard(key)
+        refused = key in _refused_keys
+        _refused_keys.discard(key)
+    if refused:
+        batching.unrestrict(client, key)
     return ref, None
 
 

@@ -222,7 +222,7 @@ def _task_waits(worker: Any) -> None:
     (``_make_room``, on the loop, once this message is handled)."""
     unknown = [
         call
-        for call in served.values()
+        for call in list(served.values())  # a copy: a task's thread may take one out (claim)
         if call.slot == "held"
         and call.stream.worker is worker
         and dx.worker_key_asked(worker, call.key) is None
