@@ -18,8 +18,11 @@ is sent to wait behind the call), and the task is an ordinary Dask task for ever
 refs, ``cancel()``, retries after a worker's death, the dashboard. On the worker the call
 starts at once if a slot is free, its small result comes straight back, and its Dask task ends
 with the call's value instead of running the function again. A worker with no free slot
-answers ``busy``: the call then runs as its Dask task does, when the worker has a slot; that
-worker is let go, and for :data:`BUSY_BACKOFF_S` calls go through the scheduler alone.
+answers ``busy``: the call then runs as its Dask task does; that worker is let go, and for
+:data:`BUSY_BACKOFF_S` calls go through the scheduler alone. A task still waiting in the
+client's batch (the embedded cluster's) loses its restriction to that worker and runs wherever
+the scheduler places it; one already sent (a real cluster's) runs there once it has a slot,
+unless Dask's work stealing moves it.
 
 On the embedded cluster, whose scheduler shares the driver's process, a direct call's task
 may wait :data:`TASK_DELAY_S` in the client's batch so that a sequential caller's tasks reach
