@@ -691,7 +691,7 @@ def worker_on_task_waiting(worker: Worker, name: str, callback: Callable[[], Non
     ``ready`` or ``constrained`` state), from inside the worker's state machine: it may only
     look and schedule work on the loop. Installed once, under ``name``, among this worker's
     plugins (Dask's ``WorkerState.plugins``, which gets each transition): in this process
-    only, unknown to the scheduler and other workers, gone with the worker."""
+    only, unknown to the scheduler and other workers, until :func:`worker_stop_watching`."""
     if name in worker.plugins:
         return
 
@@ -701,6 +701,12 @@ def worker_on_task_waiting(worker: Worker, name: str, callback: Callable[[], Non
                 callback()
 
     worker.plugins[name] = _Watch()
+
+
+def worker_stop_watching(worker: Worker, name: str) -> None:
+    """Remove what :func:`worker_on_task_waiting` installed under ``name`` (on the loop, not
+    from inside a transition): the worker's plugins are as before."""
+    worker.plugins.pop(name, None)
 
 
 @contextlib.contextmanager

@@ -993,7 +993,8 @@ def test_a_worker_reports_tasks_that_become_ready_and_counts_those_short_of_a_sl
         mark(str(tmp_path), "go")
         assert all(b.result(timeout=realcluster.HANG) for b in blockers)
     finally:
-        worker.plugins.pop("daskgen-test-watch", None)
+        _call(client, dx.worker_stop_watching, worker, "daskgen-test-watch")
+    assert "daskgen-test-watch" not in worker.plugins
 
 
 def test_the_scheduler_runs_a_callback_later_on_its_loop(inproc):

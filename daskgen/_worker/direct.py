@@ -50,6 +50,7 @@ from .run import check_scheduler, served, spec_from_blob
 
 logger = logging.getLogger("daskgen")
 
+WATCH = "daskgen-direct-slots"  # the worker's watch while direct calls hold slots (_make_room)
 MAX_THREADS = 256  # threads are made only when none is idle (see _pool)
 UNCLAIMED_S = 60.0  # s: a direct result Dask never came for, after its caller left
 
@@ -105,7 +106,7 @@ def start(stream: Any, msg: dict[str, Any]) -> None:
     if not dx.worker_take_slot(worker, is_direct):
         stream.send({"op": "busy", "key": key})
         return
-    dx.worker_on_task_waiting(worker, "daskgen-direct-slots", lambda: _task_waits(worker))
+    dx.worker_on_task_waiting(worker, WATCH, lambda: _task_waits(worker))
     call = served[key] = DirectCall(stream, key)
     args = (msg["spec"], msg["packed"], msg.get("owner"), msg["job"], msg.get("resources"))
     _pool(worker).submit(_run, worker, call, *args)
@@ -208,10 +209,14 @@ def _ended(worker: Any, call: DirectCall) -> None:
 
 def _give_back_slot(worker: Any, call: DirectCall) -> None:
     """On the loop: the call ended, or ``cancel(force=True)`` reached it (its thread stops at
-    its next bytecode, see ``_worker.interrupt``): its slot serves other tasks now."""
+    its next bytecode, see ``_worker.interrupt``): its slot serves other tasks now. With no
+    call holding a slot here, the watch for tasks that would wait behind one goes: the
+    worker's plugins are as before (a user's cluster keeps its workers as they were)."""
     if call.slot == "held":
         dx.worker_return_slot(worker)
     call.slot = "none"
+    if not any(c.slot == "held" and c.stream.worker is worker for c in list(served.values())):
+        dx.worker_stop_watching(worker, WATCH)
 
 
 def _task_waits(worker: Any) -> None:
