@@ -21,28 +21,12 @@ import daskgen
 pytestmark = pytest.mark.daskgen_only
 
 
-@pytest.fixture(scope="module")
-def _cluster(tmp_path_factory):
-    with realcluster.start_cluster(tmp_path_factory.mktemp("cluster"), nanny=True) as cluster:
-        yield cluster
-
-
 @pytest.fixture
-def ray(_cluster, monkeypatch):
-    """daskgen connected to the module's real cluster (2 workers with nannies)."""
-    monkeypatch.delenv("DASKGEN_ADDRESS", raising=False)
-    if daskgen.is_initialized() and daskgen.get_client().scheduler.address != _cluster.address:
-        daskgen.shutdown()
-    daskgen.init(address=_cluster.address, ignore_reinit_error=True)
-    _cluster.wait_for_workers(2)  # a test may have killed one: its nanny restarts it
+def ray(on_real_cluster):
+    """daskgen connected to the module's real cluster (conftest's ``real_cluster``: 2 workers
+    with nannies), both workers listed by ``nodes()``."""
     wait_until(lambda: len(daskgen.nodes()[0]["DaskWorkers"]) == 2, "both workers are listed")
-    yield daskgen
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _back_to_the_embedded_cluster():
-    yield
-    daskgen.shutdown()
+    return on_real_cluster
 
 
 def test_strict_strategies_place_bundles_on_distinct_or_one_worker(ray):
@@ -57,7 +41,7 @@ def test_actors_keep_off_booked_workers_and_go_to_their_bundle(ray):
     test_placement.check_actors_keep_off_booked_workers_and_go_to_their_bundle(ray)
 
 
-def test_a_bundle_whose_worker_died_is_booked_again_and_its_tasks_follow(ray, _cluster):
+def test_a_bundle_whose_worker_died_is_booked_again_and_its_tasks_follow(ray, real_cluster):
     from daskgen.util import placement_group, placement_group_table, remove_placement_group
     from daskgen.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -73,7 +57,7 @@ def test_a_bundle_whose_worker_died_is_booked_again_and_its_tasks_follow(ray, _c
         in_bundle = where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
         first, pid = ray.get(in_bundle.remote(), timeout=HANG)
         assert placement_group_table(group)["bundles_to_node_id"] == {0: first}
-        _cluster.kill_worker_process(pid)  # its nanny starts a new worker, at a new address
+        real_cluster.kill_worker_process(pid)  # its nanny starts a new worker, at a new address
 
         def booked_again():
             table = placement_group_table(group)
