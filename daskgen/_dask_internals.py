@@ -1486,11 +1486,14 @@ def client_batched_comm(client: Client) -> Any:
 # ------------------------------------------------------------------- the embedded cluster's parts
 
 
-# ``python -m dask ...``, but a process that ends with the one that started it (Linux's
+# ``dask spec ...``, but a process that ends with the one that started it (Linux's
 # PR_SET_PDEATHSIG: SIGTERM, which the nanny handles by closing its worker): a driver killed
 # by SIGTERM left its embedded workers running ~35-40 s, until they gave up on the scheduler.
+# It runs the ``spec`` command's own function rather than ``python -m dask spec``: the ``dask``
+# command first loads every installed package's ``dask_cli`` entry points, reading the metadata
+# of every installed distribution (~10 ms here, more where more is installed).
 _DIE_WITH_PARENT = """
-import os, runpy, signal, sys
+import os, signal, sys
 if sys.platform.startswith("linux"):
     import ctypes
     try:
@@ -1499,15 +1502,16 @@ if sys.platform.startswith("linux"):
         pass
     if os.getppid() == 1:  # the parent is gone already
         sys.exit(0)
-sys.argv[0] = "dask"
-runpy.run_module("dask", run_name="__main__", alter_sys=True)
+sys.argv[0] = "dask spec"
+from distributed.cli.dask_spec import main
+main()
 """
 
 
 def spawned_worker_class(
     environ: Callable[[], dict[str, str]], nanny_environ: dict[str, Any]
 ) -> type[SubprocessWorker]:
-    """A ``SubprocessWorker`` whose ``python -m dask spec`` process starts with ``environ()``
+    """A ``SubprocessWorker`` whose ``dask spec`` process starts with ``environ()``
     (read as it starts) on top of this process's environment, and whose nanny gives its
     worker ``nanny_environ``
     (Dask's ``distributed.nanny.pre-spawn-environ``, passed through the config Dask hands to
@@ -1540,7 +1544,6 @@ def spawned_worker_class(
                 sys.executable,
                 "-c",
                 _DIE_WITH_PARENT,
-                "spec",
                 self.scheduler,
                 "--spec",
                 spec,

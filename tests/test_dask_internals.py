@@ -516,6 +516,10 @@ def test_subprocess_worker_starts_through_the_attributes_daskgen_overrides():
     assert inspect.iscoroutinefunction(SubprocessWorker._start), "SubprocessWorker._start moved"
     cls = dx.spawned_worker_class(lambda: {}, {})
     assert issubclass(cls, SubprocessWorker) and cls._start is not SubprocessWorker._start
+    # the embedded workers' processes run the ``dask spec`` command's function itself
+    from distributed.cli.dask_spec import main
+
+    assert {p.name for p in main.params} >= {"args", "spec"}, "dask spec's options moved"
 
 
 def test_memory_limits_parse_as_dask_reads_them():

@@ -2,7 +2,7 @@
 
 A scheduler in this process and one single-threaded worker process per CPU, each declaring the
 ``CPU`` resource (so ``num_cpus`` means what it means in Ray). The workers are separate
-``python -m dask spec`` processes rather than ``LocalCluster``'s multiprocessing children:
+``dask spec`` processes rather than ``LocalCluster``'s multiprocessing children:
 multiprocessing re-imports the user's ``__main__`` in every worker, so a plain Ray-style script
 (no ``if __name__ == "__main__"`` guard) would start a cluster inside each worker and crash.
 Remote functions from ``__main__`` reach workers by value (cloudpickle), so workers need not
