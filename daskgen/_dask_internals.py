@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import os
 import sys
@@ -684,6 +685,34 @@ def worker_slots_short(worker: Worker, ignore: Callable[[Key], bool]) -> int:
     waiting += sum(1 for ts in state.constrained if not ignore(ts.key))
     busy = sum(1 for ts in state.executing if not ignore(ts.key))
     return waiting - max(state.nthreads - busy, 0)
+
+
+def worker_refuse_steals(worker: Worker, refuse: Callable[[Key], bool]) -> None:
+    """Dask's work stealing asks a worker to give up a task it has not started (its
+    ``steal-request``), and runs it on another worker if it does. For the tasks ``refuse(key)``
+    holds, this worker answers as for a task it is running: the scheduler leaves the task here.
+    Other tasks go to Dask's handler as before. Set once per worker (later calls keep the
+    first ``refuse``)."""
+    handlers = worker.stream_handlers
+    original = handlers["steal-request"]
+    if getattr(original, "daskgen_refuse", None) is not None:
+        return
+
+    def steal_request(key: Any, stimulus_id: str, **kwargs: Any) -> Any:
+        if refuse(tuple(key) if isinstance(key, list) else key):
+            worker.batched_stream.send(
+                {
+                    "op": "steal-response",
+                    "key": key,
+                    "state": "executing",
+                    "stimulus_id": stimulus_id,
+                }
+            )
+            return None
+        return original(key=key, stimulus_id=stimulus_id, **kwargs)
+
+    steal_request.daskgen_refuse = refuse  # type: ignore[attr-defined]
+    handlers["steal-request"] = steal_request
 
 
 def worker_on_task_waiting(worker: Worker, name: str, callback: Callable[[], None]) -> None:
@@ -1366,6 +1395,103 @@ def scheduler_free_on_worker(scheduler: Scheduler, worker: str, keys: Iterable[K
     scheduler_send_to_worker(
         scheduler, worker, {"op": "free-keys", "keys": list(keys), "stimulus_id": "daskgen-free"}
     )
+
+
+# Tasks a worker was sent but cannot start yet, moved to a worker with a free thread. Dask
+# places a resource-restricted task on a worker as it is submitted (its queue of tasks waiting
+# for a free thread holds only unrestricted ones), by its estimate of when each worker is
+# free; a worker then runs what it was sent in order. Dask's stealing moves waiting tasks by
+# the same estimates, per task prefix: a long call among short ones of the same function is
+# taken for short, and the tasks placed behind it wait for it while other workers idle.
+
+
+def scheduler_free_threads(scheduler: Scheduler) -> dict[str, int]:
+    """Running workers with a thread no task was sent for (tasks that seceded, Dask's
+    ``long-running``, hold none), net of tasks being moved there: address -> how many."""
+    stealing = scheduler.extensions.get("stealing")
+    moving = getattr(stealing, "in_flight_tasks", {})
+    free = {}
+    for ws in scheduler.running:
+        n = ws.nthreads - (len(ws.processing) - len(ws.long_running)) - max(moving.get(ws, 0), 0)
+        if n > 0:
+            free[ws.address] = n
+    return free
+
+
+def scheduler_waiting_behind(
+    scheduler: Scheduler,
+    limit: int,
+    started: Callable[[Key, str], bool],
+    arrival: Callable[[Key], Any],
+) -> list[tuple[Key, str]]:
+    """Tasks sent to a worker with more tasks than threads that it has not started yet, in the
+    order it runs them (Dask's priority, then arrival: graphs sent within Dask's
+    ``fifo-timeout`` share a priority, and ``arrival(key)`` orders them): up to ``limit`` per
+    worker, as ``(key, worker)``, the workers with the most waiting first.
+    ``started(key, worker)``: the task is known to run there (it refused to move); the others
+    of a worker's first ``nthreads`` are taken to run. A task taken for waiting that started
+    after all refuses to move (:func:`scheduler_move_task`)."""
+    found = []
+    for ws in scheduler.workers.values():
+        extra = len(ws.processing) - len(ws.long_running) - ws.nthreads
+        if extra <= 0:
+            continue
+        ready, running = [], 0
+        for ts in ws.processing:
+            if ts in ws.long_running:
+                continue
+            if started(ts.key, ws.address):
+                running += 1
+            else:
+                ready.append(ts)
+        skip = max(ws.nthreads - running, 0)
+        first = heapq.nsmallest(
+            skip + limit, ready, key=lambda ts: (ts.priority or (), arrival(ts.key))
+        )[skip:]
+        found.append((extra, [(ts.key, ws.address) for ts in first]))
+    found.sort(key=lambda item: -item[0])
+    return [pair for _, pairs in found for pair in pairs]
+
+
+def scheduler_task_fits(scheduler: Scheduler, key: Key, worker: str, max_fetch: int) -> bool:
+    """Whether the task ``key`` may move to ``worker``: it is processing elsewhere, not being
+    moved already, restricted to no worker or host (or loosely: Dask's ``allow_other_workers``),
+    ``worker`` has the resources it needs free (declared minus those of the tasks sent there),
+    and the values of its dependencies that ``worker`` would fetch total at most ``max_fetch``
+    bytes."""
+    ts = scheduler.tasks.get(key)
+    ws = scheduler.workers.get(worker)
+    stealing = scheduler.extensions.get("stealing")
+    if ts is None or ws is None or ts.state != "processing" or ts.processing_on is ws:
+        return False
+    if (ts.worker_restrictions or ts.host_restrictions) and not ts.loose_restrictions:
+        return False
+    if stealing is None or ts in stealing.in_flight:
+        return False
+    for resource, need in (ts.resource_restrictions or {}).items():
+        if ws.resources.get(resource, 0) - ws.used_resources.get(resource, 0) < need:
+            return False
+    fetch = 0
+    for dts in ts.dependencies:
+        if dts not in ws.has_what:
+            fetch += dts.get_nbytes()
+            if fetch > max_fetch:
+                return False
+    return True
+
+
+def scheduler_move_task(scheduler: Scheduler, key: Key, worker: str) -> bool:
+    """Move the task ``key`` to ``worker`` through Dask's work stealing (its steal request:
+    the worker holding the task gives it up unless it started it, and the scheduler then sends
+    it to ``worker``). False if the scheduler has no stealing (``distributed.scheduler.
+    work-stealing`` off) or the request was not sent."""
+    stealing = scheduler.extensions.get("stealing")
+    ts = scheduler.tasks.get(key)
+    thief = scheduler.workers.get(worker)
+    if stealing is None or ts is None or thief is None or ts.processing_on is None:
+        return False
+    sent = stealing.move_task_request(ts, ts.processing_on, thief)
+    return sent.startswith("steal-")
 
 
 # ------------------------------------------------------------- daskgen's messages in Dask's logs

@@ -326,6 +326,12 @@ def task_key(name: str) -> str:
     return f"{name}-{new_token()}"
 
 
+def submission_order(key: Key) -> str:
+    """Sorts the task keys one process made (:func:`task_key`) in the order it made them: their
+    tokens, this process's prefix and then a fixed-width counter. Other keys sort as ``""``."""
+    return key.rpartition("-")[2] if isinstance(key, str) else ""
+
+
 def yield_prefix(task: str) -> str:
     name, _, token = task.rpartition("-")
     return f"{name}-yield-{token}"

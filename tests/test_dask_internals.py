@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+import distributed
 import pytest
 import realcluster
 from distributed import Client, Future, LocalCluster, Worker, WorkerPlugin
@@ -536,6 +537,73 @@ def test_the_scheduler_and_worker_streams_are_found(inproc):
     assert dx.scheduler_inproc_address(scheduler) == scheduler.address  # an inproc cluster
     assert dx.worker_total_resources(worker) == {"CPU": 2}
     assert not dx.worker_is_closing(worker)
+
+
+def test_waiting_tasks_are_found_and_moved_through_dasks_stealing(inproc):
+    client, scheduler, worker = inproc
+    _has(scheduler, "running", "extensions")
+    stealing = scheduler.extensions.get("stealing")
+    assert stealing is not None, "Dask's work stealing extension moved"
+    _has(stealing, "in_flight", "in_flight_tasks", "move_task_request")
+    ws = scheduler.workers[worker.address]
+    _has(ws, "processing", "long_running", "nthreads", "resources", "used_resources")
+    assert dx.scheduler_free_threads(scheduler) == {worker.address: 2}  # idle
+    assert dx.scheduler_waiting_behind(scheduler, 10, lambda key, w: False, str) == []
+    gate = distributed.Event()
+    futures = [client.submit(gate.wait, 60, resources={"CPU": 1}, pure=False) for _ in range(4)]
+    try:
+        realcluster.wait_until(
+            lambda: all(f.key in scheduler.tasks for f in futures), "the tasks arrived"
+        )
+        realcluster.wait_until(lambda: len(ws.processing) == 4, "the tasks were sent to the worker")
+        ts = scheduler.tasks[futures[0].key]
+        _has(ts, "priority", "resource_restrictions", "worker_restrictions", "host_restrictions")
+        assert dx.scheduler_free_threads(scheduler) == {}
+        # two threads, four tasks: the last two in the worker's order wait (sent within Dask's
+        # fifo-timeout, they share a priority: ``arrival`` orders them)
+        arrival = {f.key: i for i, f in enumerate(futures)}.__getitem__
+        order = sorted(futures, key=lambda f: (scheduler.tasks[f.key].priority, arrival(f.key)))
+        waiting = dx.scheduler_waiting_behind(scheduler, 10, lambda key, w: False, arrival)
+        assert waiting == [(f.key, worker.address) for f in order[2:]]
+        # the last one known to have started (it refused to move): it holds one thread, the
+        # first holds the other, and the two between them wait
+        started = order[3].key
+        waiting = dx.scheduler_waiting_behind(scheduler, 10, lambda k, w: k == started, arrival)
+        assert waiting == [(f.key, worker.address) for f in order[1:3]]
+        assert dx.scheduler_waiting_behind(scheduler, 1, lambda k, w: False, arrival) == [
+            (order[2].key, worker.address)
+        ]
+        # one worker: nowhere else to go
+        assert not dx.scheduler_task_fits(scheduler, order[3].key, worker.address, 0)
+        assert not dx.scheduler_task_fits(scheduler, "no-such-key", worker.address, 0)
+        _has(ws, "has_what")
+        _has(ts, "dependencies", "loose_restrictions", "get_nbytes", "state", "processing_on")
+        assert not dx.scheduler_move_task(scheduler, "no-such-key", worker.address)
+    finally:
+        gate.set()
+        client.gather(futures)
+
+
+def test_a_worker_refuses_dasks_steal_requests_for_the_tasks_it_is_told(inproc):
+    from distributed.worker_state_machine import StealRequestEvent, StealResponseMsg
+
+    client, scheduler, worker = inproc
+    assert "steal-request" in worker.stream_handlers, "Dask's steal request moved"
+    assert "steal-response" in scheduler.stream_handlers, "Dask's steal response moved"
+    assert StealResponseMsg.op == "steal-response"
+    assert {"key", "state"} <= set(StealResponseMsg.__slots__)
+    assert {"key", "stimulus_id"} <= set(inspect.signature(StealRequestEvent).parameters)
+    original = worker.stream_handlers["steal-request"]
+    try:
+        dx.worker_refuse_steals(worker, lambda key: key == "kept")
+        wrapped = worker.stream_handlers["steal-request"]
+        assert wrapped is not original
+        dx.worker_refuse_steals(worker, lambda key: False)  # set once
+        assert worker.stream_handlers["steal-request"] is wrapped
+        # a key not refused goes to Dask's handler: unknown here, Dask answers state None
+        wrapped(key="not-kept", stimulus_id="test-steal")
+    finally:
+        worker.stream_handlers["steal-request"] = original
 
 
 def test_scheduler_plugins_are_found_by_name(inproc):

@@ -141,6 +141,45 @@ def test_a_call_its_worker_has_no_slot_for_goes_through_the_scheduler(api, tmp_p
     assert all(b.result(timeout=HANG) for b in blockers)
 
 
+def test_a_direct_calls_task_refuses_dasks_work_stealing_and_the_function_runs_once(api, tmp_path):
+    """While a direct call runs, its Dask task waits on the leased worker for the call's value.
+    Dask's work stealing asks that worker to give the task up (it has not started it): the
+    worker refuses, as for a running task, so the function does not run again elsewhere."""
+    where = _where(api)
+    client = api.get_client()
+    ref = where.remote(5, str(tmp_path), "call")
+    _wait_for(str(tmp_path), "call-started", HANG)
+    key = ref.key
+
+    def placed(dask_scheduler, key=key):
+        ts = dask_scheduler.tasks.get(key)
+        return ts.processing_on.address if ts is not None and ts.processing_on else None
+
+    wait_until(lambda: client.run_on_scheduler(placed), "the call's task reached its worker", HANG)
+    leased = client.run_on_scheduler(placed)
+    wait_until(
+        lambda: client.run(lambda dask_worker, key=key: key in dask_worker.state.tasks)[leased],
+        "the leased worker holds the call's task",
+        HANG,
+    )
+
+    def steal(dask_scheduler, key=key):
+        stealing = dask_scheduler.extensions["stealing"]
+        ts = dask_scheduler.tasks[key]
+        thief = next(ws for ws in dask_scheduler.workers.values() if ws is not ts.processing_on)
+        return stealing.move_task_request(ts, ts.processing_on, thief)
+
+    assert client.run_on_scheduler(steal).startswith("steal-")
+
+    def answered(dask_scheduler, key=key):
+        return dask_scheduler.tasks[key] not in dask_scheduler.extensions["stealing"].in_flight
+
+    wait_until(lambda: client.run_on_scheduler(answered), "the worker answered", HANG)
+    assert client.run_on_scheduler(placed) == leased  # left where the call runs
+    _mark(str(tmp_path), "call-go")
+    assert api.get(ref, timeout=HANG) == (5, True)
+
+
 def test_a_call_its_leased_worker_has_no_slot_for_runs_on_a_free_worker(dg, tmp_path):
     """The embedded cluster: the leased worker runs a long Dask task, the other is free. A lone
     call answered ``busy`` runs on the free worker at once (its Dask task, still in the
@@ -163,6 +202,31 @@ def test_a_call_its_leased_worker_has_no_slot_for_runs_on_a_free_worker(dg, tmp_
         )
         # before the long task ends (it waits up to HANG for its go: a shorter bound here)
         assert dg.get(where.remote(3), timeout=HANG / 2) == (3, False)
+    finally:
+        _mark(str(tmp_path), "go")
+    assert blocker.result(timeout=HANG)
+
+
+def test_a_busy_calls_task_sent_to_its_leased_worker_moves_to_a_free_one(api, tmp_path):
+    """The leased worker runs a long Dask task, the other is free; a lone call answered
+    ``busy`` runs at once on the free worker. On a real cluster its task was sent to the
+    scheduler restricted loosely to the leased worker (the embedded client's batch drops the
+    restriction first): it moves to the free worker (Dask's work stealing or
+    ``_scheduler.waiting``, whichever comes first)."""
+    from daskgen._client import direct
+
+    client = api.get_client()
+    where = _where(api)
+    leased = direct._leases[client]
+    blocker = client.submit(_wait_for, str(tmp_path), "go", HANG, workers=[leased], pure=False)
+    try:
+        wait_until(
+            lambda: client.run(lambda dask_worker: len(dask_worker.state.executing))[leased],
+            "the leased worker runs the long task",
+            HANG,
+        )
+        # before the long task ends (it waits up to HANG for its go: a shorter bound here)
+        assert api.get(where.remote(3), timeout=HANG / 2) == (3, False)
     finally:
         _mark(str(tmp_path), "go")
     assert blocker.result(timeout=HANG)

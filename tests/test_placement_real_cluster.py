@@ -14,9 +14,11 @@ from __future__ import annotations
 import pytest
 import realcluster
 import test_placement
+from parity import test_free_workers
 from realcluster import HANG, wait_until
 
 import daskgen
+from daskgen._protocol import PLUGIN_NAME
 
 pytestmark = pytest.mark.daskgen_only
 
@@ -39,6 +41,58 @@ def test_spread_and_node_affinity_follow_worker_restrictions(ray):
 
 def test_actors_keep_off_booked_workers_and_go_to_their_bundle(ray):
     test_placement.check_actors_keep_off_booked_workers_and_go_to_their_bundle(ray)
+
+
+def test_calls_behind_a_long_call_run_on_the_free_worker(ray):
+    test_free_workers.check_calls_behind_a_long_call_run_on_the_free_worker(ray)
+
+
+def test_a_wait_loop_gets_short_calls_before_a_long_one(ray):
+    test_free_workers.check_a_wait_loop_gets_short_calls_before_a_long_one(ray)
+
+
+def test_a_plain_dask_clients_tasks_waiting_on_a_busy_worker_are_not_moved(ray, real_cluster):
+    """daskgen moves only its own waiting tasks: a plain client's tasks that Dask placed behind
+    its long task are never asked to move when daskgen's calls end on the other, free, worker
+    (Dask's own work stealing may move them, as it would without daskgen)."""
+    import socket
+
+    from distributed import Client
+
+    def placed(dask_scheduler, keys):
+        ts = [dask_scheduler.tasks.get(k) for k in keys]
+        return [t.processing_on.address if t is not None and t.processing_on else None for t in ts]
+
+    def moved(dask_scheduler):
+        return list(dask_scheduler.plugins[PLUGIN_NAME].waiting.moved)
+
+    def work(port=None):  # defined here, so pickled by value: workers cannot import the tests
+        if port is not None:  # held until the test lets it go
+            with socket.create_connection(("127.0.0.1", port), timeout=HANG) as conn:
+                conn.recv(1)
+
+    with Client(real_cluster.address) as plain, socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(HANG)
+        cpu = {"CPU": 1}
+        plain.gather([plain.submit(work, resources=cpu, pure=False) for _ in range(8)])  # short
+        blocker = plain.submit(work, server.getsockname()[1], resources=cpu, pure=False)
+        shorts = [plain.submit(work, resources=cpu, pure=False) for _ in range(8)]
+        conn, _ = server.accept()
+        with conn:
+            held = plain.run_on_scheduler(placed, keys=[blocker.key])[0]
+
+            def other_done():  # the other worker ran its share; the rest wait behind the blocker
+                where = plain.run_on_scheduler(placed, keys=[f.key for f in shorts])
+                return all(w in (None, held) for w in where)
+
+            wait_until(other_done, "the plain client's tasks on the other worker ended", HANG)
+            call = test_free_workers.blocking_call(ray)
+            assert len(ray.get([call.remote() for _ in range(8)], timeout=HANG)) == 8
+            # daskgen's calls ended on the free worker, each time looking for tasks to move
+            # there; the plain client's (Dask's own stealing may move them) are not its own
+            assert not {f.key for f in shorts} & set(plain.run_on_scheduler(moved))
+            conn.sendall(b"x")
+        plain.gather(shorts + [blocker], errors="raise")
 
 
 def test_a_bundle_whose_worker_died_is_booked_again_and_its_tasks_follow(ray, real_cluster):

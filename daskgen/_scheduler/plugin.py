@@ -89,6 +89,7 @@ from .handoff import StreamHandoffs
 from .lost_workers import LostWorkers
 from .names import NamedActors
 from .placement import PlacementGroups
+from .waiting import WaitingTasks
 
 logger = logging.getLogger("daskgen")
 
@@ -140,6 +141,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
         self.lost: LostWorkers | None = None  # why workers left (made in start)
         # Generator streams passed to other tasks: who receives them now (made in start).
         self.handoffs: StreamHandoffs | None = None
+        # daskgen's tasks waiting behind others on a busy worker (made in start).
+        self.waiting: WaitingTasks | None = None
 
     @property
     def routes(self) -> dict[str, Any]:
@@ -173,6 +176,7 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             self.lost.worker_joined(worker)
         dx.scheduler_add_handler(scheduler, "daskgen_worker_lost", self.lost.why)
         self.handoffs = StreamHandoffs(scheduler)
+        self.waiting = WaitingTasks(scheduler, self.tasks.__contains__, self._able)
         for op, handler in self.handoffs.routes.items():
             dx.scheduler_add_stream_handler(scheduler, op, handler)
 
@@ -361,7 +365,14 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         """A call ended: Dask's fire-and-forget client lets go of it, even when it erred
         without running; and a generator with early wants ended, so the yields it did not
-        publish never will be."""
+        publish never will be. A daskgen task that leaves its worker may leave it free for a
+        task waiting elsewhere, and one sent to a busy worker may have a free one to go to
+        (``waiting``)."""
+        if self.waiting is not None and key in self.tasks:
+            if start == "processing":
+                self.waiting.left(key)
+            elif finish == "processing":
+                self.waiting.look()
         if finish not in ("memory", "erred", "forgotten"):
             return
         if finish == "forgotten":
@@ -589,6 +600,8 @@ class DaskgenSchedulerPlugin(SchedulerPlugin):
             dx.scheduler_release_worker(s, worker)  # tasks (daskgen's, if it can) go there now
             if self.placement is not None and worker not in self.lacking:
                 self.placement.worker_joined()  # pending placement groups may fit now
+            if self.waiting is not None and worker not in self.lacking:
+                self.waiting.look()  # tasks waiting on busy workers may move to it
             if self.to_restart and worker not in self.lacking:
                 for actor, reason in list(self.to_restart.items()):
                     entry = self.restartable.get(actor)

@@ -18,7 +18,8 @@ to this worker.
   ``run.TaskSpec``: its errors, ``cancel()``'s interrupt (the scheduler finds the task on this
   worker), output forwarding, its job's namespace, nested calls, and ``get`` inside it, which
   lends the slot back while it waits). Its small result goes straight back to the caller.
-* Its Dask task does not run the function again. The call's value is put in this worker's
+* Its Dask task does not run the function again, here or elsewhere (this worker refuses Dask's
+  work stealing for it: ``dx.worker_refuse_steals``). The call's value is put in this worker's
   memory before the task's ``compute-task`` comes (Dask then answers ``task-finished`` at once,
   with the call's start and stop: the task stream shows the run), or, if the task came while
   the call ran, the task waits for the call and returns its value (``DirectCall.claim``).
@@ -107,9 +108,16 @@ def start(stream: Any, msg: dict[str, Any]) -> None:
         stream.send({"op": "busy", "key": key})
         return
     dx.worker_on_task_waiting(worker, WATCH, lambda: _task_waits(worker))
+    dx.worker_refuse_steals(worker, _runs_here)
     call = served[key] = DirectCall(stream, key)
     args = (msg["spec"], msg["packed"], msg.get("owner"), msg["job"], msg.get("resources"))
     _pool(worker).submit(_run, worker, call, *args)
+
+
+def _runs_here(key: Key) -> bool:
+    """A direct call's Dask task must end here, with the call's value (``claim``): Dask's work
+    stealing would run the function again on another worker."""
+    return key in served or key in _waiting
 
 
 def caller_left(stream: Any) -> None:
