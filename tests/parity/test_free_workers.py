@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Iterator
 
-HANG = 60  # seconds: a generous bound that only catches hangs
+from realcluster import HANG, wait_until
 
 
 def blocking_call(ray):
@@ -55,7 +55,13 @@ def held(call) -> Iterator[tuple[object, object]]:
                 conn.close()
 
 
+def idle(ray) -> None:
+    """Both CPUs free: no task of an earlier test still holds a worker."""
+    wait_until(lambda: ray.available_resources().get("CPU", 0) >= 2, "both CPUs are free", HANG)
+
+
 def check_calls_behind_a_long_call_run_on_the_free_worker(ray):
+    idle(ray)
     call = blocking_call(ray)
     ray.get([call.remote() for _ in range(8)], timeout=HANG)  # the function is known short
     with held(call) as (long, accept):
@@ -69,6 +75,7 @@ def check_calls_behind_a_long_call_run_on_the_free_worker(ray):
 
 
 def check_a_wait_loop_gets_short_calls_before_a_long_one(ray):
+    idle(ray)
     call = blocking_call(ray)
     ray.get([call.remote() for _ in range(8)], timeout=HANG)
     with held(call) as (long, accept):
