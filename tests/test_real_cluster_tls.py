@@ -180,6 +180,28 @@ def test_large_arguments_are_stored_over_tls_on_dasks_comm_layer(dg, tls_cluster
     assert shared_memory.lent == shared  # nothing lent: no wire, no file descriptors
 
 
+def test_lone_calls_on_a_tls_cluster_run_direct_over_dasks_comm(dg, tls_cluster, certs):
+    """No actor wire on TLS: a lone call goes straight to its leased worker on Dask's (TLS)
+    comm, whose msgpack turns the call's job (a named tuple) into a plain tuple; the worker
+    takes it back as a job (it failed every such call with "'tuple' object has no attribute
+    'env'")."""
+    dg.init(address=tls_cluster.address, security=certs.security())
+
+    @dg.remote
+    def where(x):
+        import threading
+
+        return x, threading.current_thread().name.startswith("daskgen-direct")
+
+    def runs_direct():  # the first calls may go through the scheduler (the lease is opening)
+        return dg.get(where.remote(0), timeout=HANG)[1]
+
+    realcluster.wait_until(runs_direct, "a call runs direct", HANG)
+    assert [dg.get(where.remote(i), timeout=HANG) for i in range(1, 6)] == [
+        (i, True) for i in range(1, 6)
+    ]
+
+
 def test_a_tls_scheduler_offers_no_lane(dg, tls_cluster, certs):
     """daskgen's lane is plain TCP: on TLS its workers keep to Dask's (encrypted) streams."""
     dg.init(address=tls_cluster.address, security=certs.security())

@@ -40,6 +40,7 @@ from typing import Any
 
 from .. import _dask_internals as dx
 from .. import _runtime
+from .._job import Job
 from .._protocol import ErrorValue, Key, as_key, boxed
 from .._runtime import current_call, current_job, current_resources
 from .._waiting import blocking, set_slot_lender
@@ -110,7 +111,9 @@ def start(stream: Any, msg: dict[str, Any]) -> None:
     dx.worker_on_task_waiting(worker, WATCH, lambda: _task_waits(worker))
     dx.worker_refuse_steals(worker, _runs_here)
     call = served[key] = DirectCall(stream, key)
-    args = (msg["spec"], msg["packed"], msg.get("owner"), msg["job"], msg.get("resources"))
+    # On Dask's comm layer (no actor wire: TLS), msgpack hands the job over as a plain tuple.
+    job = msg["job"] if isinstance(msg["job"], Job) else Job(*msg["job"])
+    args = (msg["spec"], msg["packed"], msg.get("owner"), job, msg.get("resources"))
     _pool(worker).submit(_run, worker, call, *args)
 
 
