@@ -180,39 +180,9 @@ def test_a_direct_calls_task_refuses_dasks_work_stealing_and_the_function_runs_o
     assert api.get(ref, timeout=HANG) == (5, True)
 
 
-def test_a_call_its_leased_worker_has_no_slot_for_runs_on_a_free_worker(dg, tmp_path):
-    """The embedded cluster: the leased worker runs a long Dask task, the other is free. A lone
-    call answered ``busy`` runs on the free worker at once (its Dask task, still in the
-    client's batch, loses the restriction to the leased worker), not after the long task."""
-    import dask
-
-    from daskgen._client import direct
-
-    with dask.config.set({"distributed.scheduler.work-stealing": False}):  # not by stealing
-        dg.init(num_cpus=2)
-    client = dg.get_client()
-    where = _where(dg)
-    leased = direct._leases[client]
-    blocker = client.submit(_wait_for, str(tmp_path), "go", HANG, workers=[leased], pure=False)
-    try:
-        wait_until(
-            lambda: client.run(lambda dask_worker: len(dask_worker.state.executing))[leased],
-            "the leased worker runs the long task",
-            HANG,
-        )
-        # before the long task ends (it waits up to HANG for its go: a shorter bound here)
-        assert dg.get(where.remote(3), timeout=HANG / 2) == (3, False)
-    finally:
-        _mark(str(tmp_path), "go")
-    assert blocker.result(timeout=HANG)
-
-
-def test_a_busy_calls_task_sent_to_its_leased_worker_moves_to_a_free_one(api, tmp_path):
-    """The leased worker runs a long Dask task, the other is free; a lone call answered
-    ``busy`` runs at once on the free worker. On a real cluster its task was sent to the
-    scheduler restricted loosely to the leased worker (the embedded client's batch drops the
-    restriction first): it moves to the free worker (Dask's work stealing or
-    ``_scheduler.waiting``, whichever comes first)."""
+def _check_a_busy_call_runs_on_the_free_worker(api, tmp_path):
+    """The leased worker runs a long Dask task, the other is free: a lone call (answered
+    ``busy``) returns before the long task ends, run as a Dask task on the free worker."""
     from daskgen._client import direct
 
     client = api.get_client()
@@ -230,6 +200,26 @@ def test_a_busy_calls_task_sent_to_its_leased_worker_moves_to_a_free_one(api, tm
     finally:
         _mark(str(tmp_path), "go")
     assert blocker.result(timeout=HANG)
+
+
+def test_a_call_its_leased_worker_has_no_slot_for_runs_on_a_free_worker(dg, tmp_path):
+    """The embedded cluster: the leased worker runs a long Dask task, the other is free. A lone
+    call answered ``busy`` runs on the free worker at once (its Dask task, still in the
+    client's batch, loses the restriction to the leased worker), not after the long task."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):  # not by stealing
+        dg.init(num_cpus=2)
+    _check_a_busy_call_runs_on_the_free_worker(dg, tmp_path)
+
+
+def test_a_busy_calls_task_sent_to_its_leased_worker_moves_to_a_free_one(api, tmp_path):
+    """The leased worker runs a long Dask task, the other is free; a lone call answered
+    ``busy`` runs at once on the free worker. On a real cluster its task was sent to the
+    scheduler restricted loosely to the leased worker (the embedded client's batch drops the
+    restriction first): it moves to the free worker (Dask's work stealing or
+    ``_scheduler.waiting``, whichever comes first)."""
+    _check_a_busy_call_runs_on_the_free_worker(api, tmp_path)
 
 
 def test_a_direct_call_holds_its_workers_slot_and_lends_it_while_it_waits(dg, tmp_path):
